@@ -1,0 +1,181 @@
+"""The `refinery` command: each subcommand parses its options, calls one library function and prints the result."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from refinery.errors import RefineryError
+
+app = typer.Typer(
+    help="Data-centric fine-tuning: train a LoRA adapter, find the patterns behind its failures, add examples "
+         "that target them, and repeat until the evals plateau.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+console = Console(highlight=False, soft_wrap=True)
+
+ProjectOption = Annotated[Path | None, typer.Option(
+    "--project", "-p", metavar="DIR", help="Project folder (or its project file). Default: $REFINERY_PROJECT, else the nearest "
+                            "folder up from here with refinery.toml or a [tool.refinery] table in pyproject.toml.",
+    show_default=False)]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
+
+
+@app.callback()
+def _root(ctx: typer.Context, project: ProjectOption = None,
+          version: Annotated[bool, typer.Option("--version", help="Show the version and exit.")] = False) -> None:
+    if version:
+        from refinery import __version__
+        print(f"refinery {__version__}")
+        raise typer.Exit()
+    ctx.obj = {"project": project}
+
+
+def _project(ctx: typer.Context):
+    from refinery.project import load_project
+    return load_project(ctx.obj["project"])
+
+
+@app.command()
+def init(directory: Annotated[Path, typer.Argument(metavar="DIR", help="Folder to scaffold (created if missing).")] = Path("."),
+         force: Annotated[bool, typer.Option("--force", help="Write the scaffold over an existing project's "
+                                                            "(data and runs are kept).")] = False) -> None:
+    """Scaffold a project: refinery.toml with every setting commented, rules/, templates/, data/, runs/."""
+    from refinery.project import init_project
+    written = init_project(directory, force=force)
+    root = written[0].parent
+    console.print(f"Created a refinery project in {root}:")
+    for path in written:
+        console.print(f"  {path.relative_to(root)}")
+    console.print("Next: put your examples in data/ and run `refinery ingest data/FILE`.")
+
+
+@app.command()
+def ingest(ctx: typer.Context,
+           files: Annotated[list[Path], typer.Argument(help="JSONL, CSV or Parquet files with input and output "
+                                                            "columns (names set in [data]).", show_default=False,
+                                                       metavar="FILE")],
+           split: Annotated[str | None, typer.Option(
+               metavar="SPLIT", help="Put every row in this split: train, analysis, test, corner, auto (deal test/analysis/train "
+                    "by [data] shares) or holdout (deal test/analysis only). Default: the file's split column, "
+                    "else auto.", show_default=False)] = None,
+           kind: Annotated[str | None, typer.Option(
+               metavar="KIND", help="reasoning or direct for every row. Default: the kind column, else detected from a <think> "
+                    "block in the output.", show_default=False)] = None,
+           source: Annotated[str, typer.Option(metavar="SOURCE", help="seed (the starting set) or import.")] = "import",
+           as_json: JsonOption = False) -> None:
+    """Check, deduplicate and store examples. One bad row fails the whole ingest and stores nothing."""
+    from refinery.ingest import DEALT, KINDS, SPLITS, ingest_files
+    from refinery.store import Store
+    _choice("--split", split, SPLITS + DEALT)
+    _choice("--kind", kind, KINDS)
+    _choice("--source", source, ("seed", "import"))
+    project = _project(ctx)
+    with Store(project.store_path) as store, console.status("Reading and checking examples...") as _:
+        report = ingest_files(store, files, config=project.config, split=split, kind=kind, source=source)
+    if as_json:
+        return _print_json({"files": [vars(f) for f in report.files], "rows": report.rows,
+                            "inserted": report.inserted, "duplicates": report.duplicates})
+    table = Table("file", "rows", "stored", "duplicates", "splits", "kinds", title="Ingested")
+    for f in report.files:
+        table.add_row(f.path, str(f.rows), str(f.inserted), str(f.duplicates_in_file + f.duplicates_in_store),
+                      _counts(f.by_split), _counts(f.by_kind))
+    console.print(table)
+    console.print(f"{report.inserted} new examples stored, {report.duplicates} duplicates skipped "
+                  f"({sum(f.duplicates_in_file for f in report.files)} within this ingest, "
+                  f"{sum(f.duplicates_in_store for f in report.files)} already in the store).")
+
+
+@app.command()
+def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Show examples by split, kind and source, and the last rounds."""
+    from refinery.status import project_status
+    from refinery.store import Store
+    project = _project(ctx)
+    with Store(project.store_path) as store:
+        result = project_status(store)
+    if as_json:
+        return _print_json(result.to_dict())
+    console.print(f"Project {project.root}  store {project.store_path}")
+    console.print(f"{result.examples} active examples, {result.rejected} rejected")
+    table = Table("split", "total", "reasoning", "direct", "seed", "import", "generated", "relabel")
+    for split in ("train", "analysis", "test", "corner"):
+        rows = result.counts.filter(split=split)
+        cells = [rows.filter(kind=k)["examples"].sum() for k in ("reasoning", "direct")]
+        cells += [rows.filter(source=s)["examples"].sum() for s in ("seed", "import", "generated", "relabel")]
+        table.add_row(split, str(rows["examples"].sum()), *map(str, cells))
+    console.print(table)
+    if not result.rounds:
+        console.print("No rounds yet.")
+        return
+    rounds = Table("round", "status", "started", "seconds", title="Last rounds")
+    for r in result.rounds:
+        seconds = f"{r['seconds']:.0f}" if r["seconds"] is not None else "-"
+        rounds.add_row(str(r["number"]), r["status"], r["started_at"], seconds)
+    console.print(rounds)
+
+
+@app.command()
+def export(ctx: typer.Context,
+           split: Annotated[str, typer.Option(metavar="SPLIT", help="train, analysis, test, corner or all.")] = "train",
+           output: Annotated[Path | None, typer.Option(
+               "--output", "-o", metavar="PATH", help="File to write. Default: runs/export/SPLIT.jsonl in the project.",
+               show_default=False)] = None,
+           fmt: Annotated[str | None, typer.Option(
+               "--format", metavar="FORMAT", help="jsonl or parquet. Default: from the file name, else jsonl.",
+               show_default=False)] = None,
+           as_json: JsonOption = False) -> None:
+    """Write a split as prompt/completion pairs (trl's conversational format) to JSONL or Parquet."""
+    from refinery.export import export_split
+    from refinery.store import Store
+    project = _project(ctx)
+    target = output or project.runs_dir / "export" / f"{split}.jsonl"
+    with Store(project.store_path) as store:
+        count = export_split(store, target, split=split, fmt=fmt)
+    if as_json:
+        return _print_json({"path": str(target), "split": split, "examples": count})
+    console.print(f"Wrote {count} examples (split: {split}) to {target}")
+
+
+def _choice(flag: str, value: str | None, allowed: tuple[str, ...]) -> None:
+    if value is not None and value not in allowed:
+        raise RefineryError(f"{flag} {value}: expected one of: {', '.join(allowed)}.")
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"
+
+
+def _print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2, ensure_ascii=False, default=str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors print `Error: ...` and return 1, without a traceback."""
+    try:
+        app(args=argv, prog_name="refinery", standalone_mode=False)
+    except RefineryError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.TyperException as exc:  # usage errors: bad option, missing argument
+        exc.show()
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        print("Aborted.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""The settings of a project: one dataclass per section, defaults in code, checked against what the file says.
+
+A project file is `[tool.refinery]` in `pyproject.toml` (sections `[tool.refinery.train]`, ...) or a standalone
+`refinery.toml` (sections `[train]`, ...). Finding the file lives in `project.py`; this module only turns a parsed
+table into settings and explains, with file, line and key, anything it cannot accept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from refinery.errors import ConfigError
+
+
+def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
+        max: float | None = None, example: Any = None) -> Any:
+    """A settings field with the help text `refinery init` writes and the bounds the loader checks."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "example": example}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class CoreSettings:
+    """Top-level keys: the base model and where the project keeps things."""
+
+    base_model: str = opt(
+        "bundled:tiny-base",
+        "Base causal LM: a Hugging Face model id, a local folder (relative to the project), or "
+        "bundled:tiny-base for the tiny model that ships with refinery.")
+    store: str = opt("runs/refinery.duckdb", "The DuckDB store, relative to the project.")
+    runs_dir: str = opt("runs", "Folder for rounds: adapters, config snapshots, outputs, reports.")
+    rules_dir: str = opt("rules", "Folder of eval checks and targeting rules (TOML).")
+    templates_dir: str = opt("templates", "Folder of Jinja templates: the prompt format and the generators.")
+    seed: int = opt(0, "Seed for split assignment and sampling; changing it re-deals future splits only.")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """How input files map onto examples, and how held-out splits are dealt."""
+
+    input_column: str = opt("input", "Column holding the model input.")
+    output_column: str = opt("output", "Column holding the expected output.")
+    kind_column: str = opt("kind", "Optional column: reasoning or direct (detected from the output when empty).")
+    split_column: str = opt("split", "Optional column: train, analysis, test, corner, auto or holdout.")
+    test_fraction: float = opt(
+        0.08, "Share of auto/holdout rows dealt to the test split, which is only ever measured.",
+        min=0.05, max=0.10)
+    analysis_fraction: float = opt(
+        0.25, "Share of auto rows dealt to the analysis split, whose failures are mined for patterns.",
+        min=0.0, max=0.9)
+    think_pattern: str = opt(r"<think>.*?</think>",
+                             "Regular expression that marks an output as a reasoning example.")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The training run of each round (LoRA through peft and trl, or a full fine-tune)."""
+
+    method: str = opt("lora", "lora trains an adapter; full updates every weight.", choices=("lora", "full"))
+    target_modules: str = opt(
+        "all-linear", "LoRA targets: attention (q,k,v,o), attention-mlp (plus gate,up,down) or all-linear.",
+        choices=("attention", "attention-mlp", "all-linear"))
+    rank: int = opt(16, "LoRA rank r.", min=1, max=1024)
+    alpha: int = opt(32, "LoRA alpha (the update is scaled by alpha / rank).", min=1)
+    dropout: float = opt(0.0, "LoRA dropout.", min=0.0, max=0.9)
+    learning_rate: float = opt(1e-2, "Peak learning rate (tiny models want a high one; 1e-4 suits a 1B model).",
+                               min=0.0, max=1.0)
+    steps: int = opt(300, "Optimizer steps per round.", min=1)
+    batch_size: int = opt(16, "Examples per optimizer step.", min=1)
+    max_length: int = opt(256, "Longest tokenized prompt + completion; longer ones are truncated.", min=8)
+    precision: str = opt("auto", "auto uses bf16 on a GPU that supports it and fp32 elsewhere.",
+                         choices=("auto", "fp32", "bf16", "fp16"))
+    seed: int = opt(0, "Seed of the training run.")
+
+
+@dataclass(frozen=True)
+class InferSettings:
+    """Batched greedy generation for evaluation."""
+
+    batch_size: int = opt(64, "Prompts per generation batch.", min=1)
+    max_new_tokens: int = opt(64, "Longest output generated per prompt.", min=1)
+
+
+@dataclass(frozen=True)
+class MixSettings:
+    """The share of reasoning (<think>) examples in the training set."""
+
+    reasoning_share: float | None = opt(
+        None, "Share of reasoning examples in the training set; unset keeps the data as it is.",
+        min=0.0, max=1.0, example=0.4)
+
+
+@dataclass(frozen=True)
+class PlateauSettings:
+    """When `iterate --until-plateau` stops."""
+
+    metric: str = opt("test_pass_rate", "Main metric: test_pass_rate or test_weighted_score.",
+                      choices=("test_pass_rate", "test_weighted_score"))
+    margin: float = opt(0.01, "An improvement of at most this much counts as no improvement.", min=0.0)
+    patience: int = opt(2, "Rounds without improvement before stopping.", min=1)
+    target: float | None = opt(None, "Stop once the main metric reaches this value.", min=0.0, max=1.0,
+                               example=0.95)
+    max_rounds: int = opt(10, "Most rounds one `iterate --until-plateau` runs.", min=1)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataSettings,
+    "train": TrainSettings,
+    "infer": InferSettings,
+    "mix": MixSettings,
+    "plateau": PlateauSettings,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a project, resolved: defaults, then the project file, then command-line flags."""
+
+    core: CoreSettings = field(default_factory=CoreSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    infer: InferSettings = field(default_factory=InferSettings)
+    mix: MixSettings = field(default_factory=MixSettings)
+    plateau: PlateauSettings = field(default_factory=PlateauSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The snapshot recorded with every round: plain JSON-able values, sections as in the file."""
+        out = dataclasses.asdict(self.core)
+        out.update({name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS})
+        return out
+
+    def override(self, section: str, **values: Any) -> Config:
+        """A copy with `values` set in `section` ("core" for top-level keys), checked like file values."""
+        cls = CoreSettings if section == "core" else SECTIONS[section]
+        where = _Where(None, "", "command line", "")
+        current = dataclasses.asdict(getattr(self, section))
+        checked = _check_section(cls, {**current, **values}, where)
+        return dataclasses.replace(self, **{section: checked})
+
+
+def config_from_table(table: dict[str, Any], *, path: Path, text: str, pyproject: bool) -> Config:
+    """Check the refinery table of a project file and build its `Config`."""
+    prefix = "tool.refinery" if pyproject else ""
+    top = {k: v for k, v in table.items() if k not in SECTIONS}
+    sections = {}
+    for name in SECTIONS:
+        value = table.get(name, {})
+        if not isinstance(value, dict):
+            where = _Where(path, text, _header(prefix, ""), "")
+            raise ConfigError(f"{where.at(name)} {name} = {_show(value)}: expected a table "
+                              f"([{_header(prefix, name)}]), not a value.")
+        sections[name] = _check_section(SECTIONS[name], value, _Where(path, text, _header(prefix, name), ""))
+    core = _check_section(CoreSettings, top, _Where(path, text, _header(prefix, ""), ""),
+                          extra_names=tuple(SECTIONS))
+    return Config(core=core, **sections)
+
+
+def field_docs(cls: type) -> list[tuple[str, Any, str]]:
+    """(name, default or example, help) for each field of a settings class, for `refinery init`."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        shown = f.default if f.default is not None else f.metadata["example"]
+        help_text = f.metadata["help"] + (" Unset by default." if f.default is None else "")
+        rows.append((f.name, shown, help_text))
+    return rows
+
+
+def toml_value(value: Any) -> str:
+    """A Python value as a TOML literal (bool, number or string)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + value + "'" if "\\" in value and "'" not in value else json.dumps(value, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a table sits, so that messages can say `file:line: [section]`."""
+
+    path: Path | None
+    text: str
+    header: str
+    label: str
+
+    def at(self, key: str | None) -> str:
+        if self.path is None:
+            return f"{self.header}:"
+        line = _find_line(self.text, self.header, key)
+        head = f"{display_path(self.path)}:{line}" if line else display_path(self.path)
+        return f"{head}: [{self.header}]" if self.header else f"{head}: (top level)"
+
+
+def _check_section(cls: type, values: dict[str, Any], where: _Where, *, extra_names: tuple = ()) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in values:
+        if key not in fields:
+            known = sorted(fields) + [f"[{n}]" for n in extra_names]
+            close = difflib.get_close_matches(key, list(fields) + list(extra_names), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else " Remove it or fix its spelling."
+            raise ConfigError(f"{where.at(key)} unknown key '{key}' (expected one of: {', '.join(known)}).{hint}")
+    checked = {key: _check_value(key, value, hints[key], fields[key].metadata, where)
+               for key, value in values.items()}
+    return cls(**checked)
+
+
+def _check_value(key: str, value: Any, hint: Any, meta: dict, where: _Where) -> Any:
+    optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+    base = next(t for t in typing.get_args(hint) if t is not type(None)) if optional else hint
+    if value is None and optional:
+        return None
+    ok, value = _coerce(value, base)
+    if ok and meta.get("choices") and value not in meta["choices"]:
+        ok = False
+    if ok and meta.get("min") is not None and value < meta["min"]:
+        ok = False
+    if ok and meta.get("max") is not None and value > meta["max"]:
+        ok = False
+    if ok and key.endswith("_pattern"):
+        ok = _compiles(value)
+    if not ok:
+        raise ConfigError(f"{where.at(key)} {key} = {_show(value)}: expected {_expected(base, meta, key)}.")
+    return value
+
+
+def _coerce(value: Any, base: type) -> tuple[bool, Any]:
+    if base is bool:
+        return isinstance(value, bool), value
+    if base is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, value
+    if base is str:
+        return isinstance(value, str) and value != "", value
+    raise AssertionError(f"settings field of unsupported type {base!r}")
+
+
+def _expected(base: type, meta: dict, key: str) -> str:
+    if meta.get("choices"):
+        return "one of: " + ", ".join(meta["choices"])
+    noun = {bool: "true or false", int: "an integer", float: "a number", str: "a non-empty string"}[base]
+    if key.endswith("_pattern"):
+        noun = "a valid regular expression"
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and hi is not None:
+        return f"{noun} from {lo:g} to {hi:g}"
+    if lo is not None:
+        return f"{noun} >= {lo:g}"
+    return noun
+
+
+def _compiles(pattern: str) -> bool:
+    try:
+        re.compile(pattern)
+    except re.error:
+        return False
+    return True
+
+
+def _header(prefix: str, name: str) -> str:
+    return ".".join(p for p in (prefix, name) if p)
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, (str, bool)) or value is None else repr(value)
+
+
+def display_path(path: Path) -> str:
+    """A path as a person wants to read it: relative to the working directory when it is below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+_HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
+
+
+def _find_line(text: str, header: str, key: str | None) -> int | None:
+    """The 1-based line of `key` under `[header]` (or of the header when key is None), or None."""
+    current = ""
+    header_line = None
+    key_re = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=") if key else None
+    for number, line in enumerate(text.splitlines(), start=1):
+        match = _HEADER.match(line)
+        if match:
+            current = re.sub(r"[\s\"']", "", match.group(1))
+            if current == header:
+                header_line = number
+            continue
+        if current == header and key_re is not None and key_re.match(line):
+            return number
+    return header_line

@@ -1,0 +1,274 @@
+"""Data intake: read JSONL, CSV and Parquet into checked examples, deduplicate them, deal splits, store them.
+
+A file is read whole and every row checked before anything is written; one bad row fails the whole ingest
+with its file, line, field and reason, and the store is left as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from refinery.config import Config, DataSettings
+from refinery.errors import DataError
+from refinery.store import Store
+
+SPLITS = ("train", "analysis", "test", "corner")
+DEALT = ("auto", "holdout")  # auto: test / analysis / train by the configured shares; holdout: test / analysis
+KINDS = ("reasoning", "direct")
+INGEST_SOURCES = ("seed", "import")
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+@dataclass
+class FileReport:
+    """What one file brought: rows read, examples stored, and duplicates skipped."""
+
+    path: str
+    rows: int
+    inserted: int
+    duplicates_in_file: int
+    duplicates_in_store: int
+    by_split: dict[str, int] = field(default_factory=dict)
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class IngestReport:
+    files: list[FileReport]
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    @property
+    def inserted(self) -> int:
+        return sum(f.inserted for f in self.files)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(f.duplicates_in_file + f.duplicates_in_store for f in self.files)
+
+
+def ingest_files(store: Store, paths: list[str | Path], *, config: Config, split: str | None = None,
+                 kind: str | None = None, source: str = "import") -> IngestReport:
+    """Read, check and store the examples of `paths` in one transaction: all files land, or none."""
+    if source not in INGEST_SOURCES:
+        raise DataError(f"source '{source}': expected one of: {', '.join(INGEST_SOURCES)}.")
+    frames = []
+    for index, path in enumerate(paths):
+        rows = read_rows(Path(path), data=config.data)
+        prepared = prepare_examples(rows, data=config.data, seed=config.core.seed, split=split, kind=kind)
+        frames.append(prepared.with_columns(pl.lit(index).alias("file_index")))
+    batch = pl.concat(frames, how="vertical") if frames else pl.DataFrame()
+    unique = batch.unique(subset="content_hash", keep="first", maintain_order=True)
+    with store.transaction() as con:
+        con.register("batch_rows", unique)
+        con.execute("CREATE TEMP TABLE fresh AS SELECT b.* FROM batch_rows b "
+                    "ANTI JOIN examples e ON b.content_hash = e.content_hash")
+        con.unregister("batch_rows")
+        fresh = con.sql("SELECT * FROM fresh").pl()
+        reports = []
+        for index, path in enumerate(paths):
+            report = _file_report(Path(path), batch, unique, fresh, index)
+            ingest_id = con.execute(
+                "INSERT INTO ingests (path, file_sha256, rows, inserted, duplicates) VALUES (?, ?, ?, ?, ?) "
+                "RETURNING id",
+                [report.path, _file_sha256(Path(path)), report.rows, report.inserted,
+                 report.duplicates_in_file + report.duplicates_in_store]).fetchone()[0]
+            con.execute("""
+                INSERT INTO examples (id, content_hash, input, output, fields, kind, split, source, ingest_id, origin)
+                SELECT id, content_hash, input, output, CAST(fields AS JSON), kind, split, ?, ?, origin
+                FROM fresh WHERE file_index = ?""", [source, ingest_id, index])
+            reports.append(report)
+        con.execute("DROP TABLE fresh")
+    return IngestReport(files=reports)
+
+
+def read_rows(path: Path, *, data: DataSettings) -> pl.DataFrame:
+    """One file as a frame of strings: input, output, kind, split, fields (JSON of the other columns), origin."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file.")
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(f"{path}: unknown file type '{path.suffix}' (expected one of: "
+                        f"{', '.join(sorted(FORMATS))}). Rename the file or convert it.")
+    if fmt == "jsonl":
+        return _read_jsonl(path, data)
+    return _read_table(path, data, fmt)
+
+
+def prepare_examples(rows: pl.DataFrame, *, data: DataSettings, seed: int, split: str | None = None,
+                     kind: str | None = None) -> pl.DataFrame:
+    """Check every row, then give each its content hash, stable id, kind and split."""
+    _check_rows(rows, split_given=split is not None, kind_given=kind is not None)
+    think = re.compile(data.think_pattern, re.DOTALL)
+    hashes = [content_hash(i, o) for i, o in zip(rows["input"], rows["output"], strict=True)]
+    detected = ["reasoning" if think.search(o) else "direct" for o in rows["output"]]
+    kinds = [kind] * len(rows) if kind else [k or d for k, d in zip(rows["kind"], detected, strict=True)]
+    wanted = [split] * len(rows) if split else [s or "auto" for s in rows["split"]]
+    splits = [deal_split(h, w, data=data, seed=seed) for h, w in zip(hashes, wanted, strict=True)]
+    return rows.with_columns(
+        pl.Series("content_hash", hashes, dtype=pl.String),
+        pl.Series("id", [h[:16] for h in hashes], dtype=pl.String),
+        pl.Series("kind", kinds, dtype=pl.String),
+        pl.Series("split", splits, dtype=pl.String),
+    )
+
+
+def content_hash(input_text: str, output_text: str) -> str:
+    """The identity of an example: two rows with the same input and output are the same example."""
+    return hashlib.sha256(f"{input_text}\x00{output_text}".encode()).hexdigest()
+
+
+def deal_split(digest: str, wanted: str, *, data: DataSettings, seed: int) -> str:
+    """The split of one example. Dealt splits depend only on the content and the seed, so they never move."""
+    if wanted not in DEALT:
+        return wanted
+    draw = int(hashlib.sha256(f"{seed}:{digest}".encode()).hexdigest()[:13], 16) / 16**13
+    if draw < data.test_fraction:
+        return "test"
+    if wanted == "holdout" or draw < data.test_fraction + data.analysis_fraction:
+        return "analysis"
+    return "train"
+
+
+def _read_jsonl(path: Path, data: DataSettings) -> pl.DataFrame:
+    columns: dict[str, list] = {"input": [], "output": [], "kind": [], "split": [], "fields": [], "origin": []}
+    names = {"input": data.input_column, "output": data.output_column, "kind": data.kind_column,
+             "split": data.split_column}
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            record = _parse_json_line(path, number, raw)
+            for target, name in names.items():
+                value = record.pop(name, None)
+                if value is not None and not isinstance(value, str):
+                    raise DataError(f"{path}:{number}: field '{name}': expected text, got {_describe(value)}. "
+                                    f"Write it as a JSON string.")
+                columns[target].append(value)
+            columns["fields"].append(json.dumps(record, ensure_ascii=False) if record else None)
+            columns["origin"].append(f"{path}:{number}")
+    if not columns["origin"]:
+        raise DataError(f"{path}: the file has no rows.")
+    return pl.DataFrame(columns, schema={name: pl.String for name in columns})
+
+
+def _parse_json_line(path: Path, number: int, raw: bytes) -> dict:
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}:{number}: not UTF-8 text ({exc.reason} at byte {exc.start}). "
+                        f"Save the file as UTF-8.") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{number}: not valid JSON: {exc.msg} at column {exc.colno}. "
+                        f"Each line must hold one JSON object.") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}:{number}: expected a JSON object like {{\"input\": ..., \"output\": ...}}, "
+                        f"got {_describe(record)}.")
+    return record
+
+
+def _read_table(path: Path, data: DataSettings, fmt: str) -> pl.DataFrame:
+    try:
+        table = pl.read_csv(path, infer_schema=False) if fmt == "csv" else pl.read_parquet(path)
+    except Exception as exc:  # polars raises several kinds for unreadable files; all mean the same here
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: cannot read this {fmt.upper()} file: {first}") from None
+    if table.height == 0:
+        raise DataError(f"{path}: the file has no rows.")
+    names = {"input": data.input_column, "output": data.output_column}
+    for target, name in names.items():
+        if name not in table.columns:
+            raise DataError(f"{path}: no column '{name}' for the {target} (columns: {', '.join(table.columns)}). "
+                            f"Rename the column, or set [data] {target}_column in the project file.")
+    origin = _row_origins(path, fmt, table.height)
+    optional = {"kind": data.kind_column, "split": data.split_column}
+    taken = set(names.values()) | set(optional.values())
+    rest = [c for c in table.columns if c not in taken]
+    out = {target: _text_column(path, fmt, table, name, origin) for target, name in names.items()}
+    for target, name in optional.items():
+        out[target] = (_text_column(path, fmt, table, name, origin) if name in table.columns
+                       else pl.Series(target, [None] * table.height, dtype=pl.String))
+    fields = (table.select(pl.struct(rest).struct.json_encode()).to_series() if rest
+              else pl.Series([None] * table.height, dtype=pl.String))
+    return pl.DataFrame({**out, "fields": fields, "origin": origin})
+
+
+def _text_column(path: Path, fmt: str, table: pl.DataFrame, name: str, origin: pl.Series) -> pl.Series:
+    column = table[name]
+    if column.dtype == pl.String:
+        return column
+    if column.dtype == pl.Null:
+        return column.cast(pl.String)
+    bad = column.is_not_null().arg_true()
+    where = origin[int(bad[0])] if len(bad) else str(path)
+    raise DataError(f"{where}: field '{name}': expected text, got a {column.dtype} column. "
+                    f"Store the column as strings.")
+
+
+def _row_origins(path: Path, fmt: str, height: int) -> pl.Series:
+    # A CSV's first line is its header; quoted cells spanning lines would shift this, which is rare in data files.
+    first = 2 if fmt == "csv" else 1
+    unit = ":" if fmt == "csv" else ": row "
+    return pl.Series("origin", [f"{path}{unit}{n}" for n in range(first, first + height)], dtype=pl.String)
+
+
+def _check_rows(rows: pl.DataFrame, *, split_given: bool, kind_given: bool) -> None:
+    problems = [
+        (pl.col("input").is_null(), "input", "missing", "Every row needs an input."),
+        (pl.col("input").str.strip_chars() == "", "input", "empty", "Every row needs a non-empty input."),
+        (pl.col("output").is_null(), "output", "missing", "Every row needs an expected output."),
+        (pl.col("output").str.strip_chars() == "", "output", "empty", "Every row needs a non-empty output."),
+    ]
+    if not kind_given:
+        problems.append((pl.col("kind").is_not_null() & ~pl.col("kind").is_in(KINDS), "kind",
+                         "not a kind", f"Use one of: {', '.join(KINDS)}, or leave it empty to detect it."))
+    if not split_given:
+        problems.append((pl.col("split").is_not_null() & ~pl.col("split").is_in(SPLITS + DEALT), "split",
+                         "not a split", f"Use one of: {', '.join(SPLITS + DEALT)}, or leave it empty for auto."))
+    flags = rows.select([cond.fill_null(False).alias(str(i)) for i, (cond, *_) in enumerate(problems)])
+    any_bad = pl.any_horizontal(pl.all())
+    bad_rows = flags.with_row_index("row").filter(flags.select(any_bad).to_series())
+    if bad_rows.height == 0:
+        return
+    first = bad_rows.row(0, named=True)
+    cond_index = next(i for i in range(len(problems)) if first[str(i)])
+    _, column, reason, fix = problems[cond_index]
+    value = rows[column][first["row"]]
+    shown = f" ({json.dumps(value, ensure_ascii=False)})" if value is not None and reason.startswith("not") else ""
+    more = f" {bad_rows.height - 1} more row(s) have problems too." if bad_rows.height > 1 else ""
+    raise DataError(f"{rows['origin'][first['row']]}: field '{column}': {reason}{shown}. {fix}{more}")
+
+
+def _file_report(path: Path, batch: pl.DataFrame, unique: pl.DataFrame, fresh: pl.DataFrame,
+                 index: int) -> FileReport:
+    mine = fresh.filter(pl.col("file_index") == index)
+    kept = unique.filter(pl.col("file_index") == index).height
+    rows = batch.filter(pl.col("file_index") == index).height
+    return FileReport(
+        path=str(path), rows=rows, inserted=mine.height, duplicates_in_file=rows - kept,
+        duplicates_in_store=kept - mine.height,
+        by_split=dict(mine.group_by("split").len().sort("split").iter_rows()),
+        by_kind=dict(mine.group_by("kind").len().sort("kind").iter_rows()),
+    )
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _describe(value: object) -> str:
+    kinds = {bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    name = kinds.get(type(value), type(value).__name__)
+    return f"{name} ({json.dumps(value, ensure_ascii=False)[:40]})"

@@ -1,0 +1,163 @@
+"""Schema migrations of the store, in order. Append-only: a shipped migration is never edited, only followed.
+
+Each function takes a DuckDB connection inside a transaction; `Store` records its name in `_migrations` once it
+has run, so every store is upgraded exactly once per migration, whether new or years old.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import duckdb
+
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = []
+
+
+def migration(fn: Callable[[duckdb.DuckDBPyConnection], None]) -> Callable:
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_initial(con: duckdb.DuckDBPyConnection) -> None:
+    # Examples are never deleted: a rejected or relabelled example keeps its row with status 'rejected', so
+    # every prediction, rule result and cluster that mentions it can still be traced.
+    con.execute("""
+        CREATE TABLE examples (
+            id            VARCHAR PRIMARY KEY,      -- stable: the first 16 hex digits of content_hash
+            content_hash  VARCHAR NOT NULL UNIQUE,  -- sha256 of input and output
+            input         VARCHAR NOT NULL,
+            output        VARCHAR NOT NULL,
+            fields        JSON,                     -- the other columns of the source row
+            kind          VARCHAR NOT NULL CHECK (kind IN ('reasoning', 'direct')),
+            split         VARCHAR NOT NULL CHECK (split IN ('train', 'analysis', 'test', 'corner')),
+            source        VARCHAR NOT NULL CHECK (source IN ('seed', 'import', 'generated', 'relabel')),
+            parent_id     VARCHAR,                  -- generated: the example it was made from; relabel: the old one
+            template      VARCHAR,                  -- generated: the template that rendered it
+            cluster_id    VARCHAR,                  -- generated: the failure pattern it targets
+            round_added   INTEGER,                  -- generated/relabel: the round; ingested: NULL
+            status        VARCHAR NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'rejected')),
+            ingest_id     INTEGER,                  -- ingested: which ingest brought it
+            origin        VARCHAR,                  -- ingested: file:line it came from
+            created_at    TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )""")
+    con.execute("CREATE SEQUENCE ingest_ids START 1")
+    con.execute("""
+        CREATE TABLE ingests (
+            id          INTEGER PRIMARY KEY DEFAULT nextval('ingest_ids'),
+            path        VARCHAR NOT NULL,
+            file_sha256 VARCHAR NOT NULL,
+            rows        INTEGER NOT NULL,
+            inserted    INTEGER NOT NULL,
+            duplicates  INTEGER NOT NULL,
+            created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )""")
+    con.execute("""
+        CREATE TABLE rounds (
+            number          INTEGER PRIMARY KEY,    -- 0 is the baseline
+            status          VARCHAR NOT NULL CHECK (status IN ('running', 'done', 'failed')),
+            config          JSON NOT NULL,          -- the resolved config snapshot
+            versions        JSON,                   -- library versions
+            train_set_hash  VARCHAR,
+            adapter_path    VARCHAR,                -- weights on disk, path here
+            metrics         JSON,                   -- per split and per check
+            error           VARCHAR,
+            pid             INTEGER,
+            started_at      TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            finished_at     TIMESTAMP
+        )""")
+    con.execute("""
+        CREATE TABLE round_stages (
+            round        INTEGER NOT NULL,
+            stage        VARCHAR NOT NULL,          -- train, infer, evaluate, analyze, generate, record
+            status       VARCHAR NOT NULL CHECK (status IN ('running', 'done', 'failed')),
+            detail       JSON,
+            started_at   TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            finished_at  TIMESTAMP,
+            seconds      DOUBLE,
+            PRIMARY KEY (round, stage)
+        )""")
+    con.execute("""
+        CREATE TABLE round_examples (               -- exactly what each round trained on
+            round       INTEGER NOT NULL,
+            example_id  VARCHAR NOT NULL,
+            PRIMARY KEY (round, example_id)
+        )""")
+    con.execute("""
+        CREATE TABLE predictions (
+            round       INTEGER NOT NULL,
+            example_id  VARCHAR NOT NULL,
+            variant     VARCHAR NOT NULL DEFAULT '', -- '' as stored; e.g. 'cue-on'/'cue-off' for mix evals
+            prompt      VARCHAR NOT NULL,
+            output      VARCHAR NOT NULL,
+            tokens      INTEGER NOT NULL,
+            latency_ms  DOUBLE,
+            created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            PRIMARY KEY (round, example_id, variant)
+        )""")
+    con.execute("""
+        CREATE TABLE rule_results (
+            round       INTEGER NOT NULL,
+            example_id  VARCHAR NOT NULL,
+            variant     VARCHAR NOT NULL DEFAULT '',
+            rule_file   VARCHAR NOT NULL,
+            check_name  VARCHAR NOT NULL,
+            applies     BOOLEAN NOT NULL,           -- false when the check's `when` did not match the input
+            passed      BOOLEAN,                    -- NULL when it does not apply
+            severity    DOUBLE NOT NULL DEFAULT 1.0,
+            detail      VARCHAR,
+            PRIMARY KEY (round, example_id, variant, check_name)
+        )""")
+    con.execute("""
+        CREATE TABLE embeddings (
+            example_id  VARCHAR NOT NULL,
+            model       VARCHAR NOT NULL,
+            text_kind   VARCHAR NOT NULL,           -- what was embedded: 'input', 'failure', ...
+            text_hash   VARCHAR NOT NULL,           -- recompute only when the text changed
+            vector      FLOAT[] NOT NULL,
+            created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            PRIMARY KEY (example_id, model, text_kind)
+        )""")
+    con.execute("""
+        CREATE TABLE clusters (
+            id            VARCHAR PRIMARY KEY,      -- 'r003-c02': round 3, cluster 2
+            round         INTEGER NOT NULL,
+            rank          INTEGER NOT NULL,         -- 1 is the worst
+            label         VARCHAR,
+            statement     VARCHAR,                  -- the hypothesis a person can check
+            size          INTEGER NOT NULL,
+            score         DOUBLE NOT NULL,
+            score_parts   JSON,
+            checks        JSON,                     -- failing checks and their counts
+            evidence      JSON,                     -- features tested: rates inside/outside, lift, p, q
+            status        VARCHAR NOT NULL DEFAULT 'proposed'
+                          CHECK (status IN ('proposed', 'accepted', 'rejected', 'merged')),
+            merged_into   VARCHAR,
+            created_at    TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )""")
+    con.execute("""
+        CREATE TABLE cluster_members (
+            cluster_id      VARCHAR NOT NULL,
+            example_id      VARCHAR NOT NULL,
+            variant         VARCHAR NOT NULL DEFAULT '',
+            distance        DOUBLE,
+            representative  BOOLEAN NOT NULL DEFAULT false,
+            PRIMARY KEY (cluster_id, example_id, variant)
+        )""")
+    # Every counterexample a template rendered, stored or not: a rejected candidate is reported with its reason.
+    con.execute("CREATE SEQUENCE generation_ids START 1")
+    con.execute("""
+        CREATE TABLE generations (
+            id           INTEGER PRIMARY KEY DEFAULT nextval('generation_ids'),
+            round        INTEGER NOT NULL,
+            cluster_id   VARCHAR,
+            template     VARCHAR NOT NULL,
+            parent_id    VARCHAR,
+            input        VARCHAR NOT NULL,
+            output       VARCHAR NOT NULL,
+            targets      JSON,                      -- the checks it was made to pass
+            outcome      VARCHAR NOT NULL CHECK (outcome IN ('stored', 'duplicate', 'leak', 'failed_checks')),
+            example_id   VARCHAR,                   -- the stored (or already present) example
+            detail       VARCHAR,
+            created_at   TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )""")

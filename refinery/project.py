@@ -1,0 +1,204 @@
+"""Finding a project (the way ruff and pytest find theirs), loading its settings, and `refinery init`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from refinery.config import (SECTIONS, Config, CoreSettings, config_from_table, display_path, field_docs,
+                             toml_value)
+from refinery.errors import ConfigError
+
+CONFIG_FILE = "refinery.toml"
+ENV_VAR = "REFINERY_PROJECT"
+BUNDLED_PREFIX = "bundled:"
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+@dataclass(frozen=True)
+class Project:
+    """A project on disk: its root folder, its project file and its resolved settings."""
+
+    root: Path
+    config_file: Path
+    config: Config
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+    @property
+    def store_path(self) -> Path:
+        return self.path(self.config.core.store)
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.path(self.config.core.runs_dir)
+
+    @property
+    def rules_dir(self) -> Path:
+        return self.path(self.config.core.rules_dir)
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.path(self.config.core.templates_dir)
+
+    def with_config(self, config: Config) -> Project:
+        return dataclasses.replace(self, config=config)
+
+
+def load_project(project_dir: str | Path | None = None, *, cwd: Path | None = None,
+                 environ: Mapping[str, str] | None = None) -> Project:
+    """Find the project file (`--project DIR`, then $REFINERY_PROJECT, then walking up from cwd) and load it."""
+    config_file = find_config_file(project_dir, cwd=cwd, environ=environ)
+    return Project(root=config_file.parent, config_file=config_file, config=read_config(config_file))
+
+
+def find_config_file(project_dir: str | Path | None = None, *, cwd: Path | None = None,
+                     environ: Mapping[str, str] | None = None) -> Path:
+    """The project file that applies; the error lists every place looked."""
+    environ = os.environ if environ is None else environ
+    looked: list[str] = []
+    if project_dir is None and environ.get(ENV_VAR):
+        project_dir, origin = environ[ENV_VAR], f"${ENV_VAR}"
+    else:
+        origin = "--project"
+    if project_dir is not None:
+        start = Path(project_dir).expanduser().resolve()
+        if start.is_file() and (start.name == CONFIG_FILE or _has_refinery_table(start)):
+            return start
+        candidates = [start]
+    else:
+        here = (cwd or Path.cwd()).resolve()
+        candidates = [here, *here.parents]
+    for folder in candidates:
+        found = _config_in(folder, looked)
+        if found:
+            return found
+    where = "\n".join(f"  {line}" for line in looked)
+    source = f" ({origin} {project_dir})" if project_dir is not None else ""
+    raise ConfigError(
+        f"no refinery project found{source}. Looked for {CONFIG_FILE}, or pyproject.toml with a "
+        f"[tool.refinery] table, in:\n{where}\n"
+        f"Create one with `refinery init DIR`, or point at one with --project DIR or ${ENV_VAR}.")
+
+
+def read_config(path: Path) -> Config:
+    """Parse and check one project file."""
+    text = path.read_text(encoding="utf-8")
+    data = _parse_toml(path, text)
+    pyproject = path.name != CONFIG_FILE
+    table = data.get("tool", {}).get("refinery", {}) if pyproject else data
+    return config_from_table(table, path=path, text=text, pyproject=pyproject)
+
+
+def resolve_base_model(project: Project) -> str:
+    """What to pass to `from_pretrained`: the bundled model's folder, a local folder, or a hub id as given."""
+    name = project.config.core.base_model
+    if name.startswith(BUNDLED_PREFIX):
+        folder = BUNDLED_DIR / name.removeprefix(BUNDLED_PREFIX)
+        if not (folder / "config.json").is_file():
+            raise ConfigError(
+                f"{project.config_file.name}: base_model = \"{name}\": no bundled model at {folder}. "
+                f"The bundled models live in a source checkout of refinery (install it with "
+                f"`pip install -e .`), or set base_model to a Hugging Face model id or a local folder.")
+        return str(folder)
+    local = project.path(name)
+    return str(local) if local.exists() else name
+
+
+def init_project(directory: str | Path, *, force: bool = False) -> list[Path]:
+    """Scaffold a project in `directory`: a commented project file, rules/, templates/, data/ and runs/."""
+    root = Path(directory).expanduser().resolve()
+    existing = _config_in(root, []) if root.is_dir() else None
+    if existing and not force:
+        raise ConfigError(f"{existing} already makes {root} a refinery project. "
+                          f"Pass --force to write the scaffold again (your data and runs are kept).")
+    files = {
+        CONFIG_FILE: scaffold_config(),
+        "rules/README.md": _RULES_README,
+        "templates/README.md": _TEMPLATES_README,
+        "data/README.md": _DATA_README,
+        "runs/.gitignore": "*\n!.gitignore\n",
+    }
+    written = []
+    for relative, content in files.items():
+        target = root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content, encoding="utf-8")
+        written.append(target)
+    return written
+
+
+def scaffold_config() -> str:
+    """A refinery.toml that lists every setting with its default and help, commented out."""
+    lines = ["# refinery project file. Every setting is listed with its default, commented out:",
+             "# uncomment a line to change it. The same keys work under [tool.refinery] in pyproject.toml.", ""]
+    lines += _commented(CoreSettings)
+    for name, cls in SECTIONS.items():
+        lines += ["", f"[{name}]", f"# {cls.__doc__}"]
+        lines += _commented(cls)
+    return "\n".join(lines) + "\n"
+
+
+def _commented(cls: type) -> list[str]:
+    out = []
+    for name, shown, help_text in field_docs(cls):
+        out += [f"# {help_text}", f"# {name} = {toml_value(shown)}"]
+    return out
+
+
+def _config_in(folder: Path, looked: list[str]) -> Path | None:
+    standalone = folder / CONFIG_FILE
+    if standalone.is_file():
+        return standalone
+    pyproject = folder / "pyproject.toml"
+    if pyproject.is_file():
+        if _has_refinery_table(pyproject):
+            return pyproject
+        looked.append(f"{folder} (its pyproject.toml has no [tool.refinery] table)")
+    else:
+        looked.append(str(folder))
+    return None
+
+
+def _has_refinery_table(pyproject: Path) -> bool:
+    data = _parse_toml(pyproject, pyproject.read_text(encoding="utf-8"))
+    return isinstance(data.get("tool"), dict) and "refinery" in data["tool"]
+
+
+def _parse_toml(path: Path, text: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        where = f"{display_path(path)}:{match.group(1)}" if match else display_path(path)
+        reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        raise ConfigError(f"{where}: invalid TOML: {reason}. Fix the syntax on that line.") from None
+
+
+_RULES_README = """\
+# rules/
+
+Eval checks (what a correct output must satisfy, conditioned on the input) and targeting rules (which
+counterexample templates answer which failing checks), as TOML data files. `refinery iterate` reads every
+`*.toml` file here.
+"""
+
+_TEMPLATES_README = """\
+# templates/
+
+Jinja templates: the prompt format and the counterexample generators that `refinery iterate` renders for the
+worst failure patterns. Templates run in a sandboxed environment with undefined variables as errors.
+"""
+
+_DATA_README = """\
+# data/
+
+Your seed and evaluation data. Bring it into the store with `refinery ingest FILE` (JSONL, CSV or Parquet,
+columns `input` and `output` by default; see `[data]` in refinery.toml).
+"""

@@ -1,0 +1,65 @@
+"""What the store holds: examples by split, kind and source, and the last rounds."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from refinery.store import Store
+
+
+@dataclass
+class Status:
+    store: str
+    examples: int
+    rejected: int
+    counts: pl.DataFrame  # split, kind, source, examples (active examples only)
+    rounds: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "examples": self.examples,
+            "rejected": self.rejected,
+            "by_split": self.totals("split"),
+            "by_kind": self.totals("kind"),
+            "by_source": self.totals("source"),
+            "counts": self.counts.to_dicts(),
+            "rounds": self.rounds,
+        }
+
+    def totals(self, column: str) -> dict[str, int]:
+        grouped = self.counts.group_by(column).agg(pl.col("examples").sum()).sort(column)
+        return {key: int(value) for key, value in grouped.iter_rows()}
+
+
+def project_status(store: Store, *, last_rounds: int = 5) -> Status:
+    """Counts of active examples and the most recent rounds, newest last."""
+    counts = store.frame("""
+        SELECT split, kind, source, count(*)::INTEGER AS examples FROM examples WHERE status = 'active'
+        GROUP BY ALL ORDER BY split, kind, source""")
+    rounds = store.frame("""
+        SELECT number, status, metrics, started_at, finished_at,
+               date_diff('millisecond', started_at, finished_at) / 1000.0 AS seconds
+        FROM rounds ORDER BY number DESC LIMIT ?""", [last_rounds]).reverse()
+    return Status(
+        store=str(store.path),
+        examples=int(counts["examples"].sum()),
+        rejected=store.scalar("SELECT count(*) FROM examples WHERE status = 'rejected'"),
+        counts=counts,
+        rounds=[_round_row(row) for row in rounds.iter_rows(named=True)],
+    )
+
+
+def _round_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "number": row["number"],
+        "status": row["status"],
+        "metrics": json.loads(row["metrics"]) if row["metrics"] else None,
+        "started_at": row["started_at"].isoformat(timespec="seconds"),
+        "finished_at": row["finished_at"].isoformat(timespec="seconds") if row["finished_at"] else None,
+        "seconds": row["seconds"],
+    }

@@ -1,0 +1,95 @@
+"""The store: the project's DuckDB file, migrated on open, written only inside transactions."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from refinery.errors import StoreError
+from refinery.migrations import MIGRATIONS
+
+
+class Store:
+    """One connection to a DuckDB file. Use as a context manager, or call `close()`."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.con = _connect(self.path)
+        try:
+            self.migrate()
+        except BaseException:
+            self.con.close()
+            raise
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.con.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """All or nothing: an exception (or Ctrl-C) inside the block rolls every write back."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield self.con
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    def frame(self, query: str, params: list[Any] | None = None) -> pl.DataFrame:
+        """A query's result as a polars frame (through Arrow)."""
+        return self.con.sql(query, params=params or None).pl()
+
+    def scalar(self, query: str, params: list[Any] | None = None) -> Any:
+        row = self.con.execute(query, params or []).fetchone()
+        return None if row is None else row[0]
+
+    def applied_migrations(self) -> list[str]:
+        return [name for (name,) in self.con.execute("SELECT name FROM _migrations ORDER BY name").fetchall()]
+
+    def migrate(self) -> list[str]:
+        """Apply, each in its own transaction, the migrations this store has not seen; return their names."""
+        self.con.execute("CREATE TABLE IF NOT EXISTS _migrations "
+                         "(name VARCHAR PRIMARY KEY, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)")
+        applied = set(self.applied_migrations())
+        known = {fn.__name__ for fn in MIGRATIONS}
+        if applied - known:
+            newest = max(applied - known)
+            raise StoreError(f"{self.path}: the store was written by a newer refinery (migration '{newest}' is "
+                             f"unknown to this one). Upgrade refinery to open it.")
+        ran = []
+        for fn in MIGRATIONS:
+            if fn.__name__ in applied:
+                continue
+            with self.transaction() as con:
+                fn(con)
+                con.execute("INSERT INTO _migrations (name) VALUES (?)", [fn.__name__])
+            ran.append(fn.__name__)
+        return ran
+
+
+def _connect(path: Path) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(str(path))
+    except duckdb.IOException as exc:
+        message = str(exc)
+        if "lock" not in message.lower():
+            raise StoreError(f"{path}: cannot open the store: {message}") from None
+        pid = re.search(r"PID (\d+)", message)
+        holder = f" (PID {pid.group(1)})" if pid else ""
+        raise StoreError(f"{path}: the store is in use by another process{holder}. Wait for it to finish "
+                         f"or stop it, then run the command again.") from None
+    except duckdb.Error as exc:
+        raise StoreError(f"{path}: cannot open the store: {exc}. Is it a DuckDB file?") from None

@@ -1,0 +1,63 @@
+"""Shared fixtures: real projects in temp folders, real DuckDB files, the CLI run in-process."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from refinery.cli import main  # noqa: E402
+from refinery.project import init_project, load_project  # noqa: E402
+from refinery.store import Store  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def project_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A freshly scaffolded project, made the working directory."""
+    root = tmp_path / "proj"
+    init_project(root)
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("REFINERY_PROJECT", raising=False)
+    return root
+
+
+@pytest.fixture
+def project(project_dir: Path):
+    return load_project(project_dir)
+
+
+@pytest.fixture
+def store(project):
+    with Store(project.store_path) as s:
+        yield s
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture):
+    """Run `refinery ARGS` in-process; returns the exit code and what a person would see."""
+    def run(*args: str) -> CliResult:
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+    return run
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
