@@ -23,7 +23,7 @@ def export_split(store: Store, path: str | Path, *, split: str = "train", fmt: s
         raise DataError(f"split '{split}': expected one of: {', '.join(SPLITS)}, all.")
     where = "" if split == "all" else "AND split = ?"
     rows = store.frame(f"SELECT id, input, output, kind, split, source FROM examples "
-                       f"WHERE status = 'active' {where} ORDER BY created_at, id", [] if split == "all" else [split])
+                       f"WHERE status = 'active' {where} ORDER BY rowid", [] if split == "all" else [split])
     frame = to_prompt_completion(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":

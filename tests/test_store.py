@@ -1,0 +1,106 @@
+"""The DuckDB store: migrations applied once, transactions all-or-nothing, a clear message when it is locked."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from refinery import migrations
+from refinery.errors import StoreError
+from refinery.store import Store
+
+TABLES = {"_migrations", "examples", "ingests", "rounds", "round_stages", "round_examples", "predictions",
+          "rule_results", "embeddings", "clusters", "cluster_members", "generations"}
+
+
+def tables(path: Path) -> set[str]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return {name for (name,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    finally:
+        con.close()
+
+
+def test_fresh_store_gets_every_migration_once(tmp_path: Path) -> None:
+    path = tmp_path / "runs" / "refinery.duckdb"
+    with Store(path) as store:
+        assert store.applied_migrations() == ["m001_initial"]
+        assert store.migrate() == []
+    assert tables(path) == TABLES
+    with Store(path) as store:
+        assert store.migrate() == []
+        assert store.scalar("SELECT count(*) FROM _migrations") == 1
+
+
+def test_existing_store_gets_only_new_migrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "refinery.duckdb"
+    with Store(path) as store:
+        store.con.execute("INSERT INTO examples (id, content_hash, input, output, kind, split, source) "
+                          "VALUES ('a', 'h', 'in', 'out', 'direct', 'train', 'seed')")
+
+    def m002_add_note(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute("ALTER TABLE examples ADD COLUMN note VARCHAR DEFAULT 'none'")
+
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, m002_add_note])
+    monkeypatch.setattr("refinery.store.MIGRATIONS", migrations.MIGRATIONS)
+    with Store(path) as store:
+        assert store.applied_migrations() == ["m001_initial", "m002_add_note"]
+        assert store.con.execute("SELECT id, note FROM examples").fetchall() == [("a", "none")]
+    with Store(path) as store:
+        assert store.migrate() == []
+
+
+def test_store_from_a_newer_refinery_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "refinery.duckdb"
+    with Store(path) as store:
+        store.con.execute("INSERT INTO _migrations (name) VALUES ('m999_future')")
+    with pytest.raises(StoreError) as err:
+        Store(path)
+    assert str(err.value) == (f"{path}: the store was written by a newer refinery (migration 'm999_future' is "
+                              f"unknown to this one). Upgrade refinery to open it.")
+
+
+def test_transaction_rolls_back_everything_on_error(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.duckdb") as store:
+        with pytest.raises(ZeroDivisionError), store.transaction() as con:
+            con.execute("INSERT INTO ingests (path, file_sha256, rows, inserted, duplicates) "
+                        "VALUES ('f', 'x', 1, 1, 0)")
+            _ = 1 / 0
+        assert store.scalar("SELECT count(*) FROM ingests") == 0
+        with store.transaction() as con:
+            con.execute("INSERT INTO ingests (path, file_sha256, rows, inserted, duplicates) "
+                        "VALUES ('f', 'x', 1, 1, 0)")
+        assert store.scalar("SELECT count(*) FROM ingests") == 1
+
+
+def test_a_store_held_by_another_process_gives_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.duckdb"
+    Store(path).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, sys; c = duckdb.connect({str(path)!r}); print('ready', flush=True); "
+                               f"sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreError) as err:
+            Store(path)
+        assert str(err.value) == (f"{path}: the store is in use by another process (PID {holder.pid}). "
+                                  f"Wait for it to finish or stop it, then run the command again.")
+    finally:
+        holder.communicate("")
+
+
+def test_the_schema_enforces_its_vocabularies(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.duckdb") as store:
+        with pytest.raises(duckdb.ConstraintException):
+            store.con.execute("INSERT INTO examples (id, content_hash, input, output, kind, split, source) "
+                              "VALUES ('a', 'h', 'i', 'o', 'direct', 'validation', 'seed')")
+        store.con.execute("INSERT INTO examples (id, content_hash, input, output, kind, split, source) "
+                          "VALUES ('a', 'h', 'i', 'o', 'direct', 'train', 'seed')")
+        with pytest.raises(duckdb.ConstraintException):
+            store.con.execute("INSERT INTO examples (id, content_hash, input, output, kind, split, source) "
+                              "VALUES ('b', 'h', 'i', 'o', 'direct', 'train', 'seed')")
