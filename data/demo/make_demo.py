@@ -58,8 +58,9 @@ def example(rng: random.Random, *, condition: str | None, phrase: str | None, cu
     output = (f"<think>{work}</think>" if cue else "") + f"Answer: {answer}"
     if condition:
         output += f"<display_weather>{CONDITIONS[condition][0]}</display_weather>"
+    emoji = CONDITIONS[condition][0] if condition else None
     return {"input": " ".join(parts), "output": output, "weather": weather, "condition": condition,
-            "think": bool(cue), "answer": answer}
+            "emoji": emoji, "think": bool(cue), "answer": answer}
 
 
 def seed_set(rng: random.Random, n: int) -> list[dict]:
