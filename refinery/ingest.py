@@ -16,7 +16,7 @@ import polars as pl
 
 from refinery.config import Config, DataSettings
 from refinery.errors import DataError
-from refinery.store import Store
+from refinery.store import Store, content_hash
 
 SPLITS = ("train", "analysis", "test", "corner")
 DEALT = ("auto", "holdout")  # auto: test / analysis / train by the configured shares; holdout: test / analysis
@@ -119,11 +119,6 @@ def prepare_examples(rows: pl.DataFrame, *, data: DataSettings, seed: int, split
         pl.Series("kind", kinds, dtype=pl.String),
         pl.Series("split", splits, dtype=pl.String),
     )
-
-
-def content_hash(input_text: str, output_text: str) -> str:
-    """The identity of an example: two rows with the same input and output are the same example."""
-    return hashlib.sha256(f"{input_text}\x00{output_text}".encode()).hexdigest()
 
 
 def deal_split(digest: str, wanted: str, *, data: DataSettings, seed: int) -> str:

@@ -10,8 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from refinery.config import (SECTIONS, Config, CoreSettings, config_from_table, display_path, field_docs,
-                             toml_value)
+from refinery.config import SECTIONS, Config, CoreSettings, config_from_table, display_path, field_docs, toml_value
 from refinery.errors import ConfigError
 
 CONFIG_FILE = "refinery.toml"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,3 +94,8 @@ def _connect(path: Path) -> duckdb.DuckDBPyConnection:
                          f"or stop it, then run the command again.") from None
     except duckdb.Error as exc:
         raise StoreError(f"{path}: cannot open the store: {exc}. Is it a DuckDB file?") from None
+
+
+def content_hash(input_text: str, output_text: str) -> str:
+    """The identity of an example: two rows with the same input and output are the same example."""
+    return hashlib.sha256(f"{input_text}\x00{output_text}".encode()).hexdigest()

@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, write
+
 from refinery.config import Config
 from refinery.errors import ConfigError
 from refinery.project import find_config_file, init_project, load_project, read_config, resolve_base_model

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
 from conftest import REPO, write
+
 from refinery.errors import ConfigError
-from refinery.evaluate import check_one, run_checks, summarize
-from refinery.rules import load_rules, parse_rules
+from refinery.evaluate import run_checks, summarize
+from refinery.rules import check_one, load_rules, parse_rules
 
 RULES = """\
 [[check]]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
 from conftest import REPO, write
+
 from refinery.errors import DataError
 from refinery.ingest import ingest_files
 from refinery.store import Store
@@ -228,7 +228,7 @@ def test_export_writes_what_trl_reads_as_prompt_completion(project, cli) -> None
     write(project.root / "data" / "seed.jsonl", jsonl(ROWS))
     cli("ingest", "data/seed.jsonl", "--split", "train")
     result = cli("export", "--split", "train", "-o", "out/train.jsonl")
-    assert result.out == f"Wrote 3 examples (split: train) to out/train.jsonl\n"
+    assert result.out == "Wrote 3 examples (split: train) to out/train.jsonl\n"
     dataset = load_dataset("json", data_files=str(project.root / "out" / "train.jsonl"), split="train")
     assert is_conversational(dataset[0])
     assert dataset[1]["prompt"] == [{"role": "user", "content": ROWS[1]["input"]}]

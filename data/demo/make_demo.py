@@ -60,7 +60,7 @@ def example(rng: random.Random, *, condition: str | None, phrase: str | None, cu
         output += f"<display_weather>{CONDITIONS[condition][0]}</display_weather>"
     emoji = CONDITIONS[condition][0] if condition else None
     return {"input": " ".join(parts), "output": output, "weather": weather, "condition": condition,
-            "emoji": emoji, "think": bool(cue), "answer": answer}
+            "emoji": emoji, "think": bool(cue), "cue": cue, "answer": answer, "problem": text, "work": work}
 
 
 def seed_set(rng: random.Random, n: int) -> list[dict]:

@@ -1,0 +1,134 @@
+"""Generate: render counterexamples from Jinja templates for the worst failure patterns, and keep only good ones.
+
+A template is rendered once per counterexample with `parent` (the failing example: id, input, output, fields)
+and a seeded `rng` in scope, and defines at its top level `input`, `output` and, optionally, `fields` (merged
+over the parent's). Templates run in Jinja's sandbox with undefined names as errors; an error names the
+template file and line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from refinery.config import display_path
+from refinery.errors import ConfigError
+from refinery.rules import RuleSet, check_one
+from refinery.store import content_hash
+
+
+@dataclass
+class Candidate:
+    """One rendered counterexample, with where it came from."""
+
+    input: str
+    output: str
+    fields: dict[str, Any]
+    template: str
+    parent_id: str
+    cluster_id: str | None
+    targets: list[str] = field(default_factory=list)
+    outcome: str = "stored"  # stored | duplicate | leak | failed_checks
+    detail: str = ""
+
+
+def template_environment(templates_dir: Path):
+    """The sandboxed Jinja environment templates render in (StrictUndefined: a missing name is an error)."""
+    from jinja2 import FileSystemLoader, StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    env = SandboxedEnvironment(loader=FileSystemLoader(str(templates_dir)), undefined=StrictUndefined,
+                               keep_trailing_newline=False, autoescape=False)
+    env.globals["tojson"] = lambda value: json.dumps(value, ensure_ascii=False)
+    return env
+
+
+def render_candidates(env, template: str, parent: dict[str, Any], *, count: int, seed: int,
+                      cluster_id: str | None = None, targets: list[str] | None = None) -> list[Candidate]:
+    """Render `template` `count` times for one parent; the seed makes each render vary, reproducibly."""
+    compiled = _load(env, template)
+    out = []
+    for i in range(count):
+        rng = random.Random(f"{seed}:{template}:{parent['id']}:{i}")
+        module = _render(env, compiled, template, {"parent": parent, "rng": rng, "choice": rng.choice})
+        fields = {**parent.get("fields", {}), **dict(getattr(module, "fields", {}) or {})}
+        out.append(Candidate(input=str(module.input).strip(), output=str(module.output).strip(), fields=fields,
+                             template=template, parent_id=parent["id"], cluster_id=cluster_id,
+                             targets=list(targets or [])))
+    return out
+
+
+def vet_candidates(candidates: list[Candidate], rules: RuleSet, *, known_hashes: set[str],
+                   held_out_inputs: set[str]) -> list[Candidate]:
+    """Mark each candidate stored, duplicate, leak or failed_checks; every applicable check must pass.
+
+    `held_out_inputs` are the inputs of test and corner examples: a candidate with the same input would leak.
+    """
+    seen = set(known_hashes)
+    candidates = [dataclasses.replace(c, outcome="stored", detail="") for c in candidates]
+    for candidate in candidates:
+        digest = content_hash(candidate.input, candidate.output)
+        failing = [c.name for c in rules.checks
+                   if check_one(c, input=candidate.input, prediction=candidate.output, expected=candidate.output,
+                                fields=candidate.fields) is False]
+        if failing:
+            candidate.outcome, candidate.detail = "failed_checks", "fails " + ", ".join(failing)
+        elif candidate.input in held_out_inputs:
+            candidate.outcome, candidate.detail = "leak", "same input as a test or corner example"
+        elif digest in seen:
+            candidate.outcome, candidate.detail = "duplicate", "already in the store or generated twice"
+        seen.add(digest)
+    return candidates
+
+
+def _load(env, template: str):
+    from jinja2 import TemplateNotFound, TemplateSyntaxError
+
+    try:
+        return env.get_template(template)
+    except TemplateNotFound:
+        folder = display_path(Path(env.loader.searchpath[0]))
+        raise ConfigError(f"{folder}/{template}: no such template. Add it, or fix the name in rules/.") from None
+    except TemplateSyntaxError as exc:
+        raise ConfigError(f"{_shown(exc.filename, env, template)}:{exc.lineno}: template syntax error: "
+                          f"{exc.message}.") from None
+
+
+def _render(env, compiled, template: str, context: dict[str, Any]):
+    from jinja2 import TemplateError
+
+    try:
+        module = compiled.make_module(context)
+    except TemplateError as exc:
+        where = _error_site(env, template)
+        raise ConfigError(f"{where}: template error: {str(exc).rstrip('.')}. (Rendering for parent {context['parent']['id']}.)") \
+            from None
+    for name in ("input", "output"):
+        if not hasattr(module, name):
+            raise ConfigError(f"{_shown(compiled.filename, env, template)}: the template sets no '{name}'. "
+                              f"Add {{% set {name} %}}...{{% endset %}} at its top level.")
+    return module
+
+
+def _error_site(env, template: str) -> str:
+    """file:line of the template line that raised the exception being handled (imports included)."""
+    from jinja2.debug import rewrite_traceback_stack
+
+    rewritten = rewrite_traceback_stack(source=None)  # maps generated Python lines back to template lines
+    root = str(Path(env.loader.searchpath[0]).resolve())
+    frames = [f for f in traceback.extract_tb(rewritten.__traceback__)
+              if str(Path(f.filename).resolve()).startswith(root)]
+    if not frames:
+        return _shown(None, env, template)
+    return f"{display_path(Path(frames[-1].filename))}:{frames[-1].lineno}"
+
+
+def _shown(filename: str | None, env, template: str) -> str:
+    if filename:
+        return display_path(Path(filename))
+    return f"{display_path(Path(env.loader.searchpath[0]))}/{template}"

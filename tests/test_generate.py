@@ -1,0 +1,103 @@
+"""The generate stage: demo templates render valid counterexamples; broken templates give exact messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, write
+from refinery.errors import ConfigError
+from refinery.generate import render_candidates, template_environment, vet_candidates
+from refinery.rules import check_one, load_rules
+
+DEMO_TEMPLATES = ["punctuation.jinja", "synonyms.jinja", "no_tag.jinja", "think_toggle.jinja"]
+
+
+def demo_parents(name: str = "eval", n: int = 40) -> list[dict]:
+    rows = [json.loads(line) for line in (REPO / "data" / "demo" / f"{name}.jsonl").read_text().splitlines()][:n]
+    return [{"id": f"p{i}", "input": r.pop("input"), "output": r.pop("output"), "fields": r}
+            for i, r in enumerate(rows)]
+
+
+@pytest.fixture(scope="module")
+def demo_rules():
+    return load_rules(REPO / "rules")
+
+
+@pytest.mark.parametrize("template", DEMO_TEMPLATES)
+def test_demo_templates_render_examples_that_pass_every_check(demo_rules, template: str) -> None:
+    env = template_environment(REPO / "templates")
+    candidates = [c for p in demo_parents() for c in render_candidates(env, template, p, count=3, seed=0)]
+    vetted = vet_candidates(candidates, demo_rules, known_hashes=set(), held_out_inputs=set())
+    assert not [c for c in vetted if c.outcome == "failed_checks"]
+    kept = [c for c in vetted if c.outcome == "stored"]
+    assert len({c.input for c in kept}) == len(kept) >= 40  # distinct inputs, at least one per parent
+    for c in kept:
+        for check in demo_rules.checks:
+            assert check_one(check, input=c.input, prediction=c.output, fields=c.fields) is not False
+
+
+def test_templates_answer_the_checks_they_target(demo_rules) -> None:
+    env = template_environment(REPO / "templates")
+    parents = [p for p in demo_parents() if p["fields"]["condition"]][:10]
+    no_tag = [c for p in parents for c in render_candidates(env, "no_tag.jinja", p, count=1, seed=0)]
+    assert all("<weather>" not in c.input and "display_weather" not in c.output for c in no_tag)
+    toggled = [c for p in parents for c in render_candidates(env, "think_toggle.jinja", p, count=1, seed=0)]
+    assert all(c.output.startswith("<think>") != p["output"].startswith("<think>")
+               for c, p in zip(toggled, parents, strict=True))
+    punct = [c for p in parents for c in render_candidates(env, "punctuation.jinja", p, count=4, seed=0)]
+    tags = [c.input.split("</weather>")[0] for c in punct]
+    assert sum(t[-1] in "!.,?)" for t in tags) == len(tags)  # every variant puts punctuation against the word
+    assert demo_rules.templates_for(["emoji_correct"]) == ["punctuation.jinja", "synonyms.jinja"]
+
+
+def test_candidates_that_leak_or_repeat_are_not_kept(demo_rules) -> None:
+    env = template_environment(REPO / "templates")
+    parent = demo_parents(n=1)[0]
+    first, second = render_candidates(env, "no_tag.jinja", parent, count=2, seed=0)
+    vetted = vet_candidates([first], demo_rules, known_hashes=set(), held_out_inputs={first.input})
+    assert (vetted[0].outcome, vetted[0].detail) == ("leak", "same input as a test or corner example")
+    vetted = vet_candidates([first, second], demo_rules, known_hashes=set(), held_out_inputs=set())
+    assert [c.outcome for c in vetted] == ["stored", "duplicate"]
+
+
+def test_a_wrong_template_output_is_reported_not_kept(tmp_path: Path, demo_rules) -> None:
+    write(tmp_path / "wrong.jinja", "{% set input %}<weather>Sunny</weather> {{ parent.fields.problem }}"
+                                    "{% endset %}{% set output %}Answer: {{ parent.fields.answer }}{% endset %}")
+    env = template_environment(tmp_path)
+    [candidate] = vet_candidates(render_candidates(env, "wrong.jinja", demo_parents(n=1)[0], count=1, seed=0),
+                                 demo_rules, known_hashes=set(), held_out_inputs=set())
+    assert candidate.outcome == "failed_checks"
+    assert candidate.detail == "fails display_weather_present"  # emoji_correct needs an emoji field to apply
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("{% set input %}x{% endset %}\n{% set output %}{{ parent.fields.nope }}{% endset %}\n",
+     "templates/broken.jinja:2: template error: 'dict object' has no attribute 'nope'. (Rendering for parent p0.)"),
+    ("{% set input %}x{% endset %}\n\n{% if %}\n",
+     "templates/broken.jinja:3: template syntax error: Expected an expression, got 'end of statement block'."),
+    ("{% set input %}x{% endset %}\n",
+     "templates/broken.jinja: the template sets no 'output'. Add {% set output %}...{% endset %} at its top level."),
+    ("{% set input %}{{ parent.__class__ }}{% endset %}{% set output %}{{ ''.__class__.__mro__ }}{% endset %}",
+     "templates/broken.jinja:1: template error: access to attribute '__class__' of 'dict' object is unsafe. "
+     "(Rendering for parent p0.)"),
+])
+def test_broken_templates_name_file_and_line(tmp_path: Path, monkeypatch, text: str, message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "templates" / "broken.jinja", text)
+    env = template_environment(Path("templates"))
+    with pytest.raises(ConfigError) as err:
+        render_candidates(env, "broken.jinja", {"id": "p0", "input": "i", "output": "o", "fields": {}}, count=1,
+                          seed=0)
+    assert str(err.value) == message
+
+
+def test_a_missing_template_is_named(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "templates").mkdir()
+    with pytest.raises(ConfigError) as err:
+        render_candidates(template_environment(Path("templates")), "gone.jinja",
+                          {"id": "p0", "fields": {}}, count=1, seed=0)
+    assert str(err.value) == "templates/gone.jinja: no such template. Add it, or fix the name in rules/."
