@@ -1,0 +1,87 @@
+"""The analyse stage: real MiniLM embeddings, cached in the store; planted failure patterns come back as clusters."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from conftest import REPO
+from refinery.analyze import MiniLMEmbedder, analyze, embed_examples, input_terms
+
+
+class CountingEmbedder:
+    """The real embedder, counting what it is asked to encode."""
+
+    def __init__(self, inner: MiniLMEmbedder):
+        self.inner, self.name, self.encoded = inner, inner.name, 0
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.encoded += len(texts)
+        return self.inner.encode(texts)
+
+
+@pytest.fixture(scope="session")
+def embedder() -> MiniLMEmbedder:
+    return MiniLMEmbedder()
+
+
+def demo_rows() -> pl.DataFrame:
+    rows = [json.loads(line) for line in (REPO / "data" / "demo" / "eval.jsonl").read_text().splitlines()]
+    return pl.DataFrame({"example_id": [f"e{i}" for i in range(len(rows))], "input": [r["input"] for r in rows],
+                         "weather": [r["weather"] for r in rows], "cue": [r["cue"] for r in rows]})
+
+
+def test_embeddings_are_computed_once_and_reused(store, embedder) -> None:
+    rows = demo_rows().head(30).select("example_id", pl.col("input").alias("text"))
+    counting = CountingEmbedder(embedder)
+    first = embed_examples(store, rows, embedder=counting)
+    assert first.shape == (30, 384) and counting.encoded == 30
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
+    again = embed_examples(store, rows.head(40), embedder=counting)  # all cached
+    assert counting.encoded == 30
+    np.testing.assert_allclose(again, first)
+    changed = rows.with_columns(pl.when(pl.col("example_id") == "e0").then(pl.lit("a new text"))
+                                .otherwise(pl.col("text")).alias("text"))
+    embed_examples(store, changed, embedder=counting)  # only the changed text is embedded again
+    assert counting.encoded == 31
+    assert store.scalar("SELECT count(*) FROM embeddings") == 30
+
+
+def test_planted_failure_patterns_are_recovered_as_clusters(store, embedder) -> None:
+    rows = demo_rows()
+    punct_tag = [bool(w) and w[-1] in "!.,?)" for w in rows["weather"].fill_null("")]
+    cue_without_tag = [w is None and c is not None for w, c in zip(rows["weather"], rows["cue"], strict=True)]
+    failing = [["display_weather_present"] if p else ["think_present"] if q else []
+               for p, q in zip(punct_tag, cue_without_tag, strict=True)]
+    rows = rows.with_columns(pl.Series("failing", failing, dtype=pl.List(pl.String)))
+    failures = rows.filter(pl.col("failing").list.len() > 0)
+    passing = rows.filter(pl.col("failing").list.len() == 0)
+    vectors = embed_examples(store, failures.select("example_id", pl.col("input").alias("text")),
+                             embedder=embedder)
+    clusters = analyze(failures, passing, embeddings=vectors,
+                       severities={"display_weather_present": 3, "think_present": 2})
+    planted = {"display_weather_present": set(failures.filter(pl.col("failing").list.contains(
+        "display_weather_present"))["example_id"]), "think_present": set(failures.filter(
+            pl.col("failing").list.contains("think_present"))["example_id"])}
+    for check, members in planted.items():
+        found = [c for c in clusters if next(iter(c.checks)) == check]
+        covered = set().union(*(set(c.members) for c in found))
+        assert covered == members  # every planted failure sits in a cluster of its own check
+        assert all(len(c.checks) == 1 for c in found)  # and no cluster mixes the two patterns
+    top = clusters[0]
+    assert next(iter(top.checks)) == "display_weather_present"  # the more severe, larger pattern ranks first
+    assert [c.rank for c in clusters] == list(range(1, len(clusters) + 1))
+    assert all(a.score >= b.score for a, b in zip(clusters, clusters[1:]))
+    terms = {t["term"] for c in clusters if next(iter(c.checks)) == "display_weather_present" for t in c.terms}
+    assert "punctuation before a closing tag" in terms
+    cue_terms = {t["term"] for c in clusters if next(iter(c.checks)) == "think_present" for t in c.terms}
+    assert cue_terms & {"thinking", "use", "think"}
+
+
+def test_input_terms_are_readable_features() -> None:
+    terms = input_terms("<weather>SUNNY!</weather> use thinking. Bob has 2 cards.")
+    assert {"sunny", "sunny+punct", "<weather>", "sunny:UPPER", "thinking+punct",
+            "punctuation before a closing tag"} <= terms
