@@ -146,6 +146,82 @@ def export(ctx: typer.Context,
     console.print(f"Wrote {count} examples (split: {split}) to {target}")
 
 
+@app.command()
+def iterate(ctx: typer.Context,
+            steps: Annotated[int | None, typer.Option(metavar="N", help="Training steps this round (overrides "
+                                                                       "[train] steps).", show_default=False)] = None,
+            as_json: JsonOption = False) -> None:
+    """Run one round: train, evaluate the held-out splits, cluster the failures, generate counterexamples."""
+    from refinery.loop import run_round
+    project = _project(ctx)
+    if steps is not None:
+        project = project.with_config(project.config.override("train", steps=steps))
+    with _StageReporter() as reporter:
+        summary = run_round(project, reporter=reporter)
+    if as_json:
+        return _print_json(summary.to_dict())
+    _print_round(summary)
+
+
+class _StageReporter:
+    """A progress bar for the running stage and a line for each finished one, on stderr."""
+
+    def __enter__(self) -> _StageReporter:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        self.out = Console(stderr=True, highlight=False)
+        self.bar = Progress(TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=self.out, transient=True)
+        self.bar.start()
+        self.task = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def stage(self, name: str) -> None:
+        self.task = self.bar.add_task(name, total=None)
+
+    def progress(self, done: int, total: int) -> None:
+        self.bar.update(self.task, completed=done, total=total)
+
+    def stage_done(self, name: str, seconds: float, note: str) -> None:
+        self.bar.remove_task(self.task)
+        self.out.print(f"  {name:<9} {seconds:6.1f} s  {note}")
+
+
+def _print_round(summary) -> None:
+    prev = summary.previous_metrics or {}
+    total = sum(summary.stages.values())
+    console.print(f"\nRound {summary.number} done in {total:.0f} s "
+                  f"({', '.join(f'{k} {v:.1f} s' for k, v in summary.stages.items())})")
+    versus = f"vs round {summary.previous}" if summary.previous else "vs -"
+    table = Table("split", "examples", "pass rate", versus, "weighted score", title="Pass rates")
+    for split, m in summary.metrics.items():
+        before = prev.get(split, {}).get("pass_rate")
+        delta = f"{m['pass_rate'] - before:+.1%}" if before is not None else "-"
+        table.add_row(split, str(m["examples"]), f"{m['pass_rate']:.1%}", delta, f"{m['weighted_score']:.3f}")
+    console.print(table)
+    test = summary.metrics.get("test", {}).get("checks", {})
+    checks = Table("check", "test pass rate", versus, title="Checks on the test split")
+    for name, c in test.items():
+        before = prev.get("test", {}).get("checks", {}).get(name, {}).get("rate")
+        delta = f"{c['rate'] - before:+.1%}" if before is not None else "-"
+        checks.add_row(name, f"{c['rate']:.1%} ({c['passed']}/{c['applies']})", delta)
+    console.print(checks)
+    console.print("Top failure patterns (analysis split)")
+    for c in summary.clusters[:3]:
+        console.print(f"  #{c['rank']} {c['id']}  score {c['score']:.1f}  size {c['size']}: {c['statement']}")
+        for e in c["examples"][:2]:
+            console.print(f"      input    {e['input']}\n      output   {e['output']}\n      expected {e['expected']}")
+    stored = sum(g["stored"] for g in summary.generated)
+    rejected = {k: sum(g[k] for g in summary.generated) for k in ("duplicate", "leak", "failed_checks")}
+    console.print(f"Generated {stored} counterexamples ({rejected['duplicate']} duplicates, {rejected['leak']} "
+                  f"leaks, {rejected['failed_checks']} failing their checks were not stored):")
+    for g in summary.generated:
+        if g["stored"]:
+            console.print(f"  {g['cluster']}  {g['template']:<20} {g['stored']}")
+
+
 def _choice(flag: str, value: str | None, allowed: tuple[str, ...]) -> None:
     if value is not None and value not in allowed:
         raise RefineryError(f"{flag} {value}: expected one of: {', '.join(allowed)}.")

@@ -90,6 +90,22 @@ class InferSettings:
 
 
 @dataclass(frozen=True)
+class AnalyzeSettings:
+    """How failures are grouped into patterns."""
+
+    max_clusters: int = opt(8, "Most clusters k-means may choose (k is picked by silhouette score).", min=1, max=50)
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """How many counterexamples each round adds."""
+
+    clusters: int = opt(3, "Target the worst N failure patterns each round.", min=0)
+    per_cluster: int = opt(12, "Counterexamples to store per targeted pattern.", min=1)
+    per_parent: int = opt(2, "Renders of each template per failing example used as a parent.", min=1)
+
+
+@dataclass(frozen=True)
 class MixSettings:
     """The share of reasoning (<think>) examples in the training set."""
 
@@ -115,6 +131,8 @@ SECTIONS: dict[str, type] = {
     "data": DataSettings,
     "train": TrainSettings,
     "infer": InferSettings,
+    "analyze": AnalyzeSettings,
+    "generate": GenerateSettings,
     "mix": MixSettings,
     "plateau": PlateauSettings,
 }
@@ -128,6 +146,8 @@ class Config:
     data: DataSettings = field(default_factory=DataSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     infer: InferSettings = field(default_factory=InferSettings)
+    analyze: AnalyzeSettings = field(default_factory=AnalyzeSettings)
+    generate: GenerateSettings = field(default_factory=GenerateSettings)
     mix: MixSettings = field(default_factory=MixSettings)
     plateau: PlateauSettings = field(default_factory=PlateauSettings)
 

@@ -51,7 +51,7 @@ def template_environment(templates_dir: Path):
 def render_candidates(env, template: str, parent: dict[str, Any], *, count: int, seed: int,
                       cluster_id: str | None = None, targets: list[str] | None = None) -> list[Candidate]:
     """Render `template` `count` times for one parent; the seed makes each render vary, reproducibly."""
-    compiled = _load(env, template)
+    compiled = load_template(env, template)
     out = []
     for i in range(count):
         rng = random.Random(f"{seed}:{template}:{parent['id']}:{i}")
@@ -86,7 +86,8 @@ def vet_candidates(candidates: list[Candidate], rules: RuleSet, *, known_hashes:
     return candidates
 
 
-def _load(env, template: str):
+def load_template(env, template: str):
+    """The compiled template, or an error naming the file (and line, for a syntax error)."""
     from jinja2 import TemplateNotFound, TemplateSyntaxError
 
     try:

@@ -1,0 +1,362 @@
+"""The round: train -> infer -> evaluate -> analyse -> generate -> record, composed from the stage modules.
+
+The store is opened per stage, never across training, so `refinery status` works while a round runs. A round
+that raises (or is interrupted) is marked failed; one whose process died is marked failed by the next round.
+Generated examples, clusters and the round's metrics are written together in the last transaction, so a
+failed round adds nothing to the training data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import polars as pl
+
+from refinery.errors import RefineryError
+from refinery.project import Project, resolve_base_model
+from refinery.store import Store, content_hash
+
+STAGES = ("train", "infer", "evaluate", "analyze", "generate", "record")
+
+
+class Reporter(Protocol):
+    """What a round tells the person watching it."""
+
+    def stage(self, name: str) -> None: ...
+    def progress(self, done: int, total: int) -> None: ...
+    def stage_done(self, name: str, seconds: float, note: str) -> None: ...
+
+
+class _Quiet:
+    def stage(self, name: str) -> None: ...
+    def progress(self, done: int, total: int) -> None: ...
+    def stage_done(self, name: str, seconds: float, note: str) -> None: ...
+
+
+@dataclass
+class RoundSummary:
+    """What a round did, with the figures to compare it with the one before."""
+
+    number: int
+    status: str
+    train: dict[str, Any]
+    metrics: dict[str, Any]
+    previous: int | None
+    previous_metrics: dict[str, Any] | None
+    clusters: list[dict[str, Any]]
+    generated: list[dict[str, Any]]
+    stages: dict[str, float] = field(default_factory=dict)
+    round_dir: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_round(project: Project, *, reporter: Reporter | None = None) -> RoundSummary:
+    """Run one round end to end and record it; returns its summary."""
+    from refinery.generate import template_environment
+    from refinery.rules import load_rules
+
+    reporter = reporter or _Quiet()
+    rules = load_rules(project.rules_dir)  # bad rules or templates stop the round before it starts
+    env = template_environment(project.templates_dir)
+    _check_templates(env, rules)
+    base_model = resolve_base_model(project)
+    with Store(project.store_path) as store:
+        number, train_rows = _begin(store, project)
+    round_dir = project.runs_dir / f"round-{number:03d}"
+    round_dir.mkdir(parents=True, exist_ok=True)
+    (round_dir / "config.json").write_text(json.dumps(project.config.to_dict(), indent=2))
+    timer = _Timer(project, number, reporter)
+    try:
+        return _run_stages(project, number, train_rows, rules, env, base_model, round_dir, timer)
+    except BaseException as exc:
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+        _fail(project, number, reason)
+        raise
+
+
+def _run_stages(project, number, train_rows, rules, env, base_model, round_dir, timer) -> RoundSummary:
+    from refinery import analyze, evaluate, generate, infer, train
+
+    config = project.config
+    with timer.stage("train") as note:
+        result = train.train(train_rows, base_model=base_model, settings=config.train, out_dir=round_dir,
+                             on_step=timer.progress)
+        note(f"{result.steps} steps on {result.examples} examples, loss {result.final_loss:.3f}, {result.device}")
+    weights = result.weights_path
+    model_path, adapter = (weights, None) if result.method == "full" else (base_model, weights)
+    with Store(project.store_path) as store:
+        held_out = store.frame("SELECT id AS example_id, input, output AS expected, fields, split FROM examples "
+                               "WHERE status = 'active' AND split <> 'train' ORDER BY id")
+    with timer.stage("infer") as note:
+        outputs = infer.generate(held_out["input"].to_list(), base_model=model_path, settings=config.infer,
+                                 adapter=adapter, on_batch=timer.progress)
+        predictions = pl.concat([held_out.select("example_id"), outputs], how="horizontal").with_columns(
+            pl.lit(number).alias("round"), pl.lit("").alias("variant"))
+        _write(project, "predictions", predictions)
+        note(f"{outputs.height} outputs, {outputs['tokens'].mean() or 0:.1f} tokens each")
+    with timer.stage("evaluate") as note:
+        rows = held_out.with_columns(predictions["output"].alias("prediction"), pl.lit("").alias("variant"))
+        results = evaluate.run_checks(rules, rows)
+        _write(project, "rule_results", results.with_columns(pl.lit(number).alias("round")))
+        metrics = evaluate.summarize(results, held_out)
+        note(_metric_note(metrics))
+    with timer.stage("analyze") as note:
+        failures, passing = _failures(rows, results)
+        with Store(project.store_path) as store:
+            vectors = analyze.embed_examples(store, failures.select("example_id", pl.col("input").alias("text")))
+        clusters = analyze.analyze(failures, passing, embeddings=vectors, seed=config.core.seed,
+                                   severities={c.name: c.severity for c in rules.checks},
+                                   clusterer=analyze.SilhouetteKMeans(max_k=config.analyze.max_clusters,
+                                                                      seed=config.core.seed))
+        for cluster in clusters:
+            cluster.label = f"r{number:03d}-c{cluster.rank:02d}"
+        note(f"{failures.height} failing analysis cases in {len(clusters)} clusters")
+    with timer.stage("generate") as note:
+        candidates = _generate(project, env, rules, clusters, rows, number)
+        stored = sum(c.outcome == "stored" for c in candidates)
+        note(f"{stored} of {len(candidates)} candidates kept")
+    with timer.stage("record"):
+        _record(project, number, clusters, candidates, metrics, result, weights)
+    summary = _summary(project, number, result, metrics, clusters, candidates, rows, timer.seconds)
+    summary.round_dir = str(round_dir)
+    (round_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
+    return summary
+
+
+def _begin(store: Store, project: Project) -> tuple[int, pl.DataFrame]:
+    """Close out dead rounds, refuse to run beside a live one, and open a new round with its training set."""
+    from refinery.mix import training_set
+
+    for number, pid in store.con.execute("SELECT number, pid FROM rounds WHERE status = 'running'").fetchall():
+        if pid and pid != os.getpid() and _alive(pid):
+            raise RefineryError(f"round {number} is running in process {pid}. Wait for it to finish, or stop that "
+                                f"process; the next `refinery iterate` then marks it failed and starts a new round.")
+        _mark_failed(store, number, f"interrupted: process {pid} ended before the round finished")
+    examples = store.frame("SELECT id, input, output, kind FROM examples WHERE status = 'active' AND split = 'train' "
+                           "ORDER BY id")
+    if examples.height == 0:
+        raise RefineryError("no training examples: ingest some first, e.g. `refinery ingest data/seed.jsonl "
+                            "--split train --source seed`.")
+    chosen = training_set(examples, reasoning_share=project.config.mix.reasoning_share, seed=project.config.core.seed)
+    digest = hashlib.sha256("\n".join(chosen["id"].to_list()).encode()).hexdigest()
+    number = (store.scalar("SELECT max(number) FROM rounds") or 0) + 1
+    with store.transaction() as con:
+        con.execute("INSERT INTO rounds (number, status, config, versions, train_set_hash, pid) "
+                    "VALUES (?, 'running', ?, ?, ?, ?)",
+                    [number, json.dumps(project.config.to_dict()), json.dumps(_versions()), digest, os.getpid()])
+        con.register("chosen", chosen.select("id"))
+        con.execute("INSERT INTO round_examples SELECT ?, id FROM chosen", [number])
+        con.unregister("chosen")
+    return number, chosen
+
+
+def _failures(rows: pl.DataFrame, results: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    failing = (results.filter(pl.col("passed") == False)  # noqa: E712
+               .group_by("example_id").agg(pl.col("check_name").sort().alias("failing")))
+    analysis = rows.filter(pl.col("split") == "analysis")
+    failures = analysis.join(failing, on="example_id").sort("example_id")
+    passing = analysis.join(failing, on="example_id", how="anti")
+    return failures, passing
+
+
+def _generate(project, env, rules, clusters, rows, number) -> list:
+    from refinery.generate import render_candidates, vet_candidates
+
+    settings = project.config.generate
+    by_id = {r["example_id"]: r for r in rows.iter_rows(named=True)}
+    candidates = []
+    for cluster in clusters[:settings.clusters]:
+        failing = list(cluster.checks)
+        templates = rules.templates_for(failing)
+        made: list = []
+        for example_id in cluster.members:
+            row = by_id[example_id]
+            parent = {"id": example_id, "input": row["input"], "output": row["expected"],
+                      "fields": json.loads(row["fields"]) if row["fields"] else {}}
+            for template in templates:
+                made += render_candidates(env, template, parent, count=settings.per_parent,
+                                          seed=project.config.core.seed + number, cluster_id=cluster.label,
+                                          targets=failing)
+            if len(made) >= settings.per_cluster * 3:
+                break
+        candidates += made
+    with Store(project.store_path) as store:
+        known = set(store.frame("SELECT content_hash FROM examples")["content_hash"])
+        held = set(store.frame("SELECT input FROM examples WHERE split IN ('test', 'corner')")["input"])
+    vetted = vet_candidates(candidates, rules, known_hashes=known, held_out_inputs=held)
+    return _cap_per_cluster(vetted, settings.per_cluster)
+
+
+def _cap_per_cluster(candidates: list, cap: int) -> list:
+    """Keep at most `cap` stored candidates per cluster, taking templates in turn so each gets its share."""
+    kept: dict[str | None, int] = {}
+    by_template: dict[tuple, list] = {}
+    for c in candidates:
+        by_template.setdefault((c.cluster_id, c.template), []).append(c)
+    order = []
+    while any(by_template.values()):
+        for key in list(by_template):
+            if by_template[key]:
+                order.append(by_template[key].pop(0))
+    for c in order:
+        if c.outcome == "stored":
+            if kept.get(c.cluster_id, 0) >= cap:
+                c.outcome, c.detail = "over_cap", ""
+            else:
+                kept[c.cluster_id] = kept.get(c.cluster_id, 0) + 1
+    return [c for c in order if c.outcome != "over_cap"]
+
+
+def _record(project, number, clusters, candidates, metrics, result, weights) -> None:
+    think = re.compile(project.config.data.think_pattern, re.DOTALL)
+    with Store(project.store_path) as store, store.transaction() as con:
+        for cluster in clusters:
+            con.execute("INSERT INTO clusters (id, round, rank, label, statement, size, score, score_parts, checks, "
+                        "evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [cluster.label, number, cluster.rank, cluster.label, cluster.statement, cluster.size,
+                         cluster.score, json.dumps(cluster.score_parts), json.dumps(cluster.checks),
+                         json.dumps(cluster.terms)])
+            con.executemany("INSERT INTO cluster_members (cluster_id, example_id, distance, representative) "
+                            "VALUES (?, ?, ?, ?)",
+                            [[cluster.label, m, float(i), m in cluster.representatives]
+                             for i, m in enumerate(cluster.members)])
+        for c in candidates:
+            digest = content_hash(c.input, c.output)
+            example_id = digest[:16] if c.outcome in ("stored", "duplicate") else None
+            if c.outcome == "stored":
+                con.execute("INSERT INTO examples (id, content_hash, input, output, fields, kind, split, source, "
+                            "parent_id, template, cluster_id, round_added) VALUES (?, ?, ?, ?, ?, ?, 'train', "
+                            "'generated', ?, ?, ?, ?)",
+                            [example_id, digest, c.input, c.output, json.dumps(c.fields, ensure_ascii=False),
+                             "reasoning" if think.search(c.output) else "direct", c.parent_id, c.template,
+                             c.cluster_id, number])
+            con.execute("INSERT INTO generations (round, cluster_id, template, parent_id, input, output, targets, "
+                        "outcome, example_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [number, c.cluster_id, c.template, c.parent_id, c.input, c.output, json.dumps(c.targets),
+                         c.outcome, example_id, c.detail])
+        con.execute("UPDATE rounds SET status = 'done', metrics = ?, adapter_path = ?, finished_at = current_timestamp "
+                    "WHERE number = ?", [json.dumps(metrics), weights, number])
+
+
+def _summary(project, number, result, metrics, clusters, candidates, rows, stages) -> RoundSummary:
+    by_id = {r["example_id"]: r for r in rows.iter_rows(named=True)}
+    with Store(project.store_path) as store:
+        previous = store.con.execute("SELECT number, metrics FROM rounds WHERE status = 'done' AND number < ? "
+                                     "ORDER BY number DESC LIMIT 1", [number]).fetchone()
+    shown = []
+    for cluster in clusters[:5]:
+        examples = [{"example_id": m, "input": by_id[m]["input"], "output": by_id[m]["prediction"],
+                     "expected": by_id[m]["expected"]} for m in cluster.representatives[:3]]
+        shown.append({"id": cluster.label, "rank": cluster.rank, "size": cluster.size, "score": cluster.score,
+                      "statement": cluster.statement, "checks": cluster.checks, "terms": cluster.terms[:3],
+                      "examples": examples})
+    generated: dict[tuple, dict[str, Any]] = {}
+    for c in candidates:
+        entry = generated.setdefault((c.cluster_id, c.template), {"cluster": c.cluster_id, "template": c.template,
+                                                                  "stored": 0, "duplicate": 0, "leak": 0,
+                                                                  "failed_checks": 0})
+        entry[c.outcome] += 1
+    train = {"examples": result.examples, "steps": result.steps, "seconds": result.seconds,
+             "final_loss": result.final_loss, "device": result.device, "dtype": result.dtype,
+             "weights": result.weights_path}
+    return RoundSummary(number=number, status="done", train=train, metrics=metrics,
+                        previous=previous[0] if previous else None,
+                        previous_metrics=json.loads(previous[1]) if previous else None,
+                        clusters=shown, generated=list(generated.values()), stages=dict(stages))
+
+
+def _write(project: Project, table: str, frame: pl.DataFrame) -> None:
+    with Store(project.store_path) as store, store.transaction() as con:
+        con.register("incoming", frame)
+        columns = ", ".join(frame.columns)
+        con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM incoming")
+        con.unregister("incoming")
+
+
+def _fail(project: Project, number: int, reason: str) -> None:
+    try:
+        with Store(project.store_path) as store:
+            _mark_failed(store, number, reason)
+    except RefineryError:
+        pass  # the store is held elsewhere; the next round marks this one failed
+
+
+def _mark_failed(store: Store, number: int, reason: str) -> None:
+    with store.transaction() as con:
+        con.execute("UPDATE rounds SET status = 'failed', error = ?, finished_at = current_timestamp "
+                    "WHERE number = ?", [reason[:2000], number])
+        con.execute("UPDATE round_stages SET status = 'failed', finished_at = current_timestamp "
+                    "WHERE round = ? AND status = 'running'", [number])
+
+
+def _check_templates(env, rules) -> None:
+    from refinery.generate import load_template
+
+    for target in rules.targets:
+        for name in target.templates:
+            load_template(env, name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("refinery", "torch", "transformers", "peft", "trl", "sentence-transformers", "scikit-learn",
+                 "duckdb", "polars"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
+def _metric_note(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{split} {m['pass_rate']:.0%}" for split, m in metrics.items())
+
+
+class _Timer:
+    """Times each stage, records it in round_stages, and tells the reporter."""
+
+    def __init__(self, project: Project, number: int, reporter: Reporter):
+        self.project, self.number, self.reporter = project, number, reporter
+        self.seconds: dict[str, float] = {}
+
+    def progress(self, done: int, total: int) -> None:
+        self.reporter.progress(done, total)
+
+    @contextmanager
+    def stage(self, name: str):
+        notes: list[str] = []
+        self.reporter.stage(name)
+        with Store(self.project.store_path) as store, store.transaction() as con:
+            con.execute("INSERT INTO round_stages (round, stage, status) VALUES (?, ?, 'running')", [self.number, name])
+        began = time.perf_counter()
+        yield notes.append
+        seconds = round(time.perf_counter() - began, 3)
+        self.seconds[name] = seconds
+        with Store(self.project.store_path) as store, store.transaction() as con:
+            con.execute("UPDATE round_stages SET status = 'done', seconds = ?, finished_at = current_timestamp, "
+                        "detail = ? WHERE round = ? AND stage = ?",
+                        [seconds, json.dumps({"note": " ".join(notes)}), self.number, name])
+        self.reporter.stage_done(name, seconds, " ".join(notes))

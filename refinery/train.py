@@ -1,0 +1,130 @@
+"""Train: a LoRA adapter (or a full fine-tune) through trl's SFTTrainer on prompt/completion pairs.
+
+This is the one module that knows trl's and peft's argument names: refinery's `TrainSettings` are translated
+here into `LoraConfig` and `SFTConfig`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from refinery.config import TrainSettings
+from refinery.device import pick_device, pick_dtype
+from refinery.prompts import render_prompt
+
+TARGETS = {
+    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "attention-mlp": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "all-linear": "all-linear",
+}
+
+
+@dataclass
+class TrainResult:
+    """Where the weights went and how the run went."""
+
+    weights_path: str  # the adapter folder, or the full model folder for method = "full"
+    method: str
+    steps: int
+    examples: int
+    seconds: float
+    final_loss: float | None
+    device: str
+    dtype: str
+    log: list[dict[str, Any]]
+
+
+def train(rows: pl.DataFrame, *, base_model: str, settings: TrainSettings, out_dir: Path,
+          on_step: Callable[[int, int], None] | None = None) -> TrainResult:
+    """Train on rows (input, output); write weights and `train_log.json` under `out_dir`."""
+    import datasets
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
+    from transformers.utils import logging
+    from trl import SFTTrainer
+
+    logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    torch.manual_seed(settings.seed)
+    device = pick_device()
+    dtype = pick_dtype(device, settings.precision)
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    dataset = Dataset.from_dict(training_pairs(rows, tokenizer))
+
+    class Progress(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if on_step:
+                on_step(state.global_step, state.max_steps)
+
+    started = time.perf_counter()
+    trainer = SFTTrainer(model=model, args=sft_config(settings, out_dir, device=device, dtype=dtype),
+                         train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config(settings),
+                         callbacks=[Progress()])
+    trainer.remove_callback(PrinterCallback)  # the log goes to train_log.json, progress to on_step
+    trainer.train()
+    seconds = time.perf_counter() - started
+    weights = out_dir / ("adapter" if settings.method == "lora" else "model")
+    trainer.model.save_pretrained(weights)
+    if settings.method == "full":
+        tokenizer.save_pretrained(weights)
+    log = [entry for entry in trainer.state.log_history if "loss" in entry]
+    (out_dir / "train_log.json").write_text(json.dumps(log, indent=1))
+    return TrainResult(weights_path=str(weights), method=settings.method, steps=trainer.state.global_step,
+                       examples=rows.height, seconds=round(seconds, 2),
+                       final_loss=log[-1]["loss"] if log else None, device=device, dtype=str(dtype).split(".")[-1],
+                       log=log)
+
+
+def training_pairs(rows: pl.DataFrame, tokenizer: Any) -> dict[str, list[str]]:
+    """prompt/completion columns: the rendered prompt, and the expected output (trl appends the EOS token)."""
+    return {"prompt": [render_prompt(tokenizer, text) for text in rows["input"]],
+            "completion": rows["output"].to_list()}
+
+
+def lora_config(settings: TrainSettings) -> Any:
+    if settings.method == "full":
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                      target_modules=TARGETS[settings.target_modules], task_type="CAUSAL_LM")
+
+
+def sft_config(settings: TrainSettings, out_dir: Path, *, device: str, dtype: Any) -> Any:
+    import torch
+    from trl import SFTConfig
+
+    # trl's defaults are GPU-minded (bf16 on, activation checkpointing on, lr 2e-5, max_length 1024): set them all.
+    return SFTConfig(
+        output_dir=str(out_dir / "trainer"),
+        max_steps=settings.steps,
+        per_device_train_batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, settings.steps // 20),
+        weight_decay=0.0,
+        max_length=settings.max_length,
+        completion_only_loss=True,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        activation_checkpointing=False,
+        use_cpu=device == "cpu",
+        seed=settings.seed,
+        data_seed=settings.seed,
+        logging_steps=max(1, settings.steps // 20),
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )

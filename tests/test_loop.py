@@ -1,0 +1,169 @@
+"""A whole round on a small copy of the demo, with the real model, embedder, DuckDB file and templates."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, write
+from refinery.errors import RefineryError
+from refinery.ingest import ingest_files
+from refinery.loop import run_round
+from refinery.project import load_project
+from refinery.store import Store
+
+CONFIG = f"""\
+base_model = "{REPO / 'data' / 'tiny-base'}"
+
+[train]
+steps = 16
+batch_size = 8
+
+[infer]
+max_new_tokens = 40
+
+[generate]
+clusters = 2
+per_cluster = 4
+"""
+
+
+@pytest.fixture
+def demo_project(tmp_path: Path, monkeypatch):
+    root = tmp_path / "demo"
+    shutil.copytree(REPO / "rules", root / "rules")
+    shutil.copytree(REPO / "templates", root / "templates")
+    write(root / "refinery.toml", CONFIG)
+    lines = (REPO / "data" / "demo" / "eval.jsonl").read_text().splitlines()[:70]
+    write(root / "data" / "eval.jsonl", "\n".join(lines) + "\n")
+    monkeypatch.chdir(root)
+    project = load_project(root, environ={})
+    with Store(project.store_path) as store:
+        ingest_files(store, [REPO / "data" / "demo" / "seed.jsonl"], config=project.config, split="train",
+                     source="seed")
+        ingest_files(store, [root / "data" / "eval.jsonl"], config=project.config, split="holdout")
+        ingest_files(store, [REPO / "data" / "demo" / "corner.jsonl"], config=project.config, split="corner")
+    return project
+
+
+class StopAt:
+    """A reporter that interrupts the round when a stage starts, as Ctrl-C would."""
+
+    def __init__(self, stage: str):
+        self.at = stage
+
+    def stage(self, name: str) -> None:
+        if name == self.at:
+            raise KeyboardInterrupt
+
+    def progress(self, done: int, total: int) -> None: ...
+    def stage_done(self, name: str, seconds: float, note: str) -> None: ...
+
+
+def test_a_round_records_every_figure_it_reports(demo_project) -> None:
+    summary = run_round(demo_project)
+    assert summary.number == 1 and summary.status == "done"
+    with Store(demo_project.store_path) as store:
+        held_out = store.scalar("SELECT count(*) FROM examples WHERE split <> 'train'")
+        assert store.scalar("SELECT count(*) FROM predictions WHERE round = 1") == held_out
+        checks = store.scalar("SELECT count(DISTINCT check_name) FROM rule_results WHERE round = 1")
+        assert store.scalar("SELECT count(*) FROM rule_results WHERE round = 1") == held_out * checks
+        status, metrics, train_hash = store.con.execute(
+            "SELECT status, metrics, train_set_hash FROM rounds WHERE number = 1").fetchone()
+        assert status == "done" and json.loads(metrics) == summary.metrics and train_hash
+        assert store.scalar("SELECT count(*) FROM round_examples WHERE round = 1") == 20
+        # the test pass rate printed is the share of test examples whose applicable checks all passed
+        recomputed = store.scalar("""
+            SELECT avg(ok::INT) FROM (SELECT r.example_id, bool_and(r.passed) AS ok FROM rule_results r
+            JOIN examples e ON e.id = r.example_id WHERE r.round = 1 AND e.split = 'test' AND r.applies
+            GROUP BY r.example_id)""")
+        assert round(recomputed, 4) == summary.metrics["test"]["pass_rate"]
+        stages = dict(store.con.execute("SELECT stage, seconds FROM round_stages WHERE round = 1").fetchall())
+        assert stages == summary.stages
+        clusters = store.frame("SELECT * FROM clusters WHERE round = 1 ORDER BY rank")
+        assert clusters.height >= 1 and clusters["id"][0] == summary.clusters[0]["id"]
+        members = store.scalar("SELECT count(*) FROM cluster_members m JOIN clusters c ON c.id = m.cluster_id "
+                               "WHERE c.round = 1")
+        assert members == clusters["size"].sum()
+        # lineage: every generated example names its round, cluster, template and an existing parent
+        generated = store.frame("SELECT * FROM examples WHERE source = 'generated'")
+        assert generated.height == sum(g["stored"] for g in summary.generated) > 0
+        assert set(generated["round_added"]) == {1} and set(generated["split"]) == {"train"}
+        assert set(generated["cluster_id"]) <= set(clusters["id"])
+        assert generated["template"].null_count() == 0
+        parents = store.scalar("SELECT count(*) FROM examples g JOIN examples p ON p.id = g.parent_id "
+                               "WHERE g.source = 'generated'")
+        assert parents == generated.height
+        logged = store.scalar("SELECT count(*) FROM generations WHERE round = 1 AND outcome = 'stored'")
+        assert logged == generated.height
+    assert (Path(summary.round_dir) / "adapter" / "adapter_config.json").is_file()
+    assert json.loads((Path(summary.round_dir) / "config.json").read_text())["train"]["steps"] == 16
+    second = run_round(demo_project)  # the next round trains on the seed plus what round 1 generated
+    assert second.previous == 1 and second.train["examples"] == 20 + generated.height
+
+
+def test_an_interrupted_round_is_marked_failed_and_the_next_one_runs(demo_project) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        run_round(demo_project, reporter=StopAt("evaluate"))
+    with Store(demo_project.store_path) as store:
+        assert store.con.execute("SELECT status, error FROM rounds WHERE number = 1").fetchone() == (
+            "failed", "interrupted")
+        assert store.scalar("SELECT count(*) FROM examples WHERE source = 'generated'") == 0
+        assert store.scalar("SELECT count(*) FROM round_stages WHERE round = 1 AND status = 'running'") == 0
+    summary = run_round(demo_project)
+    assert summary.number == 2 and summary.previous is None
+
+
+def test_a_round_whose_process_died_is_closed_by_the_next(demo_project) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with Store(demo_project.store_path) as store:
+        store.con.execute("INSERT INTO rounds (number, status, config, pid) VALUES (1, 'running', '{}', ?)",
+                          [dead.pid])
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with Store(demo_project.store_path) as store:
+            store.con.execute("INSERT INTO rounds (number, status, config, pid) VALUES (2, 'running', '{}', ?)",
+                              [alive.pid])
+        with pytest.raises(RefineryError) as err:
+            run_round(demo_project)
+        assert str(err.value) == (f"round 2 is running in process {alive.pid}. Wait for it to finish, or stop that "
+                                  f"process; the next `refinery iterate` then marks it failed and starts a new round.")
+    finally:
+        alive.kill()
+        alive.wait()
+    with Store(demo_project.store_path) as store:
+        store.con.execute("UPDATE rounds SET status = 'failed' WHERE number = 2")
+    with pytest.raises(KeyboardInterrupt):  # starting a round is enough to close the dead one
+        run_round(demo_project, reporter=StopAt("train"))
+    with Store(demo_project.store_path) as store:
+        rounds = store.con.execute("SELECT number, status, error FROM rounds ORDER BY number").fetchall()
+    assert rounds == [(1, "failed", f"interrupted: process {dead.pid} ended before the round finished"),
+                      (2, "failed", None), (3, "failed", "interrupted")]
+
+
+def test_iterate_cli_refuses_bad_rules_before_starting(demo_project, cli) -> None:
+    (demo_project.root / "rules" / "weather.toml").write_text('[[check]]\nname = "x"\ntype = "regexx"\n')
+    result = cli("iterate")
+    assert result.code == 1
+    assert result.err == ("Error: rules/weather.toml:3: check 'x': unknown type 'regexx' (expected one of: regex, "
+                          "contains, absent, json_schema, equals). Did you mean 'regex'?\n")
+    with Store(demo_project.store_path) as store:
+        assert store.scalar("SELECT count(*) FROM rounds") == 0
+
+
+def test_iterate_cli_prints_the_round_and_json(demo_project, cli) -> None:
+    result = cli("iterate", "--steps", "8")
+    assert result.code == 0, result.err
+    assert "Round 1 done in" in result.out and "Top failure patterns" in result.out
+    assert "Generated " in result.out
+    for stage in ("train", "infer", "evaluate", "analyze", "generate", "record"):
+        assert f"  {stage}" in result.err
+    document = json.loads(cli("iterate", "--steps", "8", "--json").out)
+    assert document["number"] == 2 and document["previous"] == 1
+    assert set(document["metrics"]) == {"analysis", "corner", "test"}

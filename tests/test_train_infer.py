@@ -1,0 +1,114 @@
+"""Train and infer with the real bundled model: one prompt format, LoRA changes only the adapter, batching is exact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+from conftest import REPO
+from refinery.config import InferSettings, TrainSettings
+from refinery.infer import generate, generate_with
+from refinery.prompts import render_prompt
+from refinery.train import lora_config, sft_config, train, training_pairs
+
+BASE = str(REPO / "data" / "tiny-base")
+
+
+def seed_rows() -> pl.DataFrame:
+    rows = [json.loads(line) for line in (REPO / "data" / "demo" / "seed.jsonl").read_text().splitlines()]
+    return pl.DataFrame({"input": [r["input"] for r in rows], "output": [r["output"] for r in rows]})
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> tuple[Path, object]:
+    """A LoRA adapter trained for a few real steps on the demo seed set."""
+    out = tmp_path_factory.mktemp("round")
+    result = train(seed_rows(), base_model=BASE, settings=TrainSettings(steps=12, batch_size=8), out_dir=out)
+    return out, result
+
+
+def test_training_and_inference_render_the_same_prompt(tmp_path: Path) -> None:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(BASE)
+    rows = seed_rows().head(4)
+    settings = TrainSettings(steps=1, batch_size=2)
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(BASE),
+                         args=sft_config(settings, tmp_path, device="cpu", dtype=torch.float32),
+                         train_dataset=Dataset.from_dict(training_pairs(rows, tokenizer)),
+                         processing_class=tokenizer, peft_config=lora_config(settings))
+    for i, text in enumerate(rows["input"]):
+        processed = trainer.train_dataset[i]
+        prompt_part = [t for t, m in zip(processed["input_ids"], processed["completion_mask"], strict=True) if m == 0]
+        at_inference = tokenizer([render_prompt(tokenizer, text)])["input_ids"][0]
+        assert prompt_part == at_inference  # the tokens the model learns after are the tokens it is asked with
+        completion = [t for t, m in zip(processed["input_ids"], processed["completion_mask"], strict=True) if m == 1]
+        assert tokenizer.decode(completion) == rows["output"][i] + tokenizer.eos_token
+    assert render_prompt(tokenizer, "hi") == "<|user|>hi<|end|><|assistant|>"
+
+
+def test_lora_changes_the_adapter_and_not_the_base(trained) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out, result = trained
+    assert result.steps == 12 and result.method == "lora" and result.device == "cpu"
+    assert json.loads((out / "train_log.json").read_text())[-1]["loss"] == result.final_loss
+    base = AutoModelForCausalLM.from_pretrained(BASE)
+    reference = {k: v.clone() for k, v in base.state_dict().items()}
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), result.weights_path)
+    lora_b = {k: v for k, v in model.state_dict().items() if "lora_B" in k}
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b.values())  # B starts at zero: training moved it
+    for name, tensor in model.get_base_model().state_dict().items():
+        key = name.replace(".base_layer", "")
+        if key in reference:
+            assert torch.equal(tensor, reference[key]), name
+
+
+def test_generation_with_and_without_the_adapter(trained) -> None:
+    _, result = trained
+    inputs = seed_rows()["input"].to_list()[:6]
+    settings = InferSettings(batch_size=4, max_new_tokens=40)
+    plain = generate(inputs, base_model=BASE, settings=settings)
+    tuned = generate(inputs, base_model=BASE, settings=settings, adapter=result.weights_path)
+    assert plain.columns == ["prompt", "output", "tokens", "latency_ms"]
+    assert not any("display_weather" in o for o in plain["output"])  # the base model never learned the tags
+    assert plain["output"].to_list() != tuned["output"].to_list()
+    assert (tuned["tokens"] > 0).all() and (tuned["tokens"] <= 40).all() and (tuned["latency_ms"] > 0).all()
+    again = generate(inputs, base_model=BASE, settings=settings, adapter=result.weights_path)
+    assert again["output"].to_list() == tuned["output"].to_list()  # a saved adapter reloads to the same outputs
+
+
+def test_left_padded_batches_give_the_same_outputs_as_one_at_a_time() -> None:
+    from refinery.device import load_model
+
+    model, tokenizer = load_model(BASE, device="cpu", dtype=torch.float32)
+    inputs = ["Bob has 3 coins and finds 2 more. How many coins now?",
+              "Hana has 17 stamps and finds 8 more. How many stamps now? Please answer quickly, I need it.",
+              "Eli has 9 pens and loses 4. How many pens are left?"]
+    batched = generate_with(model, tokenizer, inputs, settings=InferSettings(batch_size=3, max_new_tokens=24))
+    single = [generate_with(model, tokenizer, [t], settings=InferSettings(batch_size=1, max_new_tokens=24))
+              ["output"][0] for t in inputs]
+    assert batched["output"].to_list() == single
+    assert tokenizer.padding_side == "left"
+
+
+def test_full_fine_tuning_updates_the_weights(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    settings = TrainSettings(method="full", steps=3, batch_size=4, learning_rate=1e-3)
+    result = train(seed_rows().head(8), base_model=BASE, settings=settings, out_dir=tmp_path)
+    assert Path(result.weights_path).name == "model"
+    tuned = AutoModelForCausalLM.from_pretrained(result.weights_path).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(BASE).state_dict()
+    changed = [k for k in base if not torch.equal(base[k], tuned[k])]
+    assert len(changed) > len(base) // 2
+    outputs = generate(["Bob has 3 coins and finds 2 more. How many coins now?"], base_model=result.weights_path,
+                       settings=InferSettings(max_new_tokens=16))
+    assert outputs.height == 1
