@@ -148,19 +148,25 @@ def export(ctx: typer.Context,
 
 @app.command()
 def iterate(ctx: typer.Context,
-            steps: Annotated[int | None, typer.Option(metavar="N", help="Training steps this round (overrides "
+            rounds: Annotated[int, typer.Option(metavar="N", help="How many rounds to run, one after another.",
+                                                min=1)] = 1,
+            steps: Annotated[int | None, typer.Option(metavar="N", help="Training steps per round (overrides "
                                                                        "[train] steps).", show_default=False)] = None,
             as_json: JsonOption = False) -> None:
-    """Run one round: train, evaluate the held-out splits, cluster the failures, generate counterexamples."""
+    """Run a round: train, evaluate the held-out splits, cluster the failures, generate counterexamples."""
     from refinery.loop import run_round
     project = _project(ctx)
     if steps is not None:
         project = project.with_config(project.config.override("train", steps=steps))
-    with _StageReporter() as reporter:
-        summary = run_round(project, reporter=reporter)
+    summaries = []
+    for _ in range(rounds):
+        with _StageReporter() as reporter:
+            summaries.append(run_round(project, reporter=reporter))
+        if not as_json:
+            _print_round(summaries[-1])
     if as_json:
-        return _print_json(summary.to_dict())
-    _print_round(summary)
+        document = [s.to_dict() for s in summaries]
+        _print_json(document[0] if rounds == 1 else document)
 
 
 class _StageReporter:
@@ -177,6 +183,9 @@ class _StageReporter:
 
     def __exit__(self, *exc: object) -> None:
         self.bar.stop()
+
+    def started(self, number: int, examples: int) -> None:
+        self.out.print(f"Round {number}: training on {examples} examples")
 
     def stage(self, name: str) -> None:
         self.task = self.bar.add_task(name, total=None)

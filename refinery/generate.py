@@ -107,7 +107,8 @@ def _render(env, compiled, template: str, context: dict[str, Any]):
         module = compiled.make_module(context)
     except TemplateError as exc:
         where = _error_site(env, template)
-        raise ConfigError(f"{where}: template error: {str(exc).rstrip('.')}. (Rendering for parent {context['parent']['id']}.)") \
+        reason = str(exc).rstrip(".")
+        raise ConfigError(f"{where}: template error: {reason}. (Rendering for parent {context['parent']['id']}.)") \
             from None
     for name in ("input", "output"):
         if not hasattr(module, name):

@@ -16,7 +16,6 @@ import re
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import polars as pl
@@ -31,12 +30,14 @@ STAGES = ("train", "infer", "evaluate", "analyze", "generate", "record")
 class Reporter(Protocol):
     """What a round tells the person watching it."""
 
+    def started(self, number: int, examples: int) -> None: ...
     def stage(self, name: str) -> None: ...
     def progress(self, done: int, total: int) -> None: ...
     def stage_done(self, name: str, seconds: float, note: str) -> None: ...
 
 
 class _Quiet:
+    def started(self, number: int, examples: int) -> None: ...
     def stage(self, name: str) -> None: ...
     def progress(self, done: int, total: int) -> None: ...
     def stage_done(self, name: str, seconds: float, note: str) -> None: ...
@@ -78,6 +79,7 @@ def run_round(project: Project, *, reporter: Reporter | None = None) -> RoundSum
     (round_dir / "config.json").write_text(json.dumps(project.config.to_dict(), indent=2))
     timer = _Timer(project, number, reporter)
     try:
+        reporter.started(number, train_rows.height)
         return _run_stages(project, number, train_rows, rules, env, base_model, round_dir, timer)
     except BaseException as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
@@ -86,7 +88,7 @@ def run_round(project: Project, *, reporter: Reporter | None = None) -> RoundSum
 
 
 def _run_stages(project, number, train_rows, rules, env, base_model, round_dir, timer) -> RoundSummary:
-    from refinery import analyze, evaluate, generate, infer, train
+    from refinery import analyze, evaluate, infer, train
 
     config = project.config
     with timer.stage("train") as note:

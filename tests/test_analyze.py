@@ -7,8 +7,8 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-
 from conftest import REPO
+
 from refinery.analyze import MiniLMEmbedder, analyze, embed_examples, input_terms
 
 

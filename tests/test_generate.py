@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, write
+
 from refinery.errors import ConfigError
 from refinery.generate import render_candidates, template_environment, vet_candidates
 from refinery.rules import check_one, load_rules

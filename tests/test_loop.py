@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, write
+
 from refinery.errors import RefineryError
 from refinery.ingest import ingest_files
 from refinery.loop import run_round
@@ -56,6 +56,8 @@ class StopAt:
 
     def __init__(self, stage: str):
         self.at = stage
+
+    def started(self, number: int, examples: int) -> None: ...
 
     def stage(self, name: str) -> None:
         if name == self.at:

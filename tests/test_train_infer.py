@@ -8,8 +8,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-
 from conftest import REPO
+
 from refinery.config import InferSettings, TrainSettings
 from refinery.infer import generate, generate_with
 from refinery.prompts import render_prompt
