@@ -177,15 +177,16 @@ class _StageReporter:
         self.out = Console(stderr=True, highlight=False)
         self.bar = Progress(TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=self.out, transient=True)
-        self.bar.start()
         self.task = None
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.bar.stop()
+        if self.bar.live.is_started:
+            self.bar.stop()
 
     def started(self, number: int, examples: int) -> None:
         self.out.print(f"Round {number}: training on {examples} examples")
+        self.bar.start()  # only now: an error before the round starts prints alone
 
     def stage(self, name: str) -> None:
         self.task = self.bar.add_task(name, total=None)

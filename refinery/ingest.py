@@ -80,7 +80,7 @@ def ingest_files(store: Store, paths: list[str | Path], *, config: Config, split
                 "INSERT INTO ingests (path, file_sha256, rows, inserted, duplicates) VALUES (?, ?, ?, ?, ?) "
                 "RETURNING id",
                 [report.path, _file_sha256(Path(path)), report.rows, report.inserted,
-                 report.duplicates_in_file + report.duplicates_in_store]).fetchone()[0]
+                 report.duplicates_in_file + report.duplicates_in_store]).fetchall()[0][0]
             con.execute("""
                 INSERT INTO examples (id, content_hash, input, output, fields, kind, split, source, ingest_id, origin)
                 SELECT id, content_hash, input, output, CAST(fields AS JSON), kind, split, ?, ?, origin

@@ -254,8 +254,8 @@ def _record(project, number, clusters, candidates, metrics, result, weights) -> 
 def _summary(project, number, result, metrics, clusters, candidates, rows, stages) -> RoundSummary:
     by_id = {r["example_id"]: r for r in rows.iter_rows(named=True)}
     with Store(project.store_path) as store:
-        previous = store.con.execute("SELECT number, metrics FROM rounds WHERE status = 'done' AND number < ? "
-                                     "ORDER BY number DESC LIMIT 1", [number]).fetchone()
+        previous = store.one("SELECT number, metrics FROM rounds WHERE status = 'done' AND number < ? "
+                             "ORDER BY number DESC LIMIT 1", [number])
     shown = []
     for cluster in clusters[:5]:
         examples = [{"example_id": m, "input": by_id[m]["input"], "output": by_id[m]["prediction"],

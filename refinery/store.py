@@ -53,8 +53,13 @@ class Store:
         """A query's result as a polars frame (through Arrow)."""
         return self.con.sql(query, params=params or None).pl()
 
+    def one(self, query: str, params: list[Any] | None = None) -> tuple | None:
+        """The first row of a query, or None. Fetches to the end: DuckDB refuses new work while a result is open."""
+        rows = self.con.execute(query, params or []).fetchall()
+        return rows[0] if rows else None
+
     def scalar(self, query: str, params: list[Any] | None = None) -> Any:
-        row = self.con.execute(query, params or []).fetchone()
+        row = self.one(query, params)
         return None if row is None else row[0]
 
     def applied_migrations(self) -> list[str]:

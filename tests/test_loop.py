@@ -75,8 +75,7 @@ def test_a_round_records_every_figure_it_reports(demo_project) -> None:
         assert store.scalar("SELECT count(*) FROM predictions WHERE round = 1") == held_out
         checks = store.scalar("SELECT count(DISTINCT check_name) FROM rule_results WHERE round = 1")
         assert store.scalar("SELECT count(*) FROM rule_results WHERE round = 1") == held_out * checks
-        status, metrics, train_hash = store.con.execute(
-            "SELECT status, metrics, train_set_hash FROM rounds WHERE number = 1").fetchone()
+        status, metrics, train_hash = store.one("SELECT status, metrics, train_set_hash FROM rounds WHERE number = 1")
         assert status == "done" and json.loads(metrics) == summary.metrics and train_hash
         assert store.scalar("SELECT count(*) FROM round_examples WHERE round = 1") == 20
         # the test pass rate printed is the share of test examples whose applicable checks all passed
@@ -113,7 +112,7 @@ def test_an_interrupted_round_is_marked_failed_and_the_next_one_runs(demo_projec
     with pytest.raises(KeyboardInterrupt):
         run_round(demo_project, reporter=StopAt("evaluate"))
     with Store(demo_project.store_path) as store:
-        assert store.con.execute("SELECT status, error FROM rounds WHERE number = 1").fetchone() == (
+        assert store.one("SELECT status, error FROM rounds WHERE number = 1") == (
             "failed", "interrupted")
         assert store.scalar("SELECT count(*) FROM examples WHERE source = 'generated'") == 0
         assert store.scalar("SELECT count(*) FROM round_stages WHERE round = 1 AND status = 'running'") == 0

@@ -27,7 +27,8 @@ def seed_rows() -> pl.DataFrame:
 def trained(tmp_path_factory) -> tuple[Path, object]:
     """A LoRA adapter trained for a few real steps on the demo seed set."""
     out = tmp_path_factory.mktemp("round")
-    result = train(seed_rows(), base_model=BASE, settings=TrainSettings(steps=12, batch_size=8), out_dir=out)
+    settings = TrainSettings(steps=40, batch_size=8, learning_rate=1e-2)
+    result = train(seed_rows(), base_model=BASE, settings=settings, out_dir=out)
     return out, result
 
 
@@ -45,10 +46,11 @@ def test_training_and_inference_render_the_same_prompt(tmp_path: Path) -> None:
                          processing_class=tokenizer, peft_config=lora_config(settings))
     for i, text in enumerate(rows["input"]):
         processed = trainer.train_dataset[i]
-        prompt_part = [t for t, m in zip(processed["input_ids"], processed["completion_mask"], strict=True) if m == 0]
+        pairs = list(zip(processed["input_ids"], processed["labels"], strict=True))
+        prompt_part = [t for t, label in pairs if label == -100]  # loss on completions only
         at_inference = tokenizer([render_prompt(tokenizer, text)])["input_ids"][0]
         assert prompt_part == at_inference  # the tokens the model learns after are the tokens it is asked with
-        completion = [t for t, m in zip(processed["input_ids"], processed["completion_mask"], strict=True) if m == 1]
+        completion = [t for t, label in pairs if label != -100]
         assert tokenizer.decode(completion) == rows["output"][i] + tokenizer.eos_token
     assert render_prompt(tokenizer, "hi") == "<|user|>hi<|end|><|assistant|>"
 
@@ -58,7 +60,7 @@ def test_lora_changes_the_adapter_and_not_the_base(trained) -> None:
     from transformers import AutoModelForCausalLM
 
     out, result = trained
-    assert result.steps == 12 and result.method == "lora" and result.device == "cpu"
+    assert result.steps == 40 and result.method == "lora" and result.device == "cpu"
     assert json.loads((out / "train_log.json").read_text())[-1]["loss"] == result.final_loss
     base = AutoModelForCausalLM.from_pretrained(BASE)
     reference = {k: v.clone() for k, v in base.state_dict().items()}
@@ -79,7 +81,8 @@ def test_generation_with_and_without_the_adapter(trained) -> None:
     tuned = generate(inputs, base_model=BASE, settings=settings, adapter=result.weights_path)
     assert plain.columns == ["prompt", "output", "tokens", "latency_ms"]
     assert not any("display_weather" in o for o in plain["output"])  # the base model never learned the tags
-    assert plain["output"].to_list() != tuned["output"].to_list()
+    tagged = [o for text, o in zip(inputs, tuned["output"], strict=True) if "<weather>" in text]
+    assert sum("<display_weather>" in o for o in tagged) >= len(tagged) / 2  # the adapter taught the tag
     assert (tuned["tokens"] > 0).all() and (tuned["tokens"] <= 40).all() and (tuned["latency_ms"] > 0).all()
     again = generate(inputs, base_model=BASE, settings=settings, adapter=result.weights_path)
     assert again["output"].to_list() == tuned["output"].to_list()  # a saved adapter reloads to the same outputs
