@@ -24,7 +24,8 @@ app = typer.Typer(
 console = Console(highlight=False, soft_wrap=True)
 
 ProjectOption = Annotated[Path | None, typer.Option(
-    "--project", "-p", metavar="DIR", help="Project folder (or its project file). Default: $REFINERY_PROJECT, else the nearest "
+    "--project", "-p", metavar="DIR",
+    help="Project folder (or its project file). Default: $REFINERY_PROJECT, else the nearest "
                             "folder up from here with refinery.toml or a [tool.refinery] table in pyproject.toml.",
     show_default=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
@@ -46,7 +47,8 @@ def _project(ctx: typer.Context):
 
 
 @app.command()
-def init(directory: Annotated[Path, typer.Argument(metavar="DIR", help="Folder to scaffold (created if missing).")] = Path("."),
+def init(directory: Annotated[Path, typer.Argument(
+             metavar="DIR", help="Folder to scaffold (created if missing).")] = Path("."),
          force: Annotated[bool, typer.Option("--force", help="Write the scaffold over an existing project's "
                                                             "(data and runs are kept).")] = False) -> None:
     """Scaffold a project: refinery.toml with every setting commented, rules/, templates/, data/, runs/."""
@@ -65,11 +67,13 @@ def ingest(ctx: typer.Context,
                                                             "columns (names set in [data]).", show_default=False,
                                                        metavar="FILE")],
            split: Annotated[str | None, typer.Option(
-               metavar="SPLIT", help="Put every row in this split: train, analysis, test, corner, auto (deal test/analysis/train "
+               metavar="SPLIT",
+               help="Put every row in this split: train, analysis, test, corner, auto (deal test/analysis/train "
                     "by [data] shares) or holdout (deal test/analysis only). Default: the file's split column, "
                     "else auto.", show_default=False)] = None,
            kind: Annotated[str | None, typer.Option(
-               metavar="KIND", help="reasoning or direct for every row. Default: the kind column, else detected from a <think> "
+               metavar="KIND",
+               help="reasoning or direct for every row. Default: the kind column, else detected from a <think> "
                     "block in the output.", show_default=False)] = None,
            source: Annotated[str, typer.Option(metavar="SOURCE", help="seed (the starting set) or import.")] = "import",
            as_json: JsonOption = False) -> None:

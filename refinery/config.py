@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import json
 import re
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -71,8 +72,8 @@ class TrainSettings:
     rank: int = opt(16, "LoRA rank r.", min=1, max=1024)
     alpha: int = opt(32, "LoRA alpha (the update is scaled by alpha / rank).", min=1)
     dropout: float = opt(0.0, "LoRA dropout.", min=0.0, max=0.9)
-    learning_rate: float = opt(3e-3, "Peak learning rate. 3e-3 suits the bundled tiny model (1e-2 broke its arithmetic); "
-                               "about 1e-4 suits a 1B model.",
+    learning_rate: float = opt(3e-3, "Peak learning rate. 3e-3 suits the bundled tiny model (1e-2 broke its "
+                               "arithmetic); about 1e-4 suits a 1B model.",
                                min=0.0, max=1.0)
     steps: int = opt(300, "Optimizer steps per round.", min=1)
     batch_size: int = opt(16, "Examples per optimizer step.", min=1)
@@ -218,6 +219,17 @@ class _Where:
         line = _find_line(self.text, self.header, key)
         head = f"{display_path(self.path)}:{line}" if line else display_path(self.path)
         return f"{head}: [{self.header}]" if self.header else f"{head}: (top level)"
+
+
+def parse_toml(path: Path, text: str) -> dict:
+    """Parse TOML; a syntax error becomes a ConfigError naming the file and line."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        where = f"{display_path(path)}:{match.group(1)}" if match else display_path(path)
+        reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        raise ConfigError(f"{where}: invalid TOML: {reason}. Fix the syntax on that line.") from None
 
 
 def _check_section(cls: type, values: dict[str, Any], where: _Where, *, extra_names: tuple = ()) -> Any:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from refinery.config import SECTIONS, Config, CoreSettings, config_from_table, display_path, field_docs, toml_value
+from refinery.config import SECTIONS, Config, CoreSettings, config_from_table, field_docs, parse_toml, toml_value
 from refinery.errors import ConfigError
 
 CONFIG_FILE = "refinery.toml"
@@ -89,7 +87,7 @@ def find_config_file(project_dir: str | Path | None = None, *, cwd: Path | None 
 def read_config(path: Path) -> Config:
     """Parse and check one project file."""
     text = path.read_text(encoding="utf-8")
-    data = _parse_toml(path, text)
+    data = parse_toml(path, text)
     pyproject = path.name != CONFIG_FILE
     table = data.get("tool", {}).get("refinery", {}) if pyproject else data
     return config_from_table(table, path=path, text=text, pyproject=pyproject)
@@ -166,18 +164,8 @@ def _config_in(folder: Path, looked: list[str]) -> Path | None:
 
 
 def _has_refinery_table(pyproject: Path) -> bool:
-    data = _parse_toml(pyproject, pyproject.read_text(encoding="utf-8"))
+    data = parse_toml(pyproject, pyproject.read_text(encoding="utf-8"))
     return isinstance(data.get("tool"), dict) and "refinery" in data["tool"]
-
-
-def _parse_toml(path: Path, text: str) -> dict:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
-        where = f"{display_path(path)}:{match.group(1)}" if match else display_path(path)
-        reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
-        raise ConfigError(f"{where}: invalid TOML: {reason}. Fix the syntax on that line.") from None
 
 
 _RULES_README = """\

@@ -10,12 +10,11 @@ from __future__ import annotations
 import difflib
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from refinery.config import display_path
+from refinery.config import display_path, parse_toml
 from refinery.errors import ConfigError
 
 CHECK_TYPES = ("regex", "contains", "absent", "json_schema", "equals")
@@ -103,13 +102,7 @@ def load_rules(rules_dir: Path) -> RuleSet:
 def parse_rules(text: str, path: Path) -> tuple[list[Check], list[Target]]:
     """Parse one rules file; every problem names its line."""
     shown = display_path(path)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
-        reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
-        raise ConfigError(f"{shown}:{match.group(1) if match else '?'}: invalid TOML: {reason}. "
-                          f"Fix the syntax on that line.") from None
+    data = parse_toml(path, text)
     unknown = [k for k in data if k not in ("check", "target")]
     if unknown:
         raise ConfigError(f"{shown}: unknown table '{unknown[0]}' (expected [[check]] or [[target]]).")
