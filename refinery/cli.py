@@ -121,10 +121,12 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
     if not result.rounds:
         console.print("No rounds yet.")
         return
-    rounds = Table("round", "status", "started", "seconds", title="Last rounds")
+    rounds = Table("round", "status", "started", "seconds", "test", "analysis", title="Last rounds (pass rates)")
     for r in result.rounds:
         seconds = f"{r['seconds']:.0f}" if r["seconds"] is not None else "-"
-        rounds.add_row(str(r["number"]), r["status"], r["started_at"], seconds)
+        rates = [f"{(r['metrics'] or {}).get(s, {}).get('pass_rate', 0):.1%}" if r["metrics"] else "-"
+                 for s in ("test", "analysis")]
+        rounds.add_row(str(r["number"]), r["status"], r["started_at"].replace("T", " ")[:16], seconds, *rates)
     console.print(rounds)
 
 

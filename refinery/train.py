@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ def train(rows: pl.DataFrame, *, base_model: str, settings: TrainSettings, out_d
 
     logging.disable_progress_bar()
     datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)  # peft's call
     torch.manual_seed(settings.seed)
     device = pick_device()
     dtype = pick_dtype(device, settings.precision)

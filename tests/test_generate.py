@@ -56,11 +56,15 @@ def test_templates_answer_the_checks_they_target(demo_rules) -> None:
 def test_candidates_that_leak_or_repeat_are_not_kept(demo_rules) -> None:
     env = template_environment(REPO / "templates")
     parent = demo_parents(n=1)[0]
-    first, second = render_candidates(env, "no_tag.jinja", parent, count=2, seed=0)
+    [first] = render_candidates(env, "no_tag.jinja", parent, count=1, seed=0)
     vetted = vet_candidates([first], demo_rules, known_hashes=set(), held_out_inputs={first.input})
     assert (vetted[0].outcome, vetted[0].detail) == ("leak", "same input as a test or corner example")
-    vetted = vet_candidates([first, second], demo_rules, known_hashes=set(), held_out_inputs=set())
+    vetted = vet_candidates([first, first], demo_rules, known_hashes=set(), held_out_inputs=set())
     assert [c.outcome for c in vetted] == ["stored", "duplicate"]
+    from refinery.store import content_hash
+    vetted = vet_candidates([first], demo_rules, known_hashes={content_hash(first.input, first.output)},
+                            held_out_inputs=set())
+    assert vetted[0].detail == "already in the store or generated twice"
 
 
 def test_a_wrong_template_output_is_reported_not_kept(tmp_path: Path, demo_rules) -> None:
