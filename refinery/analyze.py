@@ -7,6 +7,7 @@ embeddings are stored per example and model and never computed twice for the sam
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import polars as pl
 
+from refinery.hypotheses import best_hypothesis, input_features, statement, score_features
 from refinery.store import Store
 
 
@@ -113,41 +115,60 @@ def embed_examples(store: Store, rows: pl.DataFrame, *, embedder: Embedder | Non
 
 
 def analyze(failures: pl.DataFrame, passing: pl.DataFrame, *, embeddings: np.ndarray,
-            severities: dict[str, float], clusterer: Clusterer | None = None, seed: int = 0) -> list[FailureCluster]:
-    """Cluster failures (example_id, input, failing: list of check names) and describe each, worst first.
+            severities: dict[str, float], clusterer: Clusterer | None = None, seed: int = 0,
+            cues: list[tuple[str, re.Pattern]] | None = None) -> list[FailureCluster]:
+    """Cluster failures and describe each with a tested hypothesis, worst first.
 
-    Clustering sees the input's embedding and which checks failed, so a cluster holds similar inputs that
-    fail the same way. `passing` (example_id, input) is the contrast for the terms that set a cluster apart.
+    `failures` and `passing` hold the analysis examples: example_id, input, failing (check names), and optionally
+    fields (JSON text) and applicable (check names; all checks when absent). Clustering sees the input's
+    embedding and which checks failed, so a cluster holds similar inputs that fail the same way; the hypothesis
+    for a cluster is the input feature that best explains its main check's failures across the whole split.
     """
     if failures.height == 0:
         return []
     clusterer = clusterer or SilhouetteKMeans(seed=seed)
     features = _features(embeddings, failures["failing"].to_list())
     labels = np.asarray(clusterer.fit_predict(features))
-    passing_terms = [input_terms(t) for t in passing["input"]]
+    trials = _Trials(pl.concat([_trial_rows(failures), _trial_rows(passing)]), cues or [])
     clusters = []
     for label in sorted(set(labels.tolist())):
         index = np.flatnonzero(labels == label)
-        members = failures[index.tolist()]
         centre = features[index].mean(axis=0)
-        order = np.argsort(((features[index] - centre) ** 2).sum(axis=1))
-        clusters.append(_describe(members, order, passing_terms, severities))
+        order = index[np.argsort(((features[index] - centre) ** 2).sum(axis=1))]
+        clusters.append(_describe(failures[order.tolist()], trials, severities))
     clusters.sort(key=lambda c: (-c.score, -c.size))
     for rank, cluster in enumerate(clusters, start=1):
         cluster.rank = rank
     return clusters
 
 
-def input_terms(text: str) -> set[str]:
-    """Features of an input a person can read: words, words touching punctuation, tags, case."""
-    words = re.findall(r"[A-Za-z']+", re.sub(r"<[^>]*>", " ", text))
-    terms = {w.lower() for w in words}
-    terms |= {f"{m.lower()}+punct" for m in re.findall(r"([A-Za-z]+)[!?.,:;)]", text)}
-    terms |= {f"<{t}>" for t in re.findall(r"<(\w+)>", text)}
-    terms |= {f"{w.lower()}:UPPER" for w in words if len(w) > 1 and w.isupper()}
-    if re.search(r"[!?.,:;)]</\w+>", text):
-        terms.add("punctuation before a closing tag")
-    return terms
+class _Trials:
+    """Per check: every example it applies to, failed or not, with its features; tested once per check."""
+
+    def __init__(self, rows: pl.DataFrame, cues: list[tuple[str, re.Pattern]]):
+        self.rows = rows
+        self.features = {r["example_id"]: input_features(r["input"], r["fields"], cues=cues)
+                         for r in rows.iter_rows(named=True)}
+        self._tests: dict[str, pl.DataFrame] = {}
+
+    def tests(self, check: str) -> pl.DataFrame:
+        if check not in self._tests:
+            trial = self.rows.filter(pl.col("applicable").is_null() | pl.col("applicable").list.contains(check))
+            self._tests[check] = score_features([self.features[i] for i in trial["example_id"]],
+                                               [check in f for f in trial["failing"]])
+        return self._tests[check]
+
+
+def _trial_rows(frame: pl.DataFrame) -> pl.DataFrame:
+    fields = frame["fields"] if "fields" in frame.columns else pl.Series([None] * frame.height, dtype=pl.String)
+    applicable = (frame["applicable"] if "applicable" in frame.columns
+                  else pl.Series([None] * frame.height, dtype=pl.List(pl.String)))
+    return pl.DataFrame({"example_id": frame["example_id"], "input": frame["input"],
+                         "fields": [json.loads(f) if f else {} for f in fields],
+                         "failing": frame["failing"] if "failing" in frame.columns else [[]] * frame.height,
+                         "applicable": applicable},
+                        schema={"example_id": pl.String, "input": pl.String, "fields": pl.Object,
+                                "failing": pl.List(pl.String), "applicable": pl.List(pl.String)})
 
 
 def _features(embeddings: np.ndarray, failing: list[list[str]]) -> np.ndarray:
@@ -160,37 +181,18 @@ def _features(embeddings: np.ndarray, failing: list[list[str]]) -> np.ndarray:
     return np.hstack([embeddings, onehot])
 
 
-def _describe(members: pl.DataFrame, order: np.ndarray, passing_terms: list[set[str]],
-              severities: dict[str, float]) -> FailureCluster:
-    ids = [members["example_id"][int(i)] for i in order]
+def _describe(members: pl.DataFrame, trials: _Trials, severities: dict[str, float]) -> FailureCluster:
+    ids = members["example_id"].to_list()
     checks = Counter(name for names in members["failing"] for name in names)
     worst = [max(severities.get(n, 1.0) for n in names) for names in members["failing"]]
     score = float(sum(worst))
-    terms = _distinguishing_terms([input_terms(t) for t in members["input"]], passing_terms)
-    top_check, count = checks.most_common(1)[0]
-    label = top_check + (f" / {terms[0]['term']}" if terms else "")
-    statement = f"{top_check} fails in {count}/{members.height}"
-    if terms:
-        t = terms[0]
-        statement += (f"; inputs with '{t['term']}': {t['in_rate']:.0%} here vs {t['out_rate']:.0%} of "
-                      f"passing cases")
-    return FailureCluster(rank=0, size=members.height, score=round(score, 3),
-                          score_parts={"failures": members.height, "mean_severity": round(score / members.height, 3)},
-                          checks=dict(checks.most_common()), terms=terms, members=ids, label=label,
-                          statement=statement, representatives=ids[:3])
-
-
-def _distinguishing_terms(inside: list[set[str]], outside: list[set[str]], top: int = 5) -> list[dict[str, Any]]:
-    counts_in = Counter(t for terms in inside for t in terms)
-    counts_out = Counter(t for terms in outside for t in terms)
-    rows = []
-    for term, n_in in counts_in.items():
-        rate_in = n_in / len(inside)
-        rate_out = counts_out.get(term, 0) / max(len(outside), 1)
-        if rate_in < 0.3:
-            continue
-        lift = (n_in + 0.5) / (len(inside) + 1) / ((counts_out.get(term, 0) + 0.5) / (len(outside) + 1))
-        rows.append({"term": term, "in_rate": round(rate_in, 3), "out_rate": round(rate_out, 3),
-                     "lift": round(lift, 2), "count": n_in})
-    rows.sort(key=lambda r: (-(r["in_rate"] - r["out_rate"]), -r["lift"]))
-    return [r for r in rows if r["in_rate"] > r["out_rate"]][:top]
+    check, count = checks.most_common(1)[0]
+    tests = trials.tests(check)
+    hypothesis = best_hypothesis(tests, [trials.features[i] for i in ids])
+    evidence = tests.filter(pl.col("q") < 0.05, pl.col("rate_with") > pl.col("rate_without")).head(8)
+    return FailureCluster(
+        rank=0, size=members.height, score=round(score, 3),
+        score_parts={"failures": members.height, "mean_severity": round(score / members.height, 3)},
+        checks=dict(checks.most_common()), terms=[{"check": check, **row} for row in evidence.to_dicts()],
+        members=ids, label=check + (f" / {hypothesis['feature']}" if hypothesis else ""),
+        statement=statement(check, hypothesis, failing=count, size=members.height), representatives=ids[:3])

@@ -117,7 +117,8 @@ def _run_stages(project, number, train_rows, rules, env, base_model, round_dir, 
         failures, passing = _failures(rows, results)
         with Store(project.store_path) as store:
             vectors = analyze.embed_examples(store, failures.select("example_id", pl.col("input").alias("text")))
-        clusters = analyze.analyze(failures, passing, embeddings=vectors, seed=config.core.seed,
+        cues = [(c.name, re.compile(c.when)) for c in rules.checks if c.when]
+        clusters = analyze.analyze(failures, passing, embeddings=vectors, seed=config.core.seed, cues=cues,
                                    severities={c.name: c.severity for c in rules.checks},
                                    clusterer=analyze.SilhouetteKMeans(max_k=config.analyze.max_clusters,
                                                                       seed=config.core.seed))
@@ -164,12 +165,13 @@ def _begin(store: Store, project: Project) -> tuple[int, pl.DataFrame]:
 
 
 def _failures(rows: pl.DataFrame, results: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    failing = (results.filter(pl.col("passed") == False)  # noqa: E712
-               .group_by("example_id").agg(pl.col("check_name").sort().alias("failing")))
-    analysis = rows.filter(pl.col("split") == "analysis")
-    failures = analysis.join(failing, on="example_id").sort("example_id")
-    passing = analysis.join(failing, on="example_id", how="anti")
-    return failures, passing
+    """The analysis examples that failed a check and those that did not, with which checks applied and failed."""
+    per_example = results.group_by("example_id").agg(
+        pl.col("check_name").filter(pl.col("passed") == False).sort().alias("failing"),  # noqa: E712
+        pl.col("check_name").filter(pl.col("applies")).sort().alias("applicable"))
+    analysis = rows.filter(pl.col("split") == "analysis").join(per_example, on="example_id").sort("example_id")
+    failed = pl.col("failing").list.len() > 0
+    return analysis.filter(failed), analysis.filter(~failed)
 
 
 def _generate(project, env, rules, clusters, rows, number) -> list:

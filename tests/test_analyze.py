@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 from conftest import REPO
 
-from refinery.analyze import MiniLMEmbedder, analyze, embed_examples, input_terms
+from refinery.analyze import MiniLMEmbedder, analyze, embed_examples
+from refinery.hypotheses import benjamini_hochberg, input_features, score_features
 
 
 class CountingEmbedder:
@@ -75,13 +76,29 @@ def test_planted_failure_patterns_are_recovered_as_clusters(store, embedder) -> 
     assert next(iter(top.checks)) == "display_weather_present"  # the more severe, larger pattern ranks first
     assert [c.rank for c in clusters] == list(range(1, len(clusters) + 1))
     assert all(a.score >= b.score for a, b in zip(clusters, clusters[1:]))
-    terms = {t["term"] for c in clusters if next(iter(c.checks)) == "display_weather_present" for t in c.terms}
-    assert "punctuation before a closing tag" in terms
-    cue_terms = {t["term"] for c in clusters if next(iter(c.checks)) == "think_present" for t in c.terms}
-    assert cue_terms & {"thinking", "use", "think"}
+    punct = [c for c in clusters if next(iter(c.checks)) == "display_weather_present"]
+    assert all("punctuation just before a closing tag" in c.label for c in punct)
+    assert punct[0].statement.startswith("display_weather_present fails: 100% of inputs with punctuation just "
+                                         "before a closing tag")
+    cue = [c for c in clusters if next(iter(c.checks)) == "think_present"]
+    assert all("no tag at all" in c.label or "think" in c.label for c in cue), [c.label for c in cue]
 
 
-def test_input_terms_are_readable_features() -> None:
-    terms = input_terms("<weather>SUNNY!</weather> use thinking. Bob has 2 cards.")
-    assert {"sunny", "sunny+punct", "<weather>", "sunny:UPPER", "thinking+punct",
-            "punctuation before a closing tag"} <= terms
+def test_input_features_are_readable() -> None:
+    features = input_features("<weather>SUNNY!</weather> use thinking. Bob has 2 cards.", {"condition": "sunny"})
+    assert {"the word 'sunny'", "'sunny' touches punctuation", "a <weather> tag", "'SUNNY' in capitals",
+            "'use thinking'", "'thinking' touches punctuation", "punctuation just before a closing tag",
+            "0-9 words", "condition = sunny"} <= features
+
+
+def test_feature_statistics_match_a_hand_computed_fisher_test() -> None:
+    from scipy.stats import fisher_exact
+
+    features = [{"x"}] * 10 + [set()] * 30
+    failed = [True] * 8 + [False] * 2 + [True] * 3 + [False] * 27
+    row = score_features(features, failed).row(0, named=True)
+    assert (row["feature"], row["with_failed"], row["with_total"], row["without_failed"]) == ("x", 8, 10, 3)
+    assert row["rate_with"] == 0.8 and row["rate_without"] == 0.1
+    expected = fisher_exact([[8, 2], [3, 27]], alternative="greater").pvalue
+    assert abs(row["p"] - expected) < 1e-12
+    assert benjamini_hochberg([0.01, 0.04, 0.03]).tolist() == pytest.approx([0.03, 0.04, 0.04])
