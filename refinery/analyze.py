@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import polars as pl
 
-from refinery.hypotheses import best_hypothesis, input_features, statement, score_features
+from refinery.hypotheses import best_hypothesis, input_features, score_features, statement
 from refinery.store import Store
 
 
