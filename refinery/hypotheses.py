@@ -38,7 +38,7 @@ def input_features(text: str, fields: dict[str, Any] | None = None, *,
     out |= {f"a <{t}> tag" for t in tags}
     if not tags:
         out.add("no tag at all")
-    out |= {f"the cue of {name}" for name, pattern in cues if pattern.search(text)}
+    out |= {f"the cue of {name}" if pattern.search(text) else f"no cue of {name}" for name, pattern in cues}
     out.add(f"{_band(len(words))} words")
     for key, value in (fields or {}).items():
         if isinstance(value, (str, bool, int)) and not isinstance(value, float) and len(str(value)) <= 30:

@@ -175,22 +175,33 @@ def _failures(rows: pl.DataFrame, results: pl.DataFrame) -> tuple[pl.DataFrame, 
 
 
 def _generate(project, env, rules, clusters, rows, number) -> list:
+    """Counterexamples for the worst patterns of this round, and for patterns a person accepted since the last."""
     from refinery.generate import render_candidates, vet_candidates
 
     settings = project.config.generate
     by_id = {r["example_id"]: r for r in rows.iter_rows(named=True)}
+    with Store(project.store_path) as store:
+        accepted = store.frame("""
+            SELECT c.id, c.checks, list(m.example_id ORDER BY m.distance) AS members FROM clusters c
+            JOIN cluster_members m ON m.cluster_id = c.id
+            WHERE c.status = 'accepted' AND c.round < ? AND NOT EXISTS
+                (SELECT 1 FROM generations g WHERE g.cluster_id = c.id)
+            GROUP BY c.id, c.checks, c.rank, c.round ORDER BY c.round, c.rank""", [number])
+    targets = [(r["id"], list(json.loads(r["checks"])), r["members"]) for r in accepted.iter_rows(named=True)]
+    targets += [(c.label, list(c.checks), c.members) for c in clusters[:settings.clusters]]
     candidates = []
-    for cluster in clusters[:settings.clusters]:
-        failing = list(cluster.checks)
+    for cluster_id, failing, members in targets:
         templates = rules.templates_for(failing)
         made: list = []
-        for example_id in cluster.members:
-            row = by_id[example_id]
+        for example_id in members:
+            row = by_id.get(example_id)
+            if row is None:  # no longer active (relabelled)
+                continue
             parent = {"id": example_id, "input": row["input"], "output": row["expected"],
                       "fields": json.loads(row["fields"]) if row["fields"] else {}}
             for template in templates:
                 made += render_candidates(env, template, parent, count=settings.per_parent,
-                                          seed=project.config.core.seed + number, cluster_id=cluster.label,
+                                          seed=project.config.core.seed + number, cluster_id=cluster_id,
                                           targets=failing)
             if len(made) >= settings.per_cluster * 3:
                 break

@@ -7,12 +7,14 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import shutil  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 from refinery.cli import main  # noqa: E402
+from refinery.ingest import ingest_files  # noqa: E402
 from refinery.project import init_project, load_project  # noqa: E402
 from refinery.store import Store  # noqa: E402
 
@@ -61,3 +63,38 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
+
+
+CONFIG = f"""\
+base_model = "{REPO / 'data' / 'tiny-base'}"
+
+[train]
+steps = 16
+batch_size = 8
+
+[infer]
+max_new_tokens = 40
+
+[generate]
+clusters = 2
+per_cluster = 4
+"""
+
+
+@pytest.fixture
+def demo_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A small copy of the demo (seed, 70 held-out rows, corner cases) with fast training settings."""
+    root = tmp_path / "demo"
+    shutil.copytree(REPO / "rules", root / "rules")
+    shutil.copytree(REPO / "templates", root / "templates")
+    write(root / "refinery.toml", CONFIG)
+    lines = (REPO / "data" / "demo" / "eval.jsonl").read_text().splitlines()[:70]
+    write(root / "data" / "eval.jsonl", "\n".join(lines) + "\n")
+    monkeypatch.chdir(root)
+    project = load_project(root, environ={})
+    with Store(project.store_path) as store:
+        ingest_files(store, [REPO / "data" / "demo" / "seed.jsonl"], config=project.config, split="train",
+                     source="seed")
+        ingest_files(store, [root / "data" / "eval.jsonl"], config=project.config, split="holdout")
+        ingest_files(store, [REPO / "data" / "demo" / "corner.jsonl"], config=project.config, split="corner")
+    return project

@@ -3,52 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, write
 
 from refinery.errors import RefineryError
-from refinery.ingest import ingest_files
 from refinery.loop import run_round
-from refinery.project import load_project
 from refinery.store import Store
-
-CONFIG = f"""\
-base_model = "{REPO / 'data' / 'tiny-base'}"
-
-[train]
-steps = 16
-batch_size = 8
-
-[infer]
-max_new_tokens = 40
-
-[generate]
-clusters = 2
-per_cluster = 4
-"""
-
-
-@pytest.fixture
-def demo_project(tmp_path: Path, monkeypatch):
-    root = tmp_path / "demo"
-    shutil.copytree(REPO / "rules", root / "rules")
-    shutil.copytree(REPO / "templates", root / "templates")
-    write(root / "refinery.toml", CONFIG)
-    lines = (REPO / "data" / "demo" / "eval.jsonl").read_text().splitlines()[:70]
-    write(root / "data" / "eval.jsonl", "\n".join(lines) + "\n")
-    monkeypatch.chdir(root)
-    project = load_project(root, environ={})
-    with Store(project.store_path) as store:
-        ingest_files(store, [REPO / "data" / "demo" / "seed.jsonl"], config=project.config, split="train",
-                     source="seed")
-        ingest_files(store, [root / "data" / "eval.jsonl"], config=project.config, split="holdout")
-        ingest_files(store, [REPO / "data" / "demo" / "corner.jsonl"], config=project.config, split="corner")
-    return project
 
 
 class StopAt:

@@ -1,0 +1,198 @@
+"""Review: list failure patterns with their evidence, accept, reject, merge and rename them, relabel examples,
+and follow each targeted pattern into the next round.
+
+Decisions take effect in the next round: rejecting a pattern withdraws the counterexamples made for it (they
+stay in the store with status 'rejected'), accepting one that was not targeted makes the next round generate
+for it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from refinery.errors import RefineryError
+from refinery.store import Store, content_hash
+
+
+@dataclass
+class Pattern:
+    """A cluster as a person reviews it."""
+
+    id: str
+    round: int
+    rank: int
+    label: str
+    statement: str
+    status: str
+    size: int
+    score: float
+    score_parts: dict[str, Any]
+    checks: dict[str, int]
+    evidence: list[dict[str, Any]]
+    generated: int
+    members: list[dict[str, Any]]
+
+
+def list_patterns(store: Store, *, round: int | None = None, members: int = 3) -> list[Pattern]:
+    """The patterns of a round (default: the last done one), worst first, with up to `members` examples each."""
+    number = round if round is not None else store.scalar("SELECT max(number) FROM rounds WHERE status = 'done'")
+    if number is None:
+        raise RefineryError("no finished round yet: run `refinery iterate` first.")
+    ids = store.frame("SELECT id FROM clusters WHERE round = ? AND status <> 'merged' ORDER BY rank", [number])
+    if ids.height == 0 and store.scalar("SELECT count(*) FROM rounds WHERE number = ?", [number]) == 0:
+        raise RefineryError(f"no round {number}. Rounds: {_rounds(store)}.")
+    return [show_pattern(store, i, members=members) for i in ids["id"]]
+
+
+def show_pattern(store: Store, cluster_id: str, *, members: int | None = None) -> Pattern:
+    """One pattern with its members (all of them unless `members` is given): input, output, expected."""
+    row = _cluster(store, cluster_id)
+    limit = "" if members is None else f"LIMIT {int(members)}"
+    shown = store.frame(f"""
+        SELECT m.example_id, e.input, p.output, e.output AS expected, m.representative
+        FROM cluster_members m JOIN examples e ON e.id = m.example_id
+        LEFT JOIN predictions p ON p.example_id = m.example_id AND p.round = ? AND p.variant = m.variant
+        WHERE m.cluster_id = ? ORDER BY m.distance, m.example_id {limit}""", [row["round"], cluster_id])
+    generated = store.scalar("SELECT count(*) FROM examples WHERE cluster_id = ? AND source = 'generated' "
+                             "AND status = 'active'", [cluster_id])
+    return Pattern(id=row["id"], round=row["round"], rank=row["rank"], label=row["label"] or row["id"],
+                   statement=row["statement"] or "", status=row["status"], size=row["size"], score=row["score"],
+                   score_parts=json.loads(row["score_parts"] or "{}"), checks=json.loads(row["checks"] or "{}"),
+                   evidence=json.loads(row["evidence"] or "[]"), generated=generated, members=shown.to_dicts())
+
+
+def decide(store: Store, cluster_id: str, decision: str) -> dict[str, Any]:
+    """Accept or reject a pattern. Rejecting withdraws its counterexamples from training; returns what changed."""
+    if decision not in ("accept", "reject"):
+        raise RefineryError(f"decision '{decision}': expected accept or reject.")
+    row = _cluster(store, cluster_id)
+    if row["status"] == "merged":
+        raise RefineryError(f"pattern {cluster_id} was merged into {row['merged_into']}; decide on that one.")
+    status = "accepted" if decision == "accept" else "rejected"
+    with store.transaction() as con:
+        con.execute("UPDATE clusters SET status = ? WHERE id = ?", [status, cluster_id])
+        new_status = "active" if decision == "accept" else "rejected"
+        changed = con.execute("UPDATE examples SET status = ? WHERE cluster_id = ? AND source = 'generated' "
+                              "AND status <> ? RETURNING id", [new_status, cluster_id, new_status]).fetchall()
+    return {"id": cluster_id, "status": status, "examples_" + ("restored" if decision == "accept" else "withdrawn"):
+            len(changed)}
+
+
+def merge_patterns(store: Store, into: str, other: str) -> Pattern:
+    """Fold `other` into `into` (same round): its members join, it is kept as status 'merged'."""
+    target, source = _cluster(store, into), _cluster(store, other)
+    if into == other:
+        raise RefineryError("merge needs two different patterns.")
+    if target["round"] != source["round"]:
+        raise RefineryError(f"{into} is from round {target['round']} and {other} from round {source['round']}: "
+                            f"only patterns of the same round can be merged.")
+    checks = json.loads(target["checks"] or "{}")
+    for name, n in json.loads(source["checks"] or "{}").items():
+        checks[name] = checks.get(name, 0) + n
+    with store.transaction() as con:
+        con.execute("INSERT OR IGNORE INTO cluster_members (cluster_id, example_id, variant, distance, representative) "
+                    "SELECT ?, example_id, variant, distance + 1e6, false FROM cluster_members WHERE cluster_id = ?",
+                    [into, other])
+        size = con.execute("SELECT count(*) FROM cluster_members WHERE cluster_id = ?", [into]).fetchall()[0][0]
+        con.execute("UPDATE clusters SET size = ?, score = score + ?, checks = ? WHERE id = ?",
+                    [size, source["score"], json.dumps(dict(sorted(checks.items(), key=lambda kv: -kv[1]))), into])
+        con.execute("UPDATE clusters SET status = 'merged', merged_into = ? WHERE id = ?", [into, other])
+        con.execute("UPDATE examples SET cluster_id = ? WHERE cluster_id = ?", [into, other])
+    return show_pattern(store, into, members=3)
+
+
+def rename_pattern(store: Store, cluster_id: str, label: str) -> Pattern:
+    _cluster(store, cluster_id)
+    if not label.strip():
+        raise RefineryError("the new label is empty.")
+    with store.transaction() as con:
+        con.execute("UPDATE clusters SET label = ? WHERE id = ?", [label.strip(), cluster_id])
+    return show_pattern(store, cluster_id, members=3)
+
+
+def relabel(store: Store, example_id: str, output: str) -> dict[str, Any]:
+    """Correct an expected output: a new example (source 'relabel', parent the old one); the old one is kept,
+    status 'rejected'."""
+    old = store.one("SELECT id, input, output, fields, kind, split, status FROM examples WHERE id = ?", [example_id])
+    if old is None:
+        raise RefineryError(f"no example '{example_id}'. `refinery clusters show ID` lists example ids.")
+    if old[6] != "active":
+        raise RefineryError(f"example {example_id} is already rejected (relabelled or withdrawn).")
+    if not output.strip():
+        raise RefineryError("the new output is empty.")
+    digest = content_hash(old[1], output)
+    if store.scalar("SELECT count(*) FROM examples WHERE content_hash = ?", [digest]):
+        raise RefineryError(f"an example with this input and output already exists ({digest[:16]}).")
+    number = store.scalar("SELECT max(number) FROM rounds")
+    with store.transaction() as con:
+        con.execute("UPDATE examples SET status = 'rejected' WHERE id = ?", [example_id])
+        con.execute("INSERT INTO examples (id, content_hash, input, output, fields, kind, split, source, parent_id, "
+                    "round_added) VALUES (?, ?, ?, ?, ?, ?, ?, 'relabel', ?, ?)",
+                    [digest[:16], digest, old[1], output, old[3], old[4], old[5], example_id, number])
+    return {"old": example_id, "new": digest[:16], "split": old[5], "output": output}
+
+
+def pattern_history(store: Store) -> pl.DataFrame:
+    """For each pattern targeted in round N: counterexamples added, and in round N+1 how many of its members
+    still fail its main check (fixed, shrunk, unchanged, grown), and which checks got worse on analysis."""
+    targeted = store.frame("""
+        SELECT c.id, c.round, c.rank, c.label, c.checks, c.status,
+               count(g.id) FILTER (WHERE g.outcome = 'stored') AS added
+        FROM clusters c JOIN generations g ON g.cluster_id = c.id
+        GROUP BY ALL ORDER BY c.round, c.rank""")
+    rows = []
+    for t in targeted.iter_rows(named=True):
+        check = next(iter(json.loads(t["checks"])), None)
+        nxt = store.scalar("SELECT min(number) FROM rounds WHERE status = 'done' AND number > ?", [t["round"]])
+        before = store.scalar("SELECT count(*) FROM cluster_members m JOIN rule_results r ON r.example_id = "
+                              "m.example_id AND r.round = ? AND r.check_name = ? AND r.passed = false "
+                              "WHERE m.cluster_id = ?", [t["round"], check, t["id"]])
+        after = None if nxt is None else store.scalar(
+            "SELECT count(*) FROM cluster_members m JOIN rule_results r ON r.example_id = m.example_id AND "
+            "r.round = ? AND r.check_name = ? AND r.passed = false WHERE m.cluster_id = ?", [nxt, check, t["id"]])
+        rows.append({"round": t["round"], "pattern": t["id"], "label": t["label"], "check": check,
+                     "status": t["status"], "added": t["added"], "failing_before": before, "next_round": nxt,
+                     "failing_after": after, "change": _change(before, after),
+                     "regressions": ", ".join(_regressions(store, t["round"], nxt)) if nxt else ""})
+    schema = {"round": pl.Int64, "pattern": pl.String, "label": pl.String, "check": pl.String, "status": pl.String,
+              "added": pl.Int64, "failing_before": pl.Int64, "next_round": pl.Int64, "failing_after": pl.Int64,
+              "change": pl.String, "regressions": pl.String}
+    return pl.DataFrame(rows, schema=schema)
+
+
+def _change(before: int, after: int | None) -> str:
+    if after is None:
+        return "not yet measured"
+    if after == 0:
+        return "fixed"
+    return "shrunk" if after < before else "grown" if after > before else "unchanged"
+
+
+def _regressions(store: Store, before: int, after: int) -> list[str]:
+    """Checks whose pass rate on the analysis split fell from round `before` to round `after`."""
+    rates = store.frame("""
+        SELECT r.round, r.check_name, avg(r.passed::INT) AS rate FROM rule_results r
+        JOIN examples e ON e.id = r.example_id
+        WHERE r.round IN (?, ?) AND e.split = 'analysis' AND r.applies AND r.variant = ''
+        GROUP BY ALL""", [before, after])
+    old = {r["check_name"]: r["rate"] for r in rates.filter(pl.col("round") == before).iter_rows(named=True)}
+    new = {r["check_name"]: r["rate"] for r in rates.filter(pl.col("round") == after).iter_rows(named=True)}
+    return [f"{c} {old[c]:.0%}->{new[c]:.0%}" for c in sorted(old) if c in new and new[c] < old[c] - 1e-9]
+
+
+def _cluster(store: Store, cluster_id: str) -> dict[str, Any]:
+    rows = store.frame("SELECT * FROM clusters WHERE id = ?", [cluster_id])
+    if rows.height == 0:
+        known = store.frame("SELECT id FROM clusters ORDER BY round DESC, rank LIMIT 8")["id"].to_list()
+        hint = f" Recent patterns: {', '.join(known)}." if known else " No patterns yet: run `refinery iterate`."
+        raise RefineryError(f"no pattern '{cluster_id}'.{hint}")
+    return rows.row(0, named=True)
+
+
+def _rounds(store: Store) -> str:
+    numbers = store.frame("SELECT number FROM rounds ORDER BY number")["number"].to_list()
+    return ", ".join(map(str, numbers)) or "none"
