@@ -85,6 +85,7 @@ class FailureCluster:
     checks: dict[str, int]  # failing check -> members failing it
     terms: list[dict[str, Any]]  # input terms more common here than in passing cases
     members: list[str]  # example ids, nearest the centre first
+    distances: list[float] = field(default_factory=list)  # each member's distance to the centre
     label: str = ""
     statement: str = ""
     representatives: list[str] = field(default_factory=list)
@@ -94,6 +95,8 @@ def embed_examples(store: Store, rows: pl.DataFrame, *, embedder: Embedder | Non
                    text_kind: str = "input") -> np.ndarray:
     """Vectors for rows (example_id, text), in order: stored ones are reused, missing ones computed and stored."""
     embedder = embedder or MiniLMEmbedder()
+    if rows.height == 0:
+        return np.empty((0, 0), dtype=np.float32)
     hashes = [hashlib.sha256(t.encode()).hexdigest()[:16] for t in rows["text"]]
     wanted = rows.select("example_id").with_columns(pl.Series("text_hash", hashes))
     cached = store.frame("SELECT example_id, text_hash, vector FROM embeddings WHERE model = ? AND text_kind = ?",
@@ -116,7 +119,7 @@ def embed_examples(store: Store, rows: pl.DataFrame, *, embedder: Embedder | Non
     return np.asarray(vectors, dtype=np.float32).reshape(len(rows), -1)
 
 
-def analyze(failures: pl.DataFrame, passing: pl.DataFrame, *, embeddings: np.ndarray,
+def analyze(failures: pl.DataFrame, passing: pl.DataFrame, *, embeddings: np.ndarray | None,
             severities: dict[str, float], clusterer: Clusterer | None = None, seed: int = 0,
             cues: list[tuple[str, re.Pattern]] | None = None) -> list[FailureCluster]:
     """Cluster failures and describe each with a tested hypothesis, worst first.
@@ -126,7 +129,7 @@ def analyze(failures: pl.DataFrame, passing: pl.DataFrame, *, embeddings: np.nda
     embedding and which checks failed, so a cluster holds similar inputs that fail the same way; the hypothesis
     for a cluster is the input feature that best explains its main check's failures across the whole split.
     """
-    if failures.height == 0:
+    if failures.height == 0 or embeddings is None:
         return []
     clusterer = clusterer or SilhouetteKMeans(seed=seed)
     features = _features(embeddings, failures["failing"].to_list())
@@ -136,8 +139,11 @@ def analyze(failures: pl.DataFrame, passing: pl.DataFrame, *, embeddings: np.nda
     for label in sorted(set(labels.tolist())):
         index = np.flatnonzero(labels == label)
         centre = features[index].mean(axis=0)
-        order = index[np.argsort(((features[index] - centre) ** 2).sum(axis=1))]
-        clusters.append(_describe(failures[order.tolist()], trials, severities))
+        distance = np.sqrt(((features[index] - centre) ** 2).sum(axis=1))
+        order = np.argsort(distance)
+        cluster = _describe(failures[index[order].tolist()], trials, severities)
+        cluster.distances = [round(float(d), 5) for d in distance[order]]
+        clusters.append(cluster)
     clusters.sort(key=lambda c: (-c.score, -c.size))
     for rank, cluster in enumerate(clusters, start=1):
         cluster.rank = rank

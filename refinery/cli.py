@@ -124,8 +124,8 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
     rounds = Table("round", "status", "started", "seconds", "test", "analysis", title="Last rounds (pass rates)")
     for r in result.rounds:
         seconds = f"{r['seconds']:.0f}" if r["seconds"] is not None else "-"
-        rates = [f"{(r['metrics'] or {}).get(s, {}).get('pass_rate', 0):.1%}" if r["metrics"] else "-"
-                 for s in ("test", "analysis")]
+        measured = r["metrics"] or {}
+        rates = [f"{measured[s]['pass_rate']:.1%}" if s in measured else "-" for s in ("test", "analysis")]
         rounds.add_row(str(r["number"]), r["status"], r["started_at"].replace("T", " ")[:16], seconds, *rates)
     console.print(rounds)
 
@@ -134,7 +134,7 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
 def export(ctx: typer.Context,
            split: Annotated[str, typer.Option(metavar="SPLIT", help="train, analysis, test, corner or all.")] = "train",
            output: Annotated[Path | None, typer.Option(
-               "--output", "-o", metavar="PATH", help="File to write. Default: runs/export/SPLIT.jsonl in the project.",
+               "--output", "-o", metavar="PATH", help="File to write. Default: runs/export/SPLIT.jsonl (or .parquet).",
                show_default=False)] = None,
            fmt: Annotated[str | None, typer.Option(
                "--format", metavar="FORMAT", help="jsonl or parquet. Default: from the file name, else jsonl.",
@@ -144,7 +144,7 @@ def export(ctx: typer.Context,
     from refinery.export import export_split
     from refinery.store import Store
     project = _project(ctx)
-    target = output or project.runs_dir / "export" / f"{split}.jsonl"
+    target = output or project.runs_dir / "export" / f"{split}.{'parquet' if fmt == 'parquet' else 'jsonl'}"
     with Store(project.store_path) as store:
         count = export_split(store, target, split=split, fmt=fmt)
     if as_json:

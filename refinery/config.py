@@ -39,8 +39,9 @@ class CoreSettings:
     store: str = opt("runs/refinery.duckdb", "The DuckDB store, relative to the project.")
     runs_dir: str = opt("runs", "Folder for rounds: adapters, config snapshots, outputs, reports.")
     rules_dir: str = opt("rules", "Folder of eval checks and targeting rules (TOML).")
-    templates_dir: str = opt("templates", "Folder of Jinja templates: the prompt format and the generators.")
-    seed: int = opt(0, "Seed for split assignment and sampling; changing it re-deals future splits only.")
+    templates_dir: str = opt("templates", "Folder of the Jinja counterexample generators.")
+    seed: int = opt(0, "Seed for split assignment and sampling; changing it re-deals future splits only.",
+                    min=0, max=2**32 - 1)
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class TrainSettings:
     max_length: int = opt(256, "Longest tokenized prompt + completion; longer ones are truncated.", min=8)
     precision: str = opt("auto", "auto uses bf16 on a GPU that supports it and fp32 elsewhere.",
                          choices=("auto", "fp32", "bf16", "fp16"))
-    seed: int = opt(0, "Seed of the training run.")
+    seed: int = opt(0, "Seed of the training run.", min=0, max=2**32 - 1)
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,15 @@ class _Where:
         line = _find_line(self.text, self.header, key)
         head = f"{display_path(self.path)}:{line}" if line else display_path(self.path)
         return f"{head}: [{self.header}]" if self.header else f"{head}: (top level)"
+
+
+def read_text(path: Path) -> str:
+    """A project, rules or template file as text; not UTF-8 is an error naming the file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{display_path(path)}: not UTF-8 text ({exc.reason} at byte {exc.start}). Save it as "
+                          f"UTF-8.") from None
 
 
 def parse_toml(path: Path, text: str) -> dict:

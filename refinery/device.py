@@ -23,16 +23,39 @@ def pick_dtype(device: str, precision: str = "auto") -> Any:
     return torch.float16
 
 
-def load_model(base_model: str, *, device: str, dtype: Any, adapter: str | None = None) -> tuple[Any, Any]:
-    """The base model (plus an adapter, when given) and its tokenizer, ready for generation."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging
+def load_tokenizer(base_model: str) -> Any:
+    """The model's tokenizer with a pad token (its EOS when it has none) and left padding, for batches."""
+    from transformers import AutoTokenizer
 
-    logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def check_loadable(base_model: str) -> None:
+    """Fail early, with the fix, when the base model is neither a local folder nor in the local cache."""
+    from transformers import AutoConfig
+
+    from refinery.errors import ConfigError
+
+    try:
+        AutoConfig.from_pretrained(base_model)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"base_model = \"{base_model}\": cannot load it ({first[:200]}). It must be a model folder, "
+                          f"or a hub id already in the local Hugging Face cache (nothing is downloaded here); "
+                          f"bundled:tiny-base always works.") from None
+
+
+def load_model(base_model: str, *, device: str, dtype: Any, adapter: str | None = None) -> tuple[Any, Any]:
+    """The base model (plus an adapter, when given) and its tokenizer, ready for generation."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    tokenizer = load_tokenizer(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype).to(device)
     if adapter:
         from peft import PeftModel

@@ -40,12 +40,13 @@ def summarize(results: pl.DataFrame, splits: pl.DataFrame) -> dict[str, Any]:
 
     `splits` maps example_id to split. Only the '' variant (the example as stored) counts here.
     """
-    applied = (results.filter(pl.col("variant") == "", pl.col("applies"))
-               .join(splits.select("example_id", "split"), on="example_id"))
-    per_example = applied.group_by("split", "example_id").agg(
-        pl.col("passed").all().alias("ok"),
-        (pl.col("passed").cast(pl.Float64) * pl.col("severity")).sum().alias("won"),
-        pl.col("severity").sum().alias("weight"))
+    stored = results.filter(pl.col("variant") == "").join(splits.select("example_id", "split"), on="example_id")
+    applied = stored.filter(pl.col("applies"))
+    # Every evaluated example counts; one that no check applies to has nothing to fail, so it passes.
+    per_example = stored.group_by("split", "example_id").agg(
+        pl.col("passed").filter(pl.col("applies")).all().alias("ok"),
+        (pl.col("passed").cast(pl.Float64) * pl.col("severity")).filter(pl.col("applies")).sum().alias("won"),
+        pl.col("severity").filter(pl.col("applies")).sum().alias("weight"))
     per_check = applied.group_by("split", "check_name").agg(
         pl.len().alias("applies"), pl.col("passed").sum().alias("passed")).sort("check_name")
     metrics: dict[str, Any] = {}

@@ -7,8 +7,7 @@ from pathlib import Path
 import polars as pl
 
 from refinery.errors import DataError
-from refinery.ingest import SPLITS
-from refinery.store import Store
+from refinery.store import SPLITS, Store
 
 EXPORT_FORMATS = ("jsonl", "parquet")
 
@@ -25,11 +24,14 @@ def export_split(store: Store, path: str | Path, *, split: str = "train", fmt: s
     rows = store.frame(f"SELECT id, input, output, kind, split, source FROM examples "
                        f"WHERE status = 'active' {where} ORDER BY rowid", [] if split == "all" else [split])
     frame = to_prompt_completion(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "parquet":
-        frame.write_parquet(path)
-    else:
-        frame.write_ndjson(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "parquet":
+            frame.write_parquet(path)
+        else:
+            frame.write_ndjson(path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write the export: {exc.strerror}. Give a file path with -o.") from None
     return frame.height
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from refinery.config import display_path
 from refinery.errors import ConfigError
-from refinery.rules import RuleSet, check_one
+from refinery.rules import CompiledCheck, RuleSet
 from refinery.store import content_hash
 
 
@@ -70,12 +70,12 @@ def vet_candidates(candidates: list[Candidate], rules: RuleSet, *, known_hashes:
     `held_out_inputs` are the inputs of test and corner examples: a candidate with the same input would leak.
     """
     seen = set(known_hashes)
+    compiled = [CompiledCheck(c) for c in rules.checks]
     candidates = [dataclasses.replace(c, outcome="stored", detail="") for c in candidates]
     for candidate in candidates:
         digest = content_hash(candidate.input, candidate.output)
-        failing = [c.name for c in rules.checks
-                   if check_one(c, input=candidate.input, prediction=candidate.output, expected=candidate.output,
-                                fields=candidate.fields) is False]
+        failing = [run.check.name for run in compiled if run.applies(candidate.input) and
+                   run.verdict(candidate.output, candidate.output, candidate.fields)[0] is False]
         if failing:
             candidate.outcome, candidate.detail = "failed_checks", "fails " + ", ".join(failing)
         elif candidate.input in held_out_inputs:
@@ -92,6 +92,10 @@ def load_template(env, template: str):
 
     try:
         return env.get_template(template)
+    except UnicodeDecodeError as exc:
+        folder = display_path(Path(env.loader.searchpath[0]))
+        raise ConfigError(f"{folder}/{template}: not UTF-8 text ({exc.reason} at byte {exc.start}). Save it as "
+                          f"UTF-8.") from None
     except TemplateNotFound:
         folder = display_path(Path(env.loader.searchpath[0]))
         raise ConfigError(f"{folder}/{template}: no such template. Add it, or fix the name in rules/.") from None

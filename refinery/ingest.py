@@ -16,9 +16,8 @@ import polars as pl
 
 from refinery.config import Config, DataSettings
 from refinery.errors import DataError
-from refinery.store import Store, content_hash
+from refinery.store import SPLITS, Store, content_hash, detect_kind
 
-SPLITS = ("train", "analysis", "test", "corner")
 DEALT = ("auto", "holdout")  # auto: test / analysis / train by the configured shares; holdout: test / analysis
 KINDS = ("reasoning", "direct")
 INGEST_SOURCES = ("seed", "import")
@@ -109,10 +108,12 @@ def prepare_examples(rows: pl.DataFrame, *, data: DataSettings, seed: int, split
     _check_rows(rows, split_given=split is not None, kind_given=kind is not None)
     think = re.compile(data.think_pattern, re.DOTALL)
     hashes = [content_hash(i, o) for i, o in zip(rows["input"], rows["output"], strict=True)]
-    detected = ["reasoning" if think.search(o) else "direct" for o in rows["output"]]
+    detected = [detect_kind(o, think) for o in rows["output"]]
     kinds = [kind] * len(rows) if kind else [k or d for k, d in zip(rows["kind"], detected, strict=True)]
     wanted = [split] * len(rows) if split else [s or "auto" for s in rows["split"]]
-    splits = [deal_split(h, w, data=data, seed=seed) for h, w in zip(hashes, wanted, strict=True)]
+    # Dealt by the input alone, so two rows with one input and different outputs can't straddle train and test.
+    inputs = [hashlib.sha256(i.encode()).hexdigest() for i in rows["input"]]
+    splits = [deal_split(h, w, data=data, seed=seed) for h, w in zip(inputs, wanted, strict=True)]
     return rows.with_columns(
         pl.Series("content_hash", hashes, dtype=pl.String),
         pl.Series("id", [h[:16] for h in hashes], dtype=pl.String),
@@ -122,7 +123,7 @@ def prepare_examples(rows: pl.DataFrame, *, data: DataSettings, seed: int, split
 
 
 def deal_split(digest: str, wanted: str, *, data: DataSettings, seed: int) -> str:
-    """The split of one example. Dealt splits depend only on the content and the seed, so they never move."""
+    """The split of one example from the hash of its input: it depends only on the input and the seed."""
     if wanted not in DEALT:
         return wanted
     draw = int(hashlib.sha256(f"{seed}:{digest}".encode()).hexdigest()[:13], 16) / 16**13
@@ -191,6 +192,10 @@ def _read_table(path: Path, data: DataSettings, fmt: str) -> pl.DataFrame:
     for target, name in optional.items():
         out[target] = (_text_column(path, fmt, table, name, origin) if name in table.columns
                        else pl.Series(target, [None] * table.height, dtype=pl.String))
+    binary = [c for c in rest if table[c].dtype in (pl.Binary, pl.Object)]
+    if binary:
+        raise DataError(f"{path}: column '{binary[0]}' holds binary data; extra columns are kept as JSON fields. "
+                        f"Drop the column or convert it to text.")
     fields = (table.select(pl.struct(rest).struct.json_encode()).to_series() if rest
               else pl.Series([None] * table.height, dtype=pl.String))
     return pl.DataFrame({**out, "fields": fields, "origin": origin})

@@ -20,11 +20,13 @@ from typing import Any, Protocol
 
 import polars as pl
 
+from refinery.device import check_loadable
 from refinery.errors import RefineryError
 from refinery.project import Project, resolve_base_model
-from refinery.store import Store, content_hash
+from refinery.store import Store, content_hash, detect_kind
 
 STAGES = ("train", "infer", "evaluate", "analyze", "generate", "record")
+STORE_WAIT = 60.0  # seconds a stage waits for another process (`refinery status`, say) to let go of the store
 
 
 class Reporter(Protocol):
@@ -72,7 +74,8 @@ def run_round(project: Project, *, reporter: Reporter | None = None) -> RoundSum
     env = template_environment(project.templates_dir)
     _check_templates(env, rules)
     base_model = resolve_base_model(project)
-    with Store(project.store_path) as store:
+    check_loadable(base_model)
+    with Store(project.store_path, wait=STORE_WAIT) as store:
         number, train_rows = _begin(store, project)
     round_dir = project.runs_dir / f"round-{number:03d}"
     round_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +100,7 @@ def _run_stages(project, number, train_rows, rules, env, base_model, round_dir, 
         note(f"{result.steps} steps on {result.examples} examples, loss {result.final_loss:.3f}, {result.device}")
     weights = result.weights_path
     model_path, adapter = (weights, None) if result.method == "full" else (base_model, weights)
-    with Store(project.store_path) as store:
+    with Store(project.store_path, wait=STORE_WAIT) as store:
         held_out = store.frame("SELECT id AS example_id, input, output AS expected, fields, split FROM examples "
                                "WHERE status = 'active' AND split <> 'train' ORDER BY id")
     with timer.stage("infer") as note:
@@ -115,8 +118,11 @@ def _run_stages(project, number, train_rows, rules, env, base_model, round_dir, 
         note(_metric_note(metrics))
     with timer.stage("analyze") as note:
         failures, passing = _failures(rows, results)
-        with Store(project.store_path) as store:
-            vectors = analyze.embed_examples(store, failures.select("example_id", pl.col("input").alias("text")))
+        vectors = None
+        if failures.height:
+            with Store(project.store_path, wait=STORE_WAIT) as store:
+                vectors = analyze.embed_examples(store, failures.select("example_id",
+                                                                        pl.col("input").alias("text")))
         cues = [(c.name, re.compile(c.when)) for c in rules.checks if c.when]
         clusters = analyze.analyze(failures, passing, embeddings=vectors, seed=config.core.seed, cues=cues,
                                    severities={c.name: c.severity for c in rules.checks},
@@ -151,7 +157,12 @@ def _begin(store: Store, project: Project) -> tuple[int, pl.DataFrame]:
     if examples.height == 0:
         raise RefineryError("no training examples: ingest some first, e.g. `refinery ingest data/seed.jsonl "
                             "--split train --source seed`.")
-    chosen = training_set(examples, reasoning_share=project.config.mix.reasoning_share, seed=project.config.core.seed)
+    share = project.config.mix.reasoning_share
+    chosen = training_set(examples, reasoning_share=share, seed=project.config.core.seed)
+    if chosen.height == 0:
+        kinds = ", ".join(f"{k} {n}" for k, n in examples.group_by("kind").len().sort("kind").iter_rows())
+        raise RefineryError(f"[mix] reasoning_share = {share} leaves no training examples (train split: {kinds}). "
+                            f"Change the share, or add examples of the missing kind.")
     digest = hashlib.sha256("\n".join(chosen["id"].to_list()).encode()).hexdigest()
     number = (store.scalar("SELECT max(number) FROM rounds") or 0) + 1
     with store.transaction() as con:
@@ -180,7 +191,7 @@ def _generate(project, env, rules, clusters, rows, number) -> list:
 
     settings = project.config.generate
     by_id = {r["example_id"]: r for r in rows.iter_rows(named=True)}
-    with Store(project.store_path) as store:
+    with Store(project.store_path, wait=STORE_WAIT) as store:
         accepted = store.frame("""
             SELECT c.id, c.checks, list(m.example_id ORDER BY m.distance) AS members FROM clusters c
             JOIN cluster_members m ON m.cluster_id = c.id
@@ -206,7 +217,7 @@ def _generate(project, env, rules, clusters, rows, number) -> list:
             if len(made) >= settings.per_cluster * 3:
                 break
         candidates += made
-    with Store(project.store_path) as store:
+    with Store(project.store_path, wait=STORE_WAIT) as store:
         known = set(store.frame("SELECT content_hash FROM examples")["content_hash"])
         held = set(store.frame("SELECT input FROM examples WHERE split IN ('test', 'corner')")["input"])
     vetted = vet_candidates(candidates, rules, known_hashes=known, held_out_inputs=held)
@@ -235,7 +246,7 @@ def _cap_per_cluster(candidates: list, cap: int) -> list:
 
 def _record(project, number, clusters, candidates, metrics, result, weights) -> None:
     think = re.compile(project.config.data.think_pattern, re.DOTALL)
-    with Store(project.store_path) as store, store.transaction() as con:
+    with Store(project.store_path, wait=STORE_WAIT) as store, store.transaction() as con:
         for cluster in clusters:
             con.execute("INSERT INTO clusters (id, round, rank, label, statement, size, score, score_parts, checks, "
                         "evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -244,8 +255,8 @@ def _record(project, number, clusters, candidates, metrics, result, weights) -> 
                          json.dumps(cluster.terms)])
             con.executemany("INSERT INTO cluster_members (cluster_id, example_id, distance, representative) "
                             "VALUES (?, ?, ?, ?)",
-                            [[cluster.label, m, float(i), m in cluster.representatives]
-                             for i, m in enumerate(cluster.members)])
+                            [[cluster.label, m, d, m in cluster.representatives]
+                             for m, d in zip(cluster.members, cluster.distances, strict=True)])
         for c in candidates:
             digest = content_hash(c.input, c.output)
             example_id = digest[:16] if c.outcome in ("stored", "duplicate") else None
@@ -254,7 +265,7 @@ def _record(project, number, clusters, candidates, metrics, result, weights) -> 
                             "parent_id, template, cluster_id, round_added) VALUES (?, ?, ?, ?, ?, ?, 'train', "
                             "'generated', ?, ?, ?, ?)",
                             [example_id, digest, c.input, c.output, json.dumps(c.fields, ensure_ascii=False),
-                             "reasoning" if think.search(c.output) else "direct", c.parent_id, c.template,
+                             detect_kind(c.output, think), c.parent_id, c.template,
                              c.cluster_id, number])
             con.execute("INSERT INTO generations (round, cluster_id, template, parent_id, input, output, targets, "
                         "outcome, example_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -266,7 +277,7 @@ def _record(project, number, clusters, candidates, metrics, result, weights) -> 
 
 def _summary(project, number, result, metrics, clusters, candidates, rows, stages) -> RoundSummary:
     by_id = {r["example_id"]: r for r in rows.iter_rows(named=True)}
-    with Store(project.store_path) as store:
+    with Store(project.store_path, wait=STORE_WAIT) as store:
         previous = store.one("SELECT number, metrics FROM rounds WHERE status = 'done' AND number < ? "
                              "ORDER BY number DESC LIMIT 1", [number])
     shown = []
@@ -292,7 +303,7 @@ def _summary(project, number, result, metrics, clusters, candidates, rows, stage
 
 
 def _write(project: Project, table: str, frame: pl.DataFrame) -> None:
-    with Store(project.store_path) as store, store.transaction() as con:
+    with Store(project.store_path, wait=STORE_WAIT) as store, store.transaction() as con:
         con.register("incoming", frame)
         columns = ", ".join(frame.columns)
         con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM incoming")
@@ -301,7 +312,7 @@ def _write(project: Project, table: str, frame: pl.DataFrame) -> None:
 
 def _fail(project: Project, number: int, reason: str) -> None:
     try:
-        with Store(project.store_path) as store:
+        with Store(project.store_path, wait=STORE_WAIT) as store:
             _mark_failed(store, number, reason)
     except RefineryError:
         pass  # the store is held elsewhere; the next round marks this one failed
@@ -310,7 +321,7 @@ def _fail(project: Project, number: int, reason: str) -> None:
 def _mark_failed(store: Store, number: int, reason: str) -> None:
     with store.transaction() as con:
         con.execute("UPDATE rounds SET status = 'failed', error = ?, finished_at = current_timestamp "
-                    "WHERE number = ?", [reason[:2000], number])
+                    "WHERE number = ? AND status = 'running'", [reason[:2000], number])
         con.execute("UPDATE round_stages SET status = 'failed', finished_at = current_timestamp "
                     "WHERE round = ? AND status = 'running'", [number])
 
@@ -364,13 +375,13 @@ class _Timer:
     def stage(self, name: str):
         notes: list[str] = []
         self.reporter.stage(name)
-        with Store(self.project.store_path) as store, store.transaction() as con:
+        with Store(self.project.store_path, wait=STORE_WAIT) as store, store.transaction() as con:
             con.execute("INSERT INTO round_stages (round, stage, status) VALUES (?, ?, 'running')", [self.number, name])
         began = time.perf_counter()
         yield notes.append
         seconds = round(time.perf_counter() - began, 3)
         self.seconds[name] = seconds
-        with Store(self.project.store_path) as store, store.transaction() as con:
+        with Store(self.project.store_path, wait=STORE_WAIT) as store, store.transaction() as con:
             con.execute("UPDATE round_stages SET status = 'done', seconds = ?, finished_at = current_timestamp, "
                         "detail = ? WHERE round = ? AND stage = ?",
                         [seconds, json.dumps({"note": " ".join(notes)}), self.number, name])

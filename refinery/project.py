@@ -8,7 +8,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from refinery.config import SECTIONS, Config, CoreSettings, config_from_table, field_docs, parse_toml, toml_value
+from refinery.config import (
+    SECTIONS,
+    Config,
+    CoreSettings,
+    config_from_table,
+    field_docs,
+    parse_toml,
+    read_text,
+    toml_value,
+)
 from refinery.errors import ConfigError
 
 CONFIG_FILE = "refinery.toml"
@@ -86,10 +95,12 @@ def find_config_file(project_dir: str | Path | None = None, *, cwd: Path | None 
 
 def read_config(path: Path) -> Config:
     """Parse and check one project file."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     data = parse_toml(path, text)
     pyproject = path.name != CONFIG_FILE
     table = data.get("tool", {}).get("refinery", {}) if pyproject else data
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path.name}: [tool] refinery = {table!r}: expected a table ([tool.refinery]).")
     return config_from_table(table, path=path, text=text, pyproject=pyproject)
 
 
@@ -111,17 +122,22 @@ def resolve_base_model(project: Project) -> str:
 def init_project(directory: str | Path, *, force: bool = False) -> list[Path]:
     """Scaffold a project in `directory`: a commented project file, rules/, templates/, data/ and runs/."""
     root = Path(directory).expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"{root} is a file; give a folder to scaffold the project in.")
     existing = _config_in(root, []) if root.is_dir() else None
     if existing and not force:
         raise ConfigError(f"{existing} already makes {root} a refinery project. "
-                          f"Pass --force to write the scaffold again (your data and runs are kept).")
+                          f"Pass --force to write the scaffold again (your settings, data and runs are kept).")
     files = {
         CONFIG_FILE: scaffold_config(),
+        "rules/checks.toml": _RULES_EXAMPLE,
         "rules/README.md": _RULES_README,
         "templates/README.md": _TEMPLATES_README,
         "data/README.md": _DATA_README,
         "runs/.gitignore": "*\n!.gitignore\n",
     }
+    if existing:  # --force never replaces the settings a project has, nor a rules file someone wrote
+        files = {k: v for k, v in files.items() if k not in (CONFIG_FILE, "rules/checks.toml")}
     written = []
     for relative, content in files.items():
         target = root / relative
@@ -164,23 +180,51 @@ def _config_in(folder: Path, looked: list[str]) -> Path | None:
 
 
 def _has_refinery_table(pyproject: Path) -> bool:
-    data = parse_toml(pyproject, pyproject.read_text(encoding="utf-8"))
+    data = parse_toml(pyproject, read_text(pyproject))
     return isinstance(data.get("tool"), dict) and "refinery" in data["tool"]
 
+
+_RULES_EXAMPLE = """\
+# Checks: what a correct output must satisfy. `refinery iterate` reads every *.toml file in this folder.
+# type: regex (pattern must match the output), absent (pattern must not), contains (literal text),
+#       equals (extract's first group must equal the example field `field`, or the same extract of the expected
+#       output when no field is named), json_schema (the output, or extract's group, must validate).
+# when / unless: regular expressions on the input that decide whether the check applies.
+# severity: the weight of a failure in the weighted score and in ranking failure patterns.
+
+[[check]]
+name = "not_empty"
+type = "regex"
+pattern = '\\S'
+severity = 1
+
+[[check]]
+name = "matches_expected"
+type = "equals"
+extract = '(?s)^(.*)$'
+severity = 1
+
+# Targets: which templates in templates/ answer which failing checks, e.g.
+# [[target]]
+# checks = ["matches_expected"]
+# templates = ["paraphrase.jinja"]
+"""
 
 _RULES_README = """\
 # rules/
 
 Eval checks (what a correct output must satisfy, conditioned on the input) and targeting rules (which
-counterexample templates answer which failing checks), as TOML data files. `refinery iterate` reads every
-`*.toml` file here.
+counterexample templates answer which failing checks), as TOML data files; see checks.toml for the format.
+`refinery iterate` reads every `*.toml` file here.
 """
 
 _TEMPLATES_README = """\
 # templates/
 
-Jinja templates: the prompt format and the counterexample generators that `refinery iterate` renders for the
-worst failure patterns. Templates run in a sandboxed environment with undefined variables as errors.
+Jinja counterexample generators that `refinery iterate` renders for the worst failure patterns. A template
+sees `parent` (the failing example: id, input, output, fields) and a seeded `choice`, and sets `input`, `output`
+and optionally `fields` at its top level. Templates run sandboxed, with undefined names as errors. The prompt
+format itself is the base model's chat template.
 """
 
 _DATA_README = """\

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from refinery.config import display_path, parse_toml
+from refinery.config import display_path, parse_toml, read_text
 from refinery.errors import ConfigError
 
 CHECK_TYPES = ("regex", "contains", "absent", "json_schema", "equals")
@@ -82,7 +82,7 @@ def load_rules(rules_dir: Path) -> RuleSet:
     checks: list[Check] = []
     targets: list[Target] = []
     for path in files:
-        file_checks, file_targets = parse_rules(path.read_text(encoding="utf-8"), path)
+        file_checks, file_targets = parse_rules(read_text(path), path)
         for check in file_checks:
             clash = next((c for c in checks if c.name == check.name), None)
             if clash:
@@ -106,7 +106,15 @@ def parse_rules(text: str, path: Path) -> tuple[list[Check], list[Target]]:
     unknown = [k for k in data if k not in ("check", "target")]
     if unknown:
         raise ConfigError(f"{shown}: unknown table '{unknown[0]}' (expected [[check]] or [[target]]).")
+    for name in ("check", "target"):
+        value = data.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ConfigError(f"{shown}: '{name}' must be an array of tables: write each one under its own "
+                              f"[[{name}]] header (not [{name}] or {name} = ...).")
     check_lines, target_lines = _table_lines(text, "check"), _table_lines(text, "target")
+    if len(check_lines) != len(data.get("check", [])) or len(target_lines) != len(data.get("target", [])):
+        raise ConfigError(f"{shown}: write each check and target under its own [[check]] or [[target]] header "
+                          f"line (inline arrays of tables are not supported).")
     checks = [_parse_check(raw, shown, text, check_lines[i]) for i, raw in enumerate(data.get("check", []))]
     targets = [_parse_target(raw, shown, text, target_lines[i]) for i, raw in enumerate(data.get("target", []))]
     return checks, targets

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,14 +16,21 @@ import polars as pl
 from refinery.errors import StoreError
 from refinery.migrations import MIGRATIONS
 
+SPLITS = ("train", "analysis", "test", "corner")
+
 
 class Store:
     """One connection to a DuckDB file. Use as a context manager, or call `close()`."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, wait: float = 10.0):
+        """Open (creating and migrating) the store; if another process holds it, retry for up to `wait` seconds."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = _connect(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot create the store's folder: {exc.strerror}. Fix [tool.refinery] "
+                             f"store in the project file.") from None
+        self.con = _connect(self.path, wait=wait)
         try:
             self.migrate()
         except BaseException:
@@ -86,21 +94,31 @@ class Store:
         return ran
 
 
-def _connect(path: Path) -> duckdb.DuckDBPyConnection:
-    try:
-        return duckdb.connect(str(path))
-    except duckdb.IOException as exc:
-        message = str(exc)
-        if "lock" not in message.lower():
-            raise StoreError(f"{path}: cannot open the store: {message}") from None
-        pid = re.search(r"PID (\d+)", message)
-        holder = f" (PID {pid.group(1)})" if pid else ""
-        raise StoreError(f"{path}: the store is in use by another process{holder}. Wait for it to finish "
-                         f"or stop it, then run the command again.") from None
-    except duckdb.Error as exc:
-        raise StoreError(f"{path}: cannot open the store: {exc}. Is it a DuckDB file?") from None
+def _connect(path: Path, *, wait: float) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            message = str(exc)
+            if "lock" not in message.lower():
+                raise StoreError(f"{path}: cannot open the store: {message}") from None
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        except duckdb.Error as exc:
+            raise StoreError(f"{path}: cannot open the store: {exc}. Is it a DuckDB file?") from None
+    pid = re.search(r"PID (\d+)", message)
+    holder = f" (PID {pid.group(1)})" if pid else ""
+    raise StoreError(f"{path}: the store is in use by another process{holder}. Wait for it to finish "
+                     f"or stop it, then run the command again.") from None
 
 
 def content_hash(input_text: str, output_text: str) -> str:
     """The identity of an example: two rows with the same input and output are the same example."""
     return hashlib.sha256(f"{input_text}\x00{output_text}".encode()).hexdigest()
+
+
+def detect_kind(output: str, think: re.Pattern) -> str:
+    """reasoning when the output has a thinking block (the project's `think_pattern`), else direct."""
+    return "reasoning" if think.search(output) else "direct"

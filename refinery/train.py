@@ -17,7 +17,7 @@ from typing import Any
 import polars as pl
 
 from refinery.config import TrainSettings
-from refinery.device import pick_device, pick_dtype
+from refinery.device import load_tokenizer, pick_device, pick_dtype
 from refinery.prompts import render_prompt
 
 TARGETS = {
@@ -48,7 +48,7 @@ def train(rows: pl.DataFrame, *, base_model: str, settings: TrainSettings, out_d
     import datasets
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
+    from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
     from transformers.utils import logging
     from trl import SFTTrainer
 
@@ -58,9 +58,7 @@ def train(rows: pl.DataFrame, *, base_model: str, settings: TrainSettings, out_d
     torch.manual_seed(settings.seed)
     device = pick_device()
     dtype = pick_dtype(device, settings.precision)
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
     dataset = Dataset.from_dict(training_pairs(rows, tokenizer))
 

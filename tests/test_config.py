@@ -148,8 +148,10 @@ def test_command_line_overrides_are_checked_like_the_file() -> None:
 def test_init_scaffolds_a_project_whose_commented_defaults_are_the_defaults(tmp_path: Path) -> None:
     written = init_project(tmp_path / "new")
     names = sorted(str(p.relative_to(tmp_path / "new")) for p in written)
-    assert names == ["data/README.md", "refinery.toml", "rules/README.md", "runs/.gitignore",
+    assert names == ["data/README.md", "refinery.toml", "rules/README.md", "rules/checks.toml", "runs/.gitignore",
                      "templates/README.md"]
+    from refinery.rules import load_rules
+    assert [c.name for c in load_rules(tmp_path / "new" / "rules").checks] == ["not_empty", "matches_expected"]
     config_file = tmp_path / "new" / "refinery.toml"
     assert read_config(config_file) == Config()
     # Uncommenting every setting must give a valid file with the same values: the comments tell the truth.
@@ -163,12 +165,31 @@ def test_init_scaffolds_a_project_whose_commented_defaults_are_the_defaults(tmp_
 def test_init_refuses_an_existing_project_unless_forced(tmp_path: Path) -> None:
     init_project(tmp_path)
     (tmp_path / "data" / "mine.jsonl").write_text("{}\n")
+    (tmp_path / "refinery.toml").write_text("seed = 7\n")
     with pytest.raises(ConfigError) as err:
         init_project(tmp_path)
     assert str(err.value) == (f"{tmp_path / 'refinery.toml'} already makes {tmp_path} a refinery project. "
-                              f"Pass --force to write the scaffold again (your data and runs are kept).")
+                              f"Pass --force to write the scaffold again (your settings, data and runs are kept).")
     init_project(tmp_path, force=True)
     assert (tmp_path / "data" / "mine.jsonl").read_text() == "{}\n"
+    assert (tmp_path / "refinery.toml").read_text() == "seed = 7\n"
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="afile is a file; give a folder"):
+        init_project(tmp_path / "afile")
+
+
+def test_unreadable_and_misshapen_project_files(tmp_path: Path) -> None:
+    (tmp_path / "refinery.toml").write_bytes(b"seed = 1\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"refinery.toml: not UTF-8 text \(invalid continuation byte at byte 14\)"):
+        load_project(tmp_path, environ={})
+    (tmp_path / "refinery.toml").unlink()
+    write(tmp_path / "pyproject.toml", "[tool]\nrefinery = 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_project(tmp_path, environ={})
+    assert str(err.value) == "pyproject.toml: [tool] refinery = 1: expected a table ([tool.refinery])."
+    write(tmp_path / "pyproject.toml", "[tool.refinery]\nseed = -1\n")
+    with pytest.raises(ConfigError, match="seed = -1: expected an integer from 0 to 4.29497e"):
+        load_project(tmp_path, environ={})
 
 
 def test_base_model_resolves_bundled_local_and_hub_names(tmp_path: Path) -> None:

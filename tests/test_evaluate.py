@@ -111,6 +111,10 @@ def test_results_and_metrics_per_split_and_check(rules) -> None:
     # a passes 4 checks of weight 1; b fails no_tag (weight 3) and passes 3 of weight 1: (4 + 3) / (4 + 6)
     assert metrics["test"]["weighted_score"] == 0.7
     assert metrics["analysis"]["pass_rate"] == 1.0
+    # an example that no check applies to still counts, as passing (nothing to fail)
+    only_tag = run_checks(rules.__class__(checks=(rules.check("tag"),)), rows)
+    counted = summarize(only_tag, splits)
+    assert counted["test"]["examples"] == 2 and counted["test"]["pass_rate"] == 1.0
 
 
 def test_targets_map_failing_checks_to_templates(rules) -> None:
@@ -165,6 +169,9 @@ def test_the_demo_rules_agree_with_the_demo_data() -> None:
      "rules/bad.toml:4: invalid TOML: Illegal character '\\n'. Fix the syntax on that line."),
     ('[[checks]]\nname = "a"\n',
      "rules/bad.toml: unknown table 'checks' (expected [[check]] or [[target]])."),
+    ('[check]\nname = "a"\ntype = "regex"\npattern = "x"\n',
+     "rules/bad.toml: 'check' must be an array of tables: write each one under its own [[check]] header (not "
+     "[check] or check = ...)."),
 ])
 def test_bad_rules_files_name_file_line_and_problem(tmp_path: Path, monkeypatch, text: str, message: str) -> None:
     monkeypatch.chdir(tmp_path)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from refinery.errors import RefineryError
 from refinery.loop import run_round
@@ -131,3 +132,21 @@ def test_iterate_cli_prints_the_round_and_json(demo_project, cli) -> None:
     document = json.loads(cli("iterate", "--steps", "8", "--json").out)
     assert document["number"] == 2 and document["previous"] == 1
     assert set(document["metrics"]) == {"analysis", "corner", "test"}
+
+
+def test_a_round_with_nothing_held_out_still_finishes(demo_project) -> None:
+    with Store(demo_project.store_path) as store:
+        store.con.execute("UPDATE examples SET status = 'rejected' WHERE split <> 'train'")
+    summary = run_round(demo_project)
+    assert (summary.status, summary.metrics, summary.clusters, summary.generated) == ("done", {}, [], [])
+
+
+def test_a_missing_base_model_stops_before_the_round(demo_project, cli) -> None:
+    config = demo_project.root / "refinery.toml"
+    config.write_text(config.read_text().replace(str(REPO / "data" / "tiny-base"), "models/nope"))
+    result = cli("iterate")
+    assert result.code == 1
+    assert result.err.startswith('Error: base_model = "models/nope": cannot load it (')
+    assert "nothing is downloaded here); bundled:tiny-base always works.\n" in result.err
+    with Store(demo_project.store_path) as store:
+        assert store.scalar("SELECT count(*) FROM rounds") == 0

@@ -87,11 +87,25 @@ def test_a_store_held_by_another_process_gives_a_clear_error(tmp_path: Path) -> 
     try:
         assert holder.stdout.readline().strip() == "ready"
         with pytest.raises(StoreError) as err:
-            Store(path)
+            Store(path, wait=0.5)
         assert str(err.value) == (f"{path}: the store is in use by another process (PID {holder.pid}). "
                                   f"Wait for it to finish or stop it, then run the command again.")
     finally:
         holder.communicate("")
+
+
+def test_a_store_waits_for_a_brief_holder(tmp_path: Path) -> None:
+    path = tmp_path / "s.duckdb"
+    Store(path).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(path)!r}); print('ready', flush=True); "
+                               f"time.sleep(1.5)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with Store(path, wait=20) as store:  # opens once the other process lets go
+            assert store.applied_migrations() == ["m001_initial"]
+    finally:
+        holder.wait()
 
 
 def test_the_schema_enforces_its_vocabularies(tmp_path: Path) -> None:
