@@ -50,6 +50,56 @@ class MiniLMEmbedder:
                                   convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
 
 
+class SentenceTransformerEmbedder:
+    """Any sentence-transformers model in a local folder."""
+
+    def __init__(self, folder: str, device: str = "cpu", batch_size: int = 64):
+        self.name, self.folder, self.device, self.batch_size, self._model = folder, folder, device, batch_size, None
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(self.folder, device=self.device)
+        return self._model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                  convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+
+
+class HDBSCANClusterer:
+    """Density-based clusters; the points HDBSCAN leaves as noise form one group of their own."""
+
+    def __init__(self, min_cluster_size: int = 5):
+        self.min_cluster_size = min_cluster_size
+
+    def fit_predict(self, features: np.ndarray) -> np.ndarray:
+        from sklearn.cluster import HDBSCAN
+
+        if len(features) < self.min_cluster_size:
+            return np.zeros(len(features), dtype=int)
+        return HDBSCAN(min_cluster_size=self.min_cluster_size, copy=True).fit_predict(features)
+
+
+def make_embedder(name: str, *, root: Any = None) -> Embedder:
+    """The embedder `[analyze] embedder` names: the bundled MiniLM, or a local folder."""
+    from pathlib import Path
+
+    from refinery.errors import ConfigError
+
+    if name == MiniLMEmbedder.name:
+        return MiniLMEmbedder()
+    folder = Path(root or ".") / name
+    if not folder.is_dir():
+        raise ConfigError(f"[analyze] embedder = \"{name}\": no such folder ({folder}). Use all-MiniLM-L6-v2 or a "
+                          f"local sentence-transformers model folder.")
+    return SentenceTransformerEmbedder(str(folder))
+
+
+def make_clusterer(name: str, *, max_clusters: int, min_cluster_size: int, seed: int) -> Clusterer:
+    if name == "hdbscan":
+        return HDBSCANClusterer(min_cluster_size)
+    return SilhouetteKMeans(max_k=max_clusters, seed=seed)
+
+
 class SilhouetteKMeans:
     """k-means with k chosen by the silhouette score over 2..max_k (one cluster when there are too few points)."""
 

@@ -96,7 +96,12 @@ class InferSettings:
 class AnalyzeSettings:
     """How failures are grouped into patterns."""
 
-    max_clusters: int = opt(8, "Most clusters k-means may choose (k is picked by silhouette score).", min=1, max=50)
+    embedder: str = opt("all-MiniLM-L6-v2", "Sentence embedder: all-MiniLM-L6-v2 (bundled, offline) or a local "
+                        "sentence-transformers model folder (relative to the project).")
+    clusterer: str = opt("kmeans", "kmeans (k chosen by silhouette score) or hdbscan (density-based; points in no "
+                         "dense region form one extra group).", choices=("kmeans", "hdbscan"))
+    max_clusters: int = opt(8, "Most clusters k-means may choose.", min=1, max=50)
+    min_cluster_size: int = opt(5, "Smallest cluster HDBSCAN may form.", min=2)
 
 
 @dataclass(frozen=True)

