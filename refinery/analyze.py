@@ -136,8 +136,10 @@ class FailureCluster:
     terms: list[dict[str, Any]]  # input terms more common here than in passing cases
     members: list[str]  # example ids, nearest the centre first
     distances: list[float] = field(default_factory=list)  # each member's distance to the centre
-    label: str = ""
+    label: str = ""  # what it is about: "check / feature"; a person may rename it
+    id: str = ""  # given by the round: r003-c02
     statement: str = ""
+    hypothesis: dict[str, Any] | None = None  # the tested feature the statement names
     representatives: list[str] = field(default_factory=list)
 
 
@@ -253,4 +255,5 @@ def _describe(members: pl.DataFrame, trials: _Trials, severities: dict[str, floa
         score_parts={"failures": members.height, "mean_severity": round(score / members.height, 3)},
         checks=dict(checks.most_common()), terms=[{"check": check, **row} for row in evidence.to_dicts()],
         members=ids, label=check + (f" / {hypothesis['feature']}" if hypothesis else ""),
+        hypothesis={"check": check, **hypothesis} if hypothesis else None,
         statement=statement(check, hypothesis, failing=count, size=members.height), representatives=ids[:3])

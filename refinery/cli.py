@@ -258,7 +258,7 @@ def clusters(ctx: typer.Context,
     from refinery.store import Store
     with Store(_project(ctx).store_path) as store:
         if history:
-            table = review.pattern_history(store)
+            table = review.pattern_history(store, cues=_cues(_project(ctx)))
             return _print_json(table.to_dicts()) if as_json else _print_history(table)
         patterns = review.list_patterns(store, round=round)
     if as_json:
@@ -368,16 +368,25 @@ def _print_pattern(p) -> None:
                       f"   {' ' * 16}  output   {m['output']}\n   {' ' * 16}  expected {m['expected']}", markup=False)
 
 
+def _cues(project) -> list:
+    import re
+
+    from refinery.rules import load_rules
+    return [(c.name, re.compile(c.when)) for c in load_rules(project.rules_dir).checks if c.when]
+
+
 def _print_history(table) -> None:
     if table.height == 0:
         console.print("No pattern has been targeted yet.")
         return
-    out = Table("round", "pattern", "check", "added", "failing", "next round", "change", "regressions",
-                title="Targeted patterns and what happened next (members failing the pattern's main check)")
+    out = Table("round", "pattern", "check", "added", "members failing", "feature", "with it failing", "change",
+                "regressions (analysis)", title="Targeted patterns and the next round")
     for r in table.iter_rows(named=True):
         after = "-" if r["failing_after"] is None else str(r["failing_after"])
+        f_after = "-" if r["feature_failing_after"] is None else str(r["feature_failing_after"])
+        on_feature = f"{r['feature_failing_before']} -> {f_after}" if r["feature"] else "-"
         out.add_row(str(r["round"]), r["pattern"], r["check"], str(r["added"]), f"{r['failing_before']} -> {after}",
-                    str(r["next_round"] or "-"), r["change"], r["regressions"] or "-")
+                    r["feature"] or "-", on_feature, r["change"], r["regressions"] or "-")
     console.print(out)
 
 

@@ -1,7 +1,8 @@
 """Hypotheses a person can check: which input features make a check fail more often, with the statistics.
 
 For one check, every analysis example it applies to is a trial (failed or passed). Each readable feature of the
-input (words, word pairs, a word touching punctuation, capitals, tags, rule cues, length bands, example fields) is
+input (words, word pairs, character 3-grams, a word touching punctuation, capitals, tags, rule cues, length bands,
+example fields) is
 tested: failure rate with and without it, lift, and a one-sided Fisher exact p-value, adjusted for every feature
 tried with the Benjamini-Hochberg false-discovery rate.
 """
@@ -27,6 +28,8 @@ def input_features(text: str, fields: dict[str, Any] | None = None, *,
     lower = [w.lower() for w in words]
     out = {f"the word '{w}'" for w in lower}
     out |= {f"'{a} {b}'" for a, b in zip(lower, lower[1:])}
+    for token in re.findall(r"\S+", plain.lower()):  # character 3-grams, punctuation kept: 'ny!' in 'sunny!'
+        out |= {f"the characters '{token[i:i + 3]}'" for i in range(len(token) - 2)}
     out |= {f"'{m.lower()}' touches punctuation" for m in re.findall(rf"([A-Za-z]+)[{re.escape(PUNCT)}]", text)}
     if re.search(rf"[{re.escape(PUNCT)}]\s*</\w+>", text):
         out.add("punctuation just before a closing tag")

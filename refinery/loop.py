@@ -134,7 +134,7 @@ def _run_stages(project, number, train_rows, rules, env, base_model, round_dir, 
         clusters = analyze.analyze(failures, passing, embeddings=vectors, seed=config.core.seed, cues=cues,
                                    severities={c.name: c.severity for c in rules.checks}, clusterer=clusterer)
         for cluster in clusters:
-            cluster.label = f"r{number:03d}-c{cluster.rank:02d}"
+            cluster.id = f"r{number:03d}-c{cluster.rank:02d}"
         note(f"{failures.height} failing analysis cases in {len(clusters)} clusters")
     with timer.stage("generate") as note:
         candidates = _generate(project, env, rules, clusters, rows, number)
@@ -204,7 +204,7 @@ def _generate(project, env, rules, clusters, rows, number) -> list:
                 (SELECT 1 FROM generations g WHERE g.cluster_id = c.id)
             GROUP BY c.id, c.checks, c.rank, c.round ORDER BY c.round, c.rank""", [number])
     targets = [(r["id"], list(json.loads(r["checks"])), r["members"]) for r in accepted.iter_rows(named=True)]
-    targets += [(c.label, list(c.checks), c.members) for c in clusters[:settings.clusters]]
+    targets += [(c.id, list(c.checks), c.members) for c in clusters[:settings.clusters]]
     candidates = []
     for cluster_id, failing, members in targets:
         templates = rules.templates_for(failing)
@@ -254,13 +254,14 @@ def _record(project, number, clusters, candidates, metrics, result, weights) -> 
     with Store(project.store_path, wait=STORE_WAIT) as store, store.transaction() as con:
         for cluster in clusters:
             con.execute("INSERT INTO clusters (id, round, rank, label, statement, size, score, score_parts, checks, "
-                        "evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [cluster.label, number, cluster.rank, cluster.label, cluster.statement, cluster.size,
+                        "evidence, hypothesis) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [cluster.id, number, cluster.rank, cluster.label, cluster.statement, cluster.size,
                          cluster.score, json.dumps(cluster.score_parts), json.dumps(cluster.checks),
-                         json.dumps(cluster.terms)])
+                         json.dumps(cluster.terms),
+                         json.dumps(cluster.hypothesis, ensure_ascii=False) if cluster.hypothesis else None])
             con.executemany("INSERT INTO cluster_members (cluster_id, example_id, distance, representative) "
                             "VALUES (?, ?, ?, ?)",
-                            [[cluster.label, m, d, m in cluster.representatives]
+                            [[cluster.id, m, d, m in cluster.representatives]
                              for m, d in zip(cluster.members, cluster.distances, strict=True)])
         for c in candidates:
             digest = content_hash(c.input, c.output)
@@ -289,8 +290,9 @@ def _summary(project, number, result, metrics, clusters, candidates, rows, stage
     for cluster in clusters[:5]:
         examples = [{"example_id": m, "input": by_id[m]["input"], "output": by_id[m]["prediction"],
                      "expected": by_id[m]["expected"]} for m in cluster.representatives[:3]]
-        shown.append({"id": cluster.label, "rank": cluster.rank, "size": cluster.size, "score": cluster.score,
-                      "statement": cluster.statement, "checks": cluster.checks, "terms": cluster.terms[:3],
+        shown.append({"id": cluster.id, "label": cluster.label, "rank": cluster.rank, "size": cluster.size,
+                      "score": cluster.score, "statement": cluster.statement, "checks": cluster.checks,
+                      "terms": cluster.terms[:3],
                       "examples": examples})
     generated: dict[tuple, dict[str, Any]] = {}
     for c in candidates:

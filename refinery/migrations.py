@@ -161,3 +161,9 @@ def m001_initial(con: duckdb.DuckDBPyConnection) -> None:
             detail       VARCHAR,
             created_at   TIMESTAMP NOT NULL DEFAULT current_timestamp
         )""")
+
+
+@migration
+def m002_cluster_hypothesis(con: duckdb.DuckDBPyConnection) -> None:
+    # The feature a cluster's statement names, so later rounds can count the same check on the same feature.
+    con.execute("ALTER TABLE clusters ADD COLUMN hypothesis JSON")

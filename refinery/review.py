@@ -9,12 +9,14 @@ for it.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
 from refinery.errors import RefineryError
+from refinery.hypotheses import input_features
 from refinery.store import Store, content_hash
 
 
@@ -136,11 +138,14 @@ def relabel(store: Store, example_id: str, output: str) -> dict[str, Any]:
     return {"old": example_id, "new": digest[:16], "split": old[5], "output": output}
 
 
-def pattern_history(store: Store) -> pl.DataFrame:
-    """For each pattern targeted in round N: counterexamples added, and in round N+1 how many of its members
-    still fail its main check (fixed, shrunk, unchanged, grown), and which checks got worse on analysis."""
+def pattern_history(store: Store, *, cues: list[tuple[str, re.Pattern]] | None = None) -> pl.DataFrame:
+    """For each pattern targeted in round N: counterexamples added; in round N+1, how many of its members still
+    fail its main check (fixed, shrunk, unchanged, grown) and how many analysis inputs with its hypothesis feature
+    fail that check, before and after; and which checks got worse on the analysis split.
+
+    `cues` are the rules' `when` patterns, needed to recognise cue features (`refinery clusters` passes them)."""
     targeted = store.frame("""
-        SELECT c.id, c.round, c.rank, c.label, c.checks, c.status,
+        SELECT c.id, c.round, c.rank, c.label, c.checks, c.status, c.hypothesis,
                count(g.id) FILTER (WHERE g.outcome = 'stored') AS added
         FROM clusters c JOIN generations g ON g.cluster_id = c.id
         GROUP BY ALL ORDER BY c.round, c.rank""")
@@ -154,14 +159,35 @@ def pattern_history(store: Store) -> pl.DataFrame:
         after = None if nxt is None else store.scalar(
             "SELECT count(*) FROM cluster_members m JOIN rule_results r ON r.example_id = m.example_id AND "
             "r.round = ? AND r.check_name = ? AND r.passed = false WHERE m.cluster_id = ?", [nxt, check, t["id"]])
+        hypothesis = json.loads(t["hypothesis"]) if t["hypothesis"] else None
+        feature = hypothesis["feature"] if hypothesis else None
+        on_feature = _feature_failures(store, check, feature, t["round"], nxt, cues or []) if feature else (None, None)
         rows.append({"round": t["round"], "pattern": t["id"], "label": t["label"], "check": check,
                      "status": t["status"], "added": t["added"], "failing_before": before, "next_round": nxt,
-                     "failing_after": after, "change": _change(before, after),
+                     "failing_after": after, "change": _change(before, after), "feature": feature,
+                     "feature_failing_before": on_feature[0], "feature_failing_after": on_feature[1],
                      "regressions": ", ".join(_regressions(store, t["round"], nxt)) if nxt else ""})
     schema = {"round": pl.Int64, "pattern": pl.String, "label": pl.String, "check": pl.String, "status": pl.String,
               "added": pl.Int64, "failing_before": pl.Int64, "next_round": pl.Int64, "failing_after": pl.Int64,
-              "change": pl.String, "regressions": pl.String}
+              "change": pl.String, "feature": pl.String, "feature_failing_before": pl.Int64,
+              "feature_failing_after": pl.Int64, "regressions": pl.String}
     return pl.DataFrame(rows, schema=schema)
+
+
+def _feature_failures(store: Store, check: str, feature: str, before: int, after: int | None,
+                      cues: list[tuple[str, re.Pattern]]) -> tuple[int, int | None]:
+    """Analysis examples with `feature` failing `check`: in round `before`, and in round `after`."""
+    rows = store.frame("""
+        SELECT r.round, e.id, e.input, e.fields, r.passed FROM rule_results r JOIN examples e ON e.id = r.example_id
+        WHERE r.round IN (?, ?) AND r.check_name = ? AND r.applies AND r.variant = '' AND e.split = 'analysis'""",
+                       [before, after if after is not None else -1, check])
+    has: dict[str, bool] = {}
+    for r in rows.unique("id").iter_rows(named=True):
+        has[r["id"]] = feature in input_features(r["input"], json.loads(r["fields"]) if r["fields"] else {},
+                                                 cues=cues)
+    failing = rows.filter(pl.col("passed") == False)  # noqa: E712
+    counts = {n: sum(has[i] for i in failing.filter(pl.col("round") == n)["id"]) for n in (before, after)}
+    return counts[before], (counts[after] if after is not None else None)
 
 
 def _change(before: int, after: int | None) -> str:

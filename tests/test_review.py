@@ -102,6 +102,9 @@ def test_reject_withdraws_counterexamples_and_accept_targets_the_next_round(revi
     assert row["status"] == "rejected" and row["next_round"] == second.number
     assert row["change"] in ("fixed", "shrunk", "unchanged", "grown")
     assert row["failing_after"] is not None
+    assert (row["feature"] is None) == (row["feature_failing_before"] is None)
+    if row["feature"]:
+        assert row["feature_failing_after"] is not None
 
 
 def test_merge_rename_and_relabel(reviewed, cli) -> None:

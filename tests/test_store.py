@@ -28,12 +28,12 @@ def tables(path: Path) -> set[str]:
 def test_fresh_store_gets_every_migration_once(tmp_path: Path) -> None:
     path = tmp_path / "runs" / "refinery.duckdb"
     with Store(path) as store:
-        assert store.applied_migrations() == ["m001_initial"]
+        assert store.applied_migrations() == ["m001_initial", "m002_cluster_hypothesis"]
         assert store.migrate() == []
     assert tables(path) == TABLES
     with Store(path) as store:
         assert store.migrate() == []
-        assert store.scalar("SELECT count(*) FROM _migrations") == 1
+        assert store.scalar("SELECT count(*) FROM _migrations") == 2
 
 
 def test_existing_store_gets_only_new_migrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,13 +42,13 @@ def test_existing_store_gets_only_new_migrations(tmp_path: Path, monkeypatch: py
         store.con.execute("INSERT INTO examples (id, content_hash, input, output, kind, split, source) "
                           "VALUES ('a', 'h', 'in', 'out', 'direct', 'train', 'seed')")
 
-    def m002_add_note(con: duckdb.DuckDBPyConnection) -> None:
+    def m003_add_note(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("ALTER TABLE examples ADD COLUMN note VARCHAR DEFAULT 'none'")
 
-    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, m002_add_note])
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, m003_add_note])
     monkeypatch.setattr("refinery.store.MIGRATIONS", migrations.MIGRATIONS)
     with Store(path) as store:
-        assert store.applied_migrations() == ["m001_initial", "m002_add_note"]
+        assert store.applied_migrations() == ["m001_initial", "m002_cluster_hypothesis", "m003_add_note"]
         assert store.con.execute("SELECT id, note FROM examples").fetchall() == [("a", "none")]
     with Store(path) as store:
         assert store.migrate() == []
@@ -103,7 +103,7 @@ def test_a_store_waits_for_a_brief_holder(tmp_path: Path) -> None:
     try:
         assert holder.stdout.readline().strip() == "ready"
         with Store(path, wait=20) as store:  # opens once the other process lets go
-            assert store.applied_migrations() == ["m001_initial"]
+            assert store.applied_migrations() == ["m001_initial", "m002_cluster_hypothesis"]
     finally:
         holder.wait()
 
