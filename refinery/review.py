@@ -186,8 +186,9 @@ def _feature_failures(store: Store, check: str, feature: str, before: int, after
         has[r["id"]] = feature in input_features(r["input"], json.loads(r["fields"]) if r["fields"] else {},
                                                  cues=cues)
     failing = rows.filter(pl.col("passed") == False)  # noqa: E712
-    counts = {n: sum(has[i] for i in failing.filter(pl.col("round") == n)["id"]) for n in (before, after)}
-    return counts[before], (counts[after] if after is not None else None)
+    counts = {n: sum(has[i] for i in failing.filter(pl.col("round") == n)["id"]) for n in (before, after)
+              if n is not None}
+    return counts[before], counts.get(after)
 
 
 def _change(before: int, after: int | None) -> str:
