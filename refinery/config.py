@@ -111,6 +111,11 @@ class GenerateSettings:
     clusters: int = opt(3, "Target the worst N failure patterns each round.", min=0)
     per_cluster: int = opt(12, "Counterexamples to store per targeted pattern.", min=1)
     per_parent: int = opt(2, "Renders of each template per failing example used as a parent.", min=1)
+    per_round: int = opt(200, "Most counterexamples stored in one round, all patterns together.", min=1)
+    near_test: float = opt(0.95, "Drop a counterexample whose input embedding has at least this cosine similarity "
+                           "to a test or corner input (a near-duplicate would leak the test set).", min=0.0, max=1.0)
+    near_generated: float = opt(0.995, "Drop a counterexample at least this similar to another one kept this "
+                                "round (no piling up on one example).", min=0.0, max=1.0)
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,33 @@ def vet_candidates(candidates: list[Candidate], rules: RuleSet, *, known_hashes:
     return candidates
 
 
+def drop_near_duplicates(candidates: list[Candidate], vectors: Any, held_out: Any, held_out_ids: list[str], *,
+                         near_test: float, near_generated: float) -> list[Candidate]:
+    """Mark stored candidates too similar (cosine of normalized input embeddings) to a test or corner input as
+    leaks, and those too similar to a candidate kept before them as duplicates; returns the same list."""
+    import numpy as np
+
+    kept: list[int] = []
+    for i, candidate in enumerate(candidates):
+        if candidate.outcome != "stored":
+            continue
+        if len(held_out_ids):
+            similarity = held_out @ vectors[i]
+            j = int(np.argmax(similarity))
+            if similarity[j] >= near_test:
+                candidate.outcome = "leak"
+                candidate.detail = f"near-duplicate of held-out example {held_out_ids[j]} (cosine {similarity[j]:.3f})"
+                continue
+        if kept:
+            closest = float(np.max(vectors[kept] @ vectors[i]))
+            if closest >= near_generated:
+                candidate.outcome = "duplicate"
+                candidate.detail = f"near-duplicate of another counterexample (cosine {closest:.3f})"
+                continue
+        kept.append(i)
+    return candidates
+
+
 def load_template(env, template: str):
     """The compiled template, or an error naming the file (and line, for a syntax error)."""
     from jinja2 import TemplateNotFound, TemplateSyntaxError

@@ -192,7 +192,8 @@ def _failures(rows: pl.DataFrame, results: pl.DataFrame) -> tuple[pl.DataFrame, 
 
 def _generate(project, env, rules, clusters, rows, number) -> list:
     """Counterexamples for the worst patterns of this round, and for patterns a person accepted since the last."""
-    from refinery.generate import render_candidates, vet_candidates
+    from refinery import analyze
+    from refinery.generate import drop_near_duplicates, render_candidates, vet_candidates
 
     settings = project.config.generate
     by_id = {r["example_id"]: r for r in rows.iter_rows(named=True)}
@@ -224,13 +225,21 @@ def _generate(project, env, rules, clusters, rows, number) -> list:
         candidates += made
     with Store(project.store_path, wait=STORE_WAIT) as store:
         known = set(store.frame("SELECT content_hash FROM examples")["content_hash"])
-        held = set(store.frame("SELECT input FROM examples WHERE split IN ('test', 'corner')")["input"])
-    vetted = vet_candidates(candidates, rules, known_hashes=known, held_out_inputs=held)
-    return _cap_per_cluster(vetted, settings.per_cluster)
+        held = store.frame("SELECT id AS example_id, input AS text FROM examples WHERE split IN ('test', 'corner') "
+                           "AND status = 'active' ORDER BY id")
+        vetted = vet_candidates(candidates, rules, known_hashes=known, held_out_inputs=set(held["text"]))
+        embedder = analyze.make_embedder(project.config.analyze.embedder, root=project.root)
+        held_vectors = analyze.embed_examples(store, held, embedder=embedder)
+    if vetted:
+        vectors = embedder.encode([c.input for c in vetted])
+        drop_near_duplicates(vetted, vectors, held_vectors, held["example_id"].to_list(),
+                             near_test=settings.near_test, near_generated=settings.near_generated)
+    return _cap(vetted, settings.per_cluster, settings.per_round)
 
 
-def _cap_per_cluster(candidates: list, cap: int) -> list:
-    """Keep at most `cap` stored candidates per cluster, taking templates in turn so each gets its share."""
+def _cap(candidates: list, cap: int, per_round: int) -> list:
+    """Keep at most `cap` stored candidates per cluster and `per_round` in all, taking templates in turn so each
+    gets its share."""
     kept: dict[str | None, int] = {}
     by_template: dict[tuple, list] = {}
     for c in candidates:
@@ -242,7 +251,7 @@ def _cap_per_cluster(candidates: list, cap: int) -> list:
                 order.append(by_template[key].pop(0))
     for c in order:
         if c.outcome == "stored":
-            if kept.get(c.cluster_id, 0) >= cap:
+            if kept.get(c.cluster_id, 0) >= cap or sum(kept.values()) >= per_round:
                 c.outcome, c.detail = "over_cap", ""
             else:
                 kept[c.cluster_id] = kept.get(c.cluster_id, 0) + 1

@@ -105,3 +105,22 @@ def test_a_missing_template_is_named(tmp_path: Path, monkeypatch) -> None:
         render_candidates(template_environment(Path("templates")), "gone.jinja",
                           {"id": "p0", "fields": {}}, count=1, seed=0)
     assert str(err.value) == "templates/gone.jinja: no such template. Add it, or fix the name in rules/."
+
+
+def test_near_duplicates_of_test_examples_and_of_each_other_are_dropped_and_counted(demo_rules) -> None:
+    from refinery.analyze import MiniLMEmbedder
+    from refinery.generate import Candidate, drop_near_duplicates
+
+    test_input = "<weather>Sunny!</weather> use thinking. Gus has 4 apples and buys 9 more. How many apples now?"
+    inputs = [test_input.replace("Sunny!", "sunny."),  # a planted near-duplicate of the test example
+              "<weather>Fog</weather> Hana has 17 stamps and loses 8. How many stamps are left?",
+              "<weather>fog</weather> Hana has 17 stamps and loses 8. How many stamps are left?",  # piles up
+              "Eli has 9 pens and loses 4. How many pens are left?"]
+    candidates = [Candidate(input=t, output="x", fields={}, template="t.jinja", parent_id="p", cluster_id="c")
+                  for t in inputs]
+    embedder = MiniLMEmbedder()
+    drop_near_duplicates(candidates, embedder.encode(inputs), embedder.encode([test_input]), ["t1"],
+                         near_test=0.95, near_generated=0.995)
+    assert [c.outcome for c in candidates] == ["leak", "stored", "duplicate", "stored"]
+    assert candidates[0].detail.startswith("near-duplicate of held-out example t1 (cosine 0.99")
+    assert candidates[2].detail == "near-duplicate of another counterexample (cosine 1.000)"  # MiniLM is uncased
