@@ -213,6 +213,8 @@ def _print_round(summary) -> None:
     versus = f"vs round {summary.previous}" if summary.previous else "vs -"
     table = Table("split", "examples", "pass rate", versus, "weighted score", title="Pass rates")
     for split, m in summary.metrics.items():
+        if split == "mix":
+            continue
         before = prev.get(split, {}).get("pass_rate")
         delta = f"{m['pass_rate'] - before:+.1%}" if before is not None else "-"
         table.add_row(split, str(m["examples"]), f"{m['pass_rate']:.1%}", delta, f"{m['weighted_score']:.3f}")
@@ -224,6 +226,12 @@ def _print_round(summary) -> None:
         delta = f"{c['rate'] - before:+.1%}" if before is not None else "-"
         checks.add_row(name, f"{c['rate']:.1%} ({c['passed']}/{c['applies']})", delta)
     console.print(checks)
+    mix = summary.metrics.get("mix")
+    if mix:
+        console.print(f"Thinking cue on the test split: answer accuracy {_pct(mix['answer_accuracy_cue_on'])} with "
+                      f"the cue, {_pct(mix['answer_accuracy_cue_off'])} without; <think> without the cue "
+                      f"{_pct(mix['think_leakage_cue_off'])}; mean output tokens {mix['mean_tokens_cue_on']} with, "
+                      f"{mix['mean_tokens_cue_off']} without.")
     console.print("Top failure patterns (analysis split)")
     for c in summary.clusters[:3]:
         console.print(f"  #{c['rank']} {c['id']}  score {c['score']:.1f}  size {c['size']}: {c['statement']}")
@@ -236,6 +244,75 @@ def _print_round(summary) -> None:
     for g in summary.generated:
         if g["stored"]:
             console.print(f"  {g['cluster']}  {g['template']:<20} {g['stored']}")
+
+
+@app.command()
+def mix(ctx: typer.Context,
+        reasoning: Annotated[float | None, typer.Option(
+            "--reasoning", metavar="SHARE", min=0.0, max=1.0,
+            help="Set the share of reasoning examples in the training set ([mix] reasoning_share in the project "
+                 "file).", show_default=False)] = None,
+        sweep: Annotated[str | None, typer.Option(
+            "--sweep", metavar="SHARES", help="Comma-separated shares, e.g. 0.2,0.4,0.6,0.8: train one adapter per "
+            "share on the same data and compare them on the test split, with and without the thinking cue.",
+            show_default=False)] = None,
+        steps: Annotated[int | None, typer.Option(metavar="N", help="Training steps per adapter in a sweep.",
+                                                  show_default=False)] = None,
+        as_json: JsonOption = False) -> None:
+    """Show or set the reasoning/direct mix, or sweep shares to pick one for your latency and quality needs."""
+    from refinery.mix import training_set
+    from refinery.project import set_setting
+    from refinery.store import Store
+    project = _project(ctx)
+    if sweep is not None:
+        return _sweep(project, sweep, steps, as_json)
+    if reasoning is not None:
+        project = set_setting(project, "mix", "reasoning_share", reasoning)
+    with Store(project.store_path) as store:
+        train = store.frame("SELECT id, kind FROM examples WHERE status = 'active' AND split = 'train' ORDER BY id")
+    share = project.config.mix.reasoning_share
+    chosen = training_set(train, reasoning_share=share, seed=project.config.core.seed)
+    counts = {k: int(train.filter(kind=k).height) for k in ("reasoning", "direct")}
+    used = {k: int(chosen.filter(kind=k).height) for k in ("reasoning", "direct")}
+    document = {"reasoning_share": share, "train_split": counts, "training_set": used,
+                "project_file": str(project.config_file)}
+    if as_json:
+        return _print_json(document)
+    shown = "unset (the data as it is)" if share is None else f"{share:g}"
+    console.print(f"reasoning_share = {shown}  ({project.config_file.name})")
+    console.print(f"train split: {counts['reasoning']} reasoning, {counts['direct']} direct; the next round trains "
+                  f"on {used['reasoning']} reasoning + {used['direct']} direct = {chosen.height}")
+
+
+def _sweep(project, sweep: str, steps: int | None, as_json: bool) -> None:
+    from refinery.loop import run_sweep
+    try:
+        shares = [float(s) for s in sweep.split(",") if s.strip()]
+    except ValueError:
+        raise RefineryError(f"--sweep {sweep}: expected comma-separated shares from 0 to 1, e.g. 0.2,0.4,0.6") \
+            from None
+    if not shares or any(not 0 <= s <= 1 for s in shares):
+        raise RefineryError(f"--sweep {sweep}: expected comma-separated shares from 0 to 1, e.g. 0.2,0.4,0.6")
+    if steps is not None:
+        project = project.with_config(project.config.override("train", steps=steps))
+    with _StageReporter() as reporter:
+        reporter.bar.start()
+        document = run_sweep(project, shares, reporter=reporter)
+    if as_json:
+        return _print_json(document)
+    table = Table("share", "trained on (r/d)", "test pass", "answer acc. cue on", "cue off", "<think> w/o cue",
+                  "tokens cue on", "cue off", title=f"Mix sweep: {document['train_examples']} train examples, "
+                  f"{document['test_examples']} test examples, {document['steps']} steps each")
+    for r in document["rows"]:
+        if "error" in r:
+            table.add_row(f"{r['share']:g}", "0", r["error"], "", "", "", "", "")
+            continue
+        table.add_row(f"{r['share']:g}", f"{r['examples']} ({r['reasoning']}/{r['direct']})",
+                      _pct(r["test_pass_rate"]), _pct(r["answer_accuracy_cue_on"]),
+                      _pct(r["answer_accuracy_cue_off"]), _pct(r["think_leakage_cue_off"]),
+                      f"{r['mean_tokens_cue_on']:.1f}", f"{r['mean_tokens_cue_off']:.1f}")
+    console.print(table)
+    console.print(f"Adapters and sweep.json in {document['dir']}")
 
 
 clusters_app = typer.Typer(help="Review failure patterns: list them with their evidence, show all members, accept, "
@@ -393,6 +470,10 @@ def _print_history(table) -> None:
 def _choice(flag: str, value: str | None, allowed: tuple[str, ...]) -> None:
     if value is not None and value not in allowed:
         raise RefineryError(f"{flag} {value}: expected one of: {', '.join(allowed)}.")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def _counts(counts: dict[str, int]) -> str:

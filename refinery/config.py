@@ -125,6 +125,11 @@ class MixSettings:
     reasoning_share: float | None = opt(
         None, "Share of reasoning examples in the training set; unset keeps the data as it is.",
         min=0.0, max=1.0, example=0.4)
+    cue: str = opt("use thinking.", "Text put before an input to ask for reasoning, for the cue-on evaluation.")
+    cue_pattern: str = opt(r"(?i)(please )?use thinking[.!]?|think it through[.!]?",
+                           "Regular expression that finds the thinking cue in an input, removed for the cue-off "
+                           "evaluation.")
+    answer_check: str = opt("answer_correct", "The check whose pass rate is the answer accuracy in mix figures.")
 
 
 @dataclass(frozen=True)

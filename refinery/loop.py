@@ -22,6 +22,7 @@ import polars as pl
 
 from refinery.device import check_loadable
 from refinery.errors import RefineryError
+from refinery.mix import cue_metrics, cue_variants
 from refinery.project import Project, resolve_base_model
 from refinery.store import Store, content_hash, detect_kind
 
@@ -73,6 +74,10 @@ def run_round(project: Project, *, reporter: Reporter | None = None) -> RoundSum
     rules = load_rules(project.rules_dir)  # bad rules or templates stop the round before it starts
     env = template_environment(project.templates_dir)
     _check_templates(env, rules)
+    if project.config.mix.answer_check not in {c.name for c in rules.checks}:
+        raise RefineryError(f"[mix] answer_check = \"{project.config.mix.answer_check}\": no such check in "
+                            f"{project.config.core.rules_dir}/ (checks: {', '.join(c.name for c in rules.checks)}). "
+                            f"Name the check that tells whether the answer is right.")
     base_model = resolve_base_model(project)
     check_loadable(base_model)
     from refinery.analyze import make_embedder
@@ -106,18 +111,27 @@ def _run_stages(project, number, train_rows, rules, env, base_model, round_dir, 
     with Store(project.store_path, wait=STORE_WAIT) as store:
         held_out = store.frame("SELECT id AS example_id, input, output AS expected, fields, split FROM examples "
                                "WHERE status = 'active' AND split <> 'train' ORDER BY id")
+    # The test split is also asked with the thinking cue added and removed, to measure both modes every round.
+    variants = cue_variants(held_out.filter(pl.col("split") == "test"), cue=config.mix.cue,
+                            cue_pattern=config.mix.cue_pattern)
+    asked = pl.concat([held_out.with_columns(pl.lit("").alias("variant")), variants])
     with timer.stage("infer") as note:
-        outputs = infer.generate(held_out["input"].to_list(), base_model=model_path, settings=config.infer,
+        outputs = infer.generate(asked["input"].to_list(), base_model=model_path, settings=config.infer,
                                  adapter=adapter, on_batch=timer.progress)
-        predictions = pl.concat([held_out.select("example_id"), outputs], how="horizontal").with_columns(
-            pl.lit(number).alias("round"), pl.lit("").alias("variant"))
+        predictions = pl.concat([asked.select("example_id", "variant"), outputs], how="horizontal").with_columns(
+            pl.lit(number).alias("round"))
         _write(project, "predictions", predictions)
         note(f"{outputs.height} outputs, {outputs['tokens'].mean() or 0:.1f} tokens each")
     with timer.stage("evaluate") as note:
-        rows = held_out.with_columns(predictions["output"].alias("prediction"), pl.lit("").alias("variant"))
-        results = evaluate.run_checks(rules, rows)
-        _write(project, "rule_results", results.with_columns(pl.lit(number).alias("round")))
+        every = asked.with_columns(predictions["output"].alias("prediction"))
+        all_results = evaluate.run_checks(rules, every)
+        _write(project, "rule_results", all_results.with_columns(pl.lit(number).alias("round")))
+        rows = every.filter(pl.col("variant") == "")
+        results = all_results.filter(pl.col("variant") == "")
         metrics = evaluate.summarize(results, held_out)
+        if variants.height:
+            metrics["mix"] = cue_metrics(all_results, predictions, answer_check=config.mix.answer_check,
+                                         think_pattern=config.data.think_pattern)
         note(_metric_note(metrics))
     with timer.stage("analyze") as note:
         failures, passing = _failures(rows, results)
@@ -146,6 +160,62 @@ def _run_stages(project, number, train_rows, rules, env, base_model, round_dir, 
     summary.round_dir = str(round_dir)
     (round_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     return summary
+
+
+def run_sweep(project: Project, shares: list[float], *, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Train one adapter per reasoning share on the same training data and measure each on the test split, with
+    the thinking cue and without. Nothing is added to the training data; results go to runs/sweep-*/sweep.json."""
+    from refinery import evaluate, infer, train
+    from refinery.mix import training_set
+    from refinery.rules import load_rules
+
+    reporter = reporter or _Quiet()
+    rules = load_rules(project.rules_dir)
+    base_model = resolve_base_model(project)
+    check_loadable(base_model)
+    config = project.config
+    with Store(project.store_path, wait=STORE_WAIT) as store:
+        examples = store.frame("SELECT id, input, output, kind FROM examples WHERE status = 'active' "
+                               "AND split = 'train' ORDER BY id")
+        test = store.frame("SELECT id AS example_id, input, output AS expected, fields, split FROM examples "
+                           "WHERE status = 'active' AND split = 'test' ORDER BY id")
+    if examples.height == 0 or test.height == 0:
+        raise RefineryError("a sweep needs train and test examples: ingest some first.")
+    asked = pl.concat([test.with_columns(pl.lit("").alias("variant")),
+                       cue_variants(test, cue=config.mix.cue, cue_pattern=config.mix.cue_pattern)])
+    sweep_dir = project.runs_dir / time.strftime("sweep-%Y%m%d-%H%M%S")
+    rows = []
+    for share in shares:
+        chosen = training_set(examples, reasoning_share=share, seed=config.core.seed)
+        kinds = dict(chosen.group_by("kind").len().iter_rows()) if chosen.height else {}
+        row: dict[str, Any] = {"share": share, "examples": chosen.height, "reasoning": kinds.get("reasoning", 0),
+                               "direct": kinds.get("direct", 0)}
+        if chosen.height == 0:
+            rows.append({**row, "error": "no examples of a kind this share needs"})
+            continue
+        reporter.stage(f"share {share}")
+        began = time.perf_counter()
+        result = train.train(chosen, base_model=base_model, settings=config.train,
+                             out_dir=sweep_dir / f"share-{share}", on_step=reporter.progress)
+        model_path, adapter = ((result.weights_path, None) if result.method == "full"
+                               else (base_model, result.weights_path))
+        outputs = infer.generate(asked["input"].to_list(), base_model=model_path, settings=config.infer,
+                                 adapter=adapter)
+        every = asked.with_columns(outputs["output"].alias("prediction"))
+        results = evaluate.run_checks(rules, every)
+        test_metrics = evaluate.summarize(results.filter(pl.col("variant") == ""), test)["test"]
+        produced = pl.concat([asked.select("variant"), outputs], how="horizontal")
+        row.update(test_pass_rate=test_metrics["pass_rate"], test_weighted_score=test_metrics["weighted_score"],
+                   **cue_metrics(results, produced, answer_check=config.mix.answer_check,
+                                 think_pattern=config.data.think_pattern),
+                   seconds=round(time.perf_counter() - began, 1))
+        reporter.stage_done(f"share {share}", row["seconds"], f"test pass {row['test_pass_rate']:.0%}")
+        rows.append(row)
+    document = {"dir": str(sweep_dir), "train_examples": examples.height, "test_examples": test.height,
+                "steps": config.train.steps, "rows": rows}
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / "sweep.json").write_text(json.dumps(document, indent=2))
+    return document
 
 
 def _begin(store: Store, project: Project) -> tuple[int, pl.DataFrame]:
@@ -374,7 +444,7 @@ def _versions() -> dict[str, str]:
 
 
 def _metric_note(metrics: dict[str, Any]) -> str:
-    return ", ".join(f"{split} {m['pass_rate']:.0%}" for split, m in metrics.items())
+    return ", ".join(f"{split} {m['pass_rate']:.0%}" for split, m in metrics.items() if split != "mix")
 
 
 class _Timer:

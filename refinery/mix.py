@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import polars as pl
+
+CUE_MODES = ("cue-on", "cue-off")
 
 
 def training_set(examples: pl.DataFrame, *, reasoning_share: float | None, seed: int = 0) -> pl.DataFrame:
@@ -26,3 +31,33 @@ def training_set(examples: pl.DataFrame, *, reasoning_share: float | None, seed:
     keep_r, keep_d = round(total * reasoning_share), round(total * (1 - reasoning_share))
     return pl.concat([reasoning.sample(n=min(keep_r, reasoning.height), seed=seed),
                       direct.sample(n=min(keep_d, direct.height), seed=seed)]).sort("id")
+
+
+def cue_variants(rows: pl.DataFrame, *, cue: str, cue_pattern: str) -> pl.DataFrame:
+    """Each row twice: with the thinking cue (added when missing) and without it (removed), as variants."""
+    pattern = re.compile(cue_pattern)
+    off = [re.sub(r"\s{2,}", " ", pattern.sub("", text)).strip() for text in rows["input"]]
+    on = [text if pattern.search(text) else f"{cue} {text}" for text in rows["input"]]
+    return pl.concat([rows.with_columns(pl.Series("input", on), pl.lit("cue-on").alias("variant")),
+                      rows.with_columns(pl.Series("input", off), pl.lit("cue-off").alias("variant"))])
+
+
+def cue_metrics(results: pl.DataFrame, outputs: pl.DataFrame, *, answer_check: str,
+                think_pattern: str) -> dict[str, Any]:
+    """Answer accuracy with and without the cue, <think> leakage without it, and mean output tokens per mode.
+
+    `results` are rule results of the cue variants; `outputs` has variant, output and tokens.
+    """
+    think = re.compile(think_pattern, re.DOTALL)
+    figures: dict[str, Any] = {}
+    for mode in CUE_MODES:
+        answers = results.filter(pl.col("variant") == mode, pl.col("check_name") == answer_check, pl.col("applies"))
+        produced = outputs.filter(pl.col("variant") == mode)
+        key = mode.replace("-", "_")
+        figures[f"answer_accuracy_{key}"] = round(float(answers["passed"].mean()), 4) if answers.height else None
+        figures[f"mean_tokens_{key}"] = round(float(produced["tokens"].mean()), 2) if produced.height else None
+    off = outputs.filter(pl.col("variant") == "cue-off")["output"]
+    leaked = sum(bool(think.search(o)) for o in off)
+    figures["think_leakage_cue_off"] = round(leaked / len(off), 4) if len(off) else None
+    figures["examples_per_mode"] = outputs.filter(pl.col("variant") == "cue-on").height
+    return figures

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from refinery.config import (
     SECTIONS,
@@ -117,6 +119,32 @@ def resolve_base_model(project: Project) -> str:
         return str(folder)
     local = project.path(name)
     return str(local) if local.exists() else name
+
+
+def set_setting(project: Project, section: str, key: str, value: Any) -> Project:
+    """Write `key = value` into `section` of the project file (keeping everything else), check it, and return
+    the project as reloaded. On a check failure the file is left as it was."""
+    path = project.config_file
+    before = path.read_text(encoding="utf-8")
+    header = f"[tool.refinery.{section}]" if path.name != CONFIG_FILE else f"[{section}]"
+    line = f"{key} = {toml_value(value)}"
+    lines = before.splitlines()
+    start = next((i for i, text in enumerate(lines) if text.strip() == header), None)
+    if start is None:
+        lines += ["", header, line]
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+        found = next((i for i in range(start + 1, end) if re.match(rf"\s*{re.escape(key)}\s*=", lines[i])), None)
+        if found is None:
+            lines.insert(start + 1, line)
+        else:
+            lines[found] = line
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    try:
+        return dataclasses.replace(project, config=read_config(path))
+    except ConfigError:
+        path.write_text(before, encoding="utf-8")
+        raise
 
 
 def init_project(directory: str | Path, *, force: bool = False) -> list[Path]:

@@ -36,9 +36,16 @@ def test_a_round_records_every_figure_it_reports(demo_project) -> None:
     assert summary.number == 1 and summary.status == "done"
     with Store(demo_project.store_path) as store:
         held_out = store.scalar("SELECT count(*) FROM examples WHERE split <> 'train'")
-        assert store.scalar("SELECT count(*) FROM predictions WHERE round = 1") == held_out
+        tests = store.scalar("SELECT count(*) FROM examples WHERE split = 'test'")
+        assert store.scalar("SELECT count(*) FROM predictions WHERE round = 1 AND variant = ''") == held_out
+        # the test split is asked twice more: with the thinking cue added and with it removed
+        assert dict(store.con.execute("SELECT variant, count(*) FROM predictions WHERE round = 1 AND variant <> '' "
+                                      "GROUP BY ALL").fetchall()) == {"cue-on": tests, "cue-off": tests}
         checks = store.scalar("SELECT count(DISTINCT check_name) FROM rule_results WHERE round = 1")
-        assert store.scalar("SELECT count(*) FROM rule_results WHERE round = 1") == held_out * checks
+        assert store.scalar("SELECT count(*) FROM rule_results WHERE round = 1") == (held_out + 2 * tests) * checks
+        off = store.frame("SELECT p.output FROM predictions p WHERE round = 1 AND variant = 'cue-off'")
+        leak = sum("<think>" in o for o in off["output"]) / off.height
+        assert summary.metrics["mix"]["think_leakage_cue_off"] == round(leak, 4)
         status, metrics, train_hash = store.one("SELECT status, metrics, train_set_hash FROM rounds WHERE number = 1")
         assert status == "done" and json.loads(metrics) == summary.metrics and train_hash
         assert store.scalar("SELECT count(*) FROM round_examples WHERE round = 1") == 20
@@ -131,7 +138,11 @@ def test_iterate_cli_prints_the_round_and_json(demo_project, cli) -> None:
         assert f"  {stage}" in result.err
     document = json.loads(cli("iterate", "--steps", "8", "--json").out)
     assert document["number"] == 2 and document["previous"] == 1
-    assert set(document["metrics"]) == {"analysis", "corner", "test"}
+    assert set(document["metrics"]) == {"analysis", "corner", "test", "mix"}
+    mix = document["metrics"]["mix"]
+    assert mix["examples_per_mode"] == document["metrics"]["test"]["examples"]
+    assert 0 <= mix["think_leakage_cue_off"] <= 1 and mix["mean_tokens_cue_on"] > 0
+    assert "Thinking cue on the test split: answer accuracy" in result.out
 
 
 def test_a_round_with_nothing_held_out_still_finishes(demo_project) -> None:
