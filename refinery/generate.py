@@ -18,7 +18,7 @@ from typing import Any
 
 from refinery.config import display_path
 from refinery.errors import ConfigError
-from refinery.rules import CompiledCheck, RuleSet
+from refinery.rules import CompiledCheck, RuleSet, TemplateSpec
 from refinery.store import content_hash
 
 
@@ -33,6 +33,8 @@ class Candidate:
     parent_id: str
     cluster_id: str | None
     targets: list[str] = field(default_factory=list)
+    kind: str = "DIR"  # INV: must keep the parent's expected output
+    parent_output: str = ""
     outcome: str = "stored"  # stored | duplicate | leak | failed_checks
     detail: str = ""
 
@@ -49,17 +51,24 @@ def template_environment(templates_dir: Path):
 
 
 def render_candidates(env, template: str, parent: dict[str, Any], *, count: int, seed: int,
-                      cluster_id: str | None = None, targets: list[str] | None = None) -> list[Candidate]:
-    """Render `template` `count` times for one parent; the seed makes each render vary, reproducibly."""
+                      cluster_id: str | None = None, targets: list[str] | None = None,
+                      spec: TemplateSpec | None = None) -> list[Candidate]:
+    """Render `template` `count` times for one parent; the seed makes each render vary, reproducibly.
+
+    In scope: `parent`, `params` (from the template's [[template]] declaration in rules/), `choice`, `randint`.
+    """
     compiled = load_template(env, template)
+    spec = spec or TemplateSpec(template, "DIR", "")
     out = []
     for i in range(count):
         rng = random.Random(f"{seed}:{template}:{parent['id']}:{i}")
-        module = _render(env, compiled, template, {"parent": parent, "rng": rng, "choice": rng.choice})
+        context = {"parent": parent, "params": spec.params, "rng": rng, "choice": rng.choice,
+                   "randint": rng.randint, "index": i}
+        module = _render(env, compiled, template, context)
         fields = {**parent.get("fields", {}), **dict(getattr(module, "fields", {}) or {})}
         out.append(Candidate(input=str(module.input).strip(), output=str(module.output).strip(), fields=fields,
                              template=template, parent_id=parent["id"], cluster_id=cluster_id,
-                             targets=list(targets or [])))
+                             targets=list(targets or []), kind=spec.kind, parent_output=parent.get("output", "")))
     return out
 
 
@@ -78,6 +87,9 @@ def vet_candidates(candidates: list[Candidate], rules: RuleSet, *, known_hashes:
                    run.verdict(candidate.output, candidate.output, candidate.fields)[0] is False]
         if failing:
             candidate.outcome, candidate.detail = "failed_checks", "fails " + ", ".join(failing)
+        elif candidate.kind == "INV" and candidate.output != candidate.parent_output:
+            candidate.outcome = "failed_checks"
+            candidate.detail = f"INV template {candidate.template} changed the expected output"
         elif candidate.input in held_out_inputs:
             candidate.outcome, candidate.detail = "leak", "same input as a test or corner example"
         elif digest in seen:

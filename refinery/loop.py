@@ -289,7 +289,7 @@ def _generate(project, env, rules, clusters, rows, number) -> list:
             for template in templates:
                 made += render_candidates(env, template, parent, count=settings.per_parent,
                                           seed=project.config.core.seed + number, cluster_id=cluster_id,
-                                          targets=failing)
+                                          targets=failing, spec=rules.template(template))
             if len(made) >= settings.per_cluster * 3:
                 break
         candidates += made
@@ -415,9 +415,8 @@ def _mark_failed(store: Store, number: int, reason: str) -> None:
 def _check_templates(env, rules) -> None:
     from refinery.generate import load_template
 
-    for target in rules.targets:
-        for name in target.templates:
-            load_template(env, name)
+    for name in {t for target in rules.targets for t in target.templates} | {s.file for s in rules.templates}:
+        load_template(env, name)
 
 
 def _alive(pid: int) -> bool:

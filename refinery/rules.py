@@ -23,6 +23,8 @@ NEEDS = {"regex": ("pattern",), "contains": ("text",), "absent": ("pattern",), "
 CHECK_KEYS = ("name", "type", "description", "when", "unless", "pattern", "text", "extract", "field", "schema",
               "severity")
 TARGET_KEYS = ("checks", "templates")
+TEMPLATE_KEYS = ("file", "kind", "description", "params")
+TEMPLATE_KINDS = ("INV", "DIR")
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,25 @@ class Target:
 
 
 @dataclass(frozen=True)
+class TemplateSpec:
+    """A generator template's declaration: INV keeps the parent's expected output, DIR changes it as declared."""
+
+    file: str
+    kind: str
+    source: str
+    description: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class RuleSet:
     checks: tuple[Check, ...]
     targets: tuple[Target, ...] = field(default=())
+    templates: tuple[TemplateSpec, ...] = field(default=())
+
+    def template(self, file: str) -> TemplateSpec:
+        """The declaration of a template; an undeclared one is DIR with no parameters."""
+        return next((t for t in self.templates if t.file == file), TemplateSpec(file, "DIR", ""))
 
     def check(self, name: str) -> Check:
         return next(c for c in self.checks if c.name == name)
@@ -81,8 +99,10 @@ def load_rules(rules_dir: Path) -> RuleSet:
                           f"`refinery init` shows the format in rules/README.md.")
     checks: list[Check] = []
     targets: list[Target] = []
+    specs: list[TemplateSpec] = []
     for path in files:
-        file_checks, file_targets = parse_rules(read_text(path), path)
+        file_checks, file_targets, file_specs = parse_rules(read_text(path), path)
+        specs += file_specs
         for check in file_checks:
             clash = next((c for c in checks if c.name == check.name), None)
             if clash:
@@ -96,17 +116,17 @@ def load_rules(rules_dir: Path) -> RuleSet:
             if name not in known:
                 raise ConfigError(f"{target.source}: target names check '{name}', which no rules file "
                                   f"defines.{_suggest(name, known)}")
-    return RuleSet(tuple(checks), tuple(targets))
+    return RuleSet(tuple(checks), tuple(targets), tuple(specs))
 
 
-def parse_rules(text: str, path: Path) -> tuple[list[Check], list[Target]]:
+def parse_rules(text: str, path: Path) -> tuple[list[Check], list[Target], list[TemplateSpec]]:
     """Parse one rules file; every problem names its line."""
     shown = display_path(path)
     data = parse_toml(path, text)
-    unknown = [k for k in data if k not in ("check", "target")]
+    unknown = [k for k in data if k not in ("check", "target", "template")]
     if unknown:
-        raise ConfigError(f"{shown}: unknown table '{unknown[0]}' (expected [[check]] or [[target]]).")
-    for name in ("check", "target"):
+        raise ConfigError(f"{shown}: unknown table '{unknown[0]}' (expected [[check]], [[target]] or [[template]]).")
+    for name in ("check", "target", "template"):
         value = data.get(name, [])
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise ConfigError(f"{shown}: '{name}' must be an array of tables: write each one under its own "
@@ -117,7 +137,10 @@ def parse_rules(text: str, path: Path) -> tuple[list[Check], list[Target]]:
                           f"line (inline arrays of tables are not supported).")
     checks = [_parse_check(raw, shown, text, check_lines[i]) for i, raw in enumerate(data.get("check", []))]
     targets = [_parse_target(raw, shown, text, target_lines[i]) for i, raw in enumerate(data.get("target", []))]
-    return checks, targets
+    template_lines = _table_lines(text, "template")
+    specs = [_parse_template(raw, shown, text, template_lines[i] if i < len(template_lines) else 0)
+             for i, raw in enumerate(data.get("template", []))]
+    return checks, targets, specs
 
 
 def _parse_check(raw: dict[str, Any], shown: str, text: str, line: int) -> Check:
@@ -167,6 +190,25 @@ def _parse_target(raw: dict[str, Any], shown: str, text: str, line: int) -> Targ
             raise ConfigError(f"{shown}:{_key_line(text, line, key)}: target: {key} must be a non-empty list of "
                               f"names.")
     return Target(tuple(raw["checks"]), tuple(raw["templates"]), f"{shown}:{line}")
+
+
+def _parse_template(raw: dict[str, Any], shown: str, text: str, line: int) -> TemplateSpec:
+    def where(key: str | None = None) -> str:
+        return f"{shown}:{_key_line(text, line, key) if key else line}"
+
+    for key in raw:
+        if key not in TEMPLATE_KEYS:
+            raise ConfigError(f"{where(key)}: template: unknown key '{key}' (expected one of: "
+                              f"{', '.join(TEMPLATE_KEYS)}).{_suggest(key, TEMPLATE_KEYS)}")
+    if not isinstance(raw.get("file"), str) or not raw["file"]:
+        raise ConfigError(f"{where('file')}: template without a file. Add file = \"name.jinja\".")
+    if raw.get("kind") not in TEMPLATE_KINDS:
+        raise ConfigError(f"{where('kind')}: template '{raw['file']}': kind = {_quote(raw.get('kind'))}: expected INV "
+                          f"(keeps the parent's expected output) or DIR (changes it as the template declares).")
+    if not isinstance(raw.get("params", {}), dict):
+        raise ConfigError(f"{where('params')}: template '{raw['file']}': params must be a table.")
+    return TemplateSpec(file=raw["file"], kind=raw["kind"], source=f"{shown}:{line}",
+                        description=str(raw.get("description", "")), params=raw.get("params", {}))
 
 
 def _check_regex(value: Any, where: str) -> None:

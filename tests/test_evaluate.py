@@ -168,7 +168,10 @@ def test_the_demo_rules_agree_with_the_demo_data() -> None:
     ('[[check]]\nname = "a"\ntype = "regex"\npattern = "x\n',
      "rules/bad.toml:4: invalid TOML: Illegal character '\\n'. Fix the syntax on that line."),
     ('[[checks]]\nname = "a"\n',
-     "rules/bad.toml: unknown table 'checks' (expected [[check]] or [[target]])."),
+     "rules/bad.toml: unknown table 'checks' (expected [[check]], [[target]] or [[template]])."),
+    ('[[template]]\nfile = "a.jinja"\nkind = "SAME"\n',
+     "rules/bad.toml:3: template 'a.jinja': kind = 'SAME': expected INV (keeps the parent's expected output) or DIR "
+     "(changes it as the template declares)."),
     ('[check]\nname = "a"\ntype = "regex"\npattern = "x"\n',
      "rules/bad.toml: 'check' must be an array of tables: write each one under its own [[check]] header (not "
      "[check] or check = ...)."),

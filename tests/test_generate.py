@@ -12,7 +12,8 @@ from refinery.errors import ConfigError
 from refinery.generate import render_candidates, template_environment, vet_candidates
 from refinery.rules import check_one, load_rules
 
-DEMO_TEMPLATES = ["punctuation.jinja", "synonyms.jinja", "no_tag.jinja", "think_toggle.jinja"]
+DEMO_TEMPLATES = ["punctuation.jinja", "synonyms.jinja", "no_tag.jinja", "think_toggle.jinja",
+                  "category_mapping.jinja", "capitalisation.jinja", "schema_strict.jinja"]
 
 
 def demo_parents(name: str = "eval", n: int = 40) -> list[dict]:
@@ -29,11 +30,16 @@ def demo_rules():
 @pytest.mark.parametrize("template", DEMO_TEMPLATES)
 def test_demo_templates_render_examples_that_pass_every_check(demo_rules, template: str) -> None:
     env = template_environment(REPO / "templates")
-    candidates = [c for p in demo_parents() for c in render_candidates(env, template, p, count=3, seed=0)]
+    spec = demo_rules.template(template)
+    assert spec.source, f"{template} is not declared INV or DIR in rules/"
+    candidates = [c for p in demo_parents() for c in render_candidates(env, template, p, count=3, seed=0,
+                                                                       spec=spec)]
     vetted = vet_candidates(candidates, demo_rules, known_hashes=set(), held_out_inputs=set())
     assert not [c for c in vetted if c.outcome == "failed_checks"]
     kept = [c for c in vetted if c.outcome == "stored"]
-    assert len({c.input for c in kept}) == len(kept) >= 40  # distinct inputs, at least one per parent
+    assert len({c.input for c in kept}) == len(kept) >= 25  # distinct inputs, most parents yield new ones
+    if spec.kind == "INV":
+        assert all(c.output == c.parent_output for c in kept)
     for c in kept:
         for check in demo_rules.checks:
             assert check_one(check, input=c.input, prediction=c.output, fields=c.fields) is not False
@@ -50,7 +56,8 @@ def test_templates_answer_the_checks_they_target(demo_rules) -> None:
     punct = [c for p in parents for c in render_candidates(env, "punctuation.jinja", p, count=4, seed=0)]
     tags = [c.input.split("</weather>")[0] for c in punct]
     assert sum(t[-1] in "!.,?)" for t in tags) == len(tags)  # every variant puts punctuation against the word
-    assert demo_rules.templates_for(["emoji_correct"]) == ["punctuation.jinja", "synonyms.jinja"]
+    assert demo_rules.templates_for(["emoji_correct"]) == ["category_mapping.jinja", "punctuation.jinja",
+                                                          "synonyms.jinja", "capitalisation.jinja"]
 
 
 def test_candidates_that_leak_or_repeat_are_not_kept(demo_rules) -> None:
@@ -124,3 +131,30 @@ def test_near_duplicates_of_test_examples_and_of_each_other_are_dropped_and_coun
     assert [c.outcome for c in candidates] == ["leak", "stored", "duplicate", "stored"]
     assert candidates[0].detail.startswith("near-duplicate of held-out example t1 (cosine 0.99")
     assert candidates[2].detail == "near-duplicate of another counterexample (cosine 1.000)"  # MiniLM is uncased
+
+
+@pytest.mark.parametrize("template", ["category_mapping.jinja", "schema_strict.jinja"])
+def test_fresh_problem_families_spread_beyond_the_failing_example(demo_rules, template: str) -> None:
+    env = template_environment(REPO / "templates")
+    parents = demo_parents(n=10)
+    made = [c for p in parents for c in render_candidates(env, template, p, count=4, seed=0,
+                                                          spec=demo_rules.template(template))]
+    problems = {c.fields["problem"] for c in made}
+    assert len(problems) >= 35  # new problems, names and numbers, not the parent's
+    assert not problems & {p["fields"]["problem"] for p in parents}
+    if template == "category_mapping.jinja":
+        conditions = {c.fields["condition"] for c in made}
+        assert conditions == set(demo_rules.template(template).params["conditions"])  # every category
+        assert all(c.output.endswith(f"<display_weather>{c.fields['emoji']}</display_weather>") for c in made)
+
+
+def test_an_inv_template_that_changes_the_output_is_reported(tmp_path) -> None:
+    from refinery.rules import RuleSet, TemplateSpec
+
+    (tmp_path / "t.jinja").write_text("{% set input %}{{ parent.input }}!{% endset %}"
+                                      "{% set output %}{{ parent.output }} changed{% endset %}")
+    spec = TemplateSpec("t.jinja", "INV", "rules/x.toml:1")
+    [candidate] = render_candidates(template_environment(tmp_path), "t.jinja",
+                                    {"id": "p", "input": "q", "output": "a", "fields": {}}, count=1, seed=0, spec=spec)
+    [vetted] = vet_candidates([candidate], RuleSet(checks=()), known_hashes=set(), held_out_inputs=set())
+    assert (vetted.outcome, vetted.detail) == ("failed_checks", "INV template t.jinja changed the expected output")
