@@ -82,7 +82,8 @@ def run_round(project: Project, *, reporter: Reporter | None = None) -> RoundSum
     check_loadable(base_model)
     from refinery.analyze import make_embedder
 
-    make_embedder(project.config.analyze.embedder, root=project.root)  # a bad setting stops us before training
+    # Built now so that a bad setting stops us before training; the model itself loads on first use, once a round.
+    embedder = make_embedder(project.config.analyze.embedder, root=project.root)
     with Store(project.store_path, wait=STORE_WAIT) as store:
         number, train_rows = _begin(store, project)
     round_dir = project.runs_dir / f"round-{number:03d}"
@@ -91,14 +92,14 @@ def run_round(project: Project, *, reporter: Reporter | None = None) -> RoundSum
     timer = _Timer(project, number, reporter)
     try:
         reporter.started(number, train_rows.height)
-        return _run_stages(project, number, train_rows, rules, env, base_model, round_dir, timer)
+        return _run_stages(project, number, train_rows, rules, env, base_model, embedder, round_dir, timer)
     except BaseException as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
         _fail(project, number, reason)
         raise
 
 
-def _run_stages(project, number, train_rows, rules, env, base_model, round_dir, timer) -> RoundSummary:
+def _run_stages(project, number, train_rows, rules, env, base_model, embedder, round_dir, timer) -> RoundSummary:
     from refinery import analyze, evaluate, infer, train
 
     config = project.config
@@ -138,7 +139,6 @@ def _run_stages(project, number, train_rows, rules, env, base_model, round_dir, 
         settings = config.analyze
         vectors = None
         if failures.height:
-            embedder = analyze.make_embedder(settings.embedder, root=project.root)
             with Store(project.store_path, wait=STORE_WAIT) as store:
                 vectors = analyze.embed_examples(store, failures.select("example_id", pl.col("input").alias("text")),
                                                  embedder=embedder)
@@ -151,7 +151,7 @@ def _run_stages(project, number, train_rows, rules, env, base_model, round_dir, 
             cluster.id = f"r{number:03d}-c{cluster.rank:02d}"
         note(f"{failures.height} failing analysis cases in {len(clusters)} clusters")
     with timer.stage("generate") as note:
-        candidates = _generate(project, env, rules, clusters, rows, number)
+        candidates = _generate(project, env, rules, clusters, rows, number, embedder)
         stored = sum(c.outcome == "stored" for c in candidates)
         note(f"{stored} of {len(candidates)} candidates kept")
     with timer.stage("record"):
@@ -260,7 +260,7 @@ def _failures(rows: pl.DataFrame, results: pl.DataFrame) -> tuple[pl.DataFrame, 
     return analysis.filter(failed), analysis.filter(~failed)
 
 
-def _generate(project, env, rules, clusters, rows, number) -> list:
+def _generate(project, env, rules, clusters, rows, number, embedder) -> list:
     """Counterexamples for the worst patterns of this round, and for patterns a person accepted since the last."""
     from refinery import analyze
     from refinery.generate import drop_near_duplicates, render_candidates, vet_candidates
@@ -298,7 +298,6 @@ def _generate(project, env, rules, clusters, rows, number) -> list:
         held = store.frame("SELECT id AS example_id, input AS text FROM examples WHERE split IN ('test', 'corner') "
                            "AND status = 'active' ORDER BY id")
         vetted = vet_candidates(candidates, rules, known_hashes=known, held_out_inputs=set(held["text"]))
-        embedder = analyze.make_embedder(project.config.analyze.embedder, root=project.root)
         held_vectors = analyze.embed_examples(store, held, embedder=embedder)
     if vetted:
         vectors = embedder.encode([c.input for c in vetted])
