@@ -116,6 +116,12 @@ class GenerateSettings:
                            "to a test or corner input (a near-duplicate would leak the test set).", min=0.0, max=1.0)
     near_generated: float = opt(0.995, "Drop a counterexample at least this similar to another one kept this "
                                 "round (no piling up on one example).", min=0.0, max=1.0)
+    review: bool = opt(False, "Hold new counterexamples as pending until a person accepts them "
+                       "(`refinery examples --pending`, `refinery examples accept`); false trains on them at once.")
+    targeting: str = opt("patterns", "patterns: counterexamples for the worst failure patterns (refinery's method); "
+                         "random: the same templates rendered from random analysis examples, not aimed at any "
+                         "failure (a baseline to compare with); off: add no data.",
+                         choices=("patterns", "random", "off"))
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,9 @@ class MixSettings:
                            "Regular expression that finds the thinking cue in an input, removed for the cue-off "
                            "evaluation.")
     answer_check: str = opt("answer_correct", "The check whose pass rate is the answer accuracy in mix figures.")
+    toggle_template: str = opt("think_toggle.jinja", "Template that turns a reasoning example into a direct one and "
+                               "back; used to make up the short kind when the share asks for more than the data "
+                               "holds. Empty: sample only.")
 
 
 @dataclass(frozen=True)
@@ -143,6 +152,18 @@ class PlateauSettings:
     target: float | None = opt(None, "Stop once the main metric reaches this value.", min=0.0, max=1.0,
                                example=0.95)
     max_rounds: int = opt(10, "Most rounds one `iterate --until-plateau` runs.", min=1)
+    beat_production: bool = opt(False, "Keep going until the main metric beats the production model "
+                                "([baseline] production), plateau or not (the round budget still applies).")
+
+
+@dataclass(frozen=True)
+class BaselineSettings:
+    """What every round is compared with: the base model prompted few-shot, and the model in production."""
+
+    shots: int = opt(4, "Training examples in the few-shot prompt of `refinery baseline` (round 0).", min=0, max=64)
+    production: str | None = opt(None, "The model in production: an adapter folder or a full model folder "
+                                 "(relative to the project). Measured once as round -1; every round is compared "
+                                 "with it.", example="runs/production-adapter")
 
 
 SECTIONS: dict[str, type] = {
@@ -153,6 +174,7 @@ SECTIONS: dict[str, type] = {
     "generate": GenerateSettings,
     "mix": MixSettings,
     "plateau": PlateauSettings,
+    "baseline": BaselineSettings,
 }
 
 
@@ -168,6 +190,7 @@ class Config:
     generate: GenerateSettings = field(default_factory=GenerateSettings)
     mix: MixSettings = field(default_factory=MixSettings)
     plateau: PlateauSettings = field(default_factory=PlateauSettings)
+    baseline: BaselineSettings = field(default_factory=BaselineSettings)
 
     def to_dict(self) -> dict[str, Any]:
         """The snapshot recorded with every round: plain JSON-able values, sections as in the file."""

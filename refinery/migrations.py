@@ -167,3 +167,55 @@ def m001_initial(con: duckdb.DuckDBPyConnection) -> None:
 def m002_cluster_hypothesis(con: duckdb.DuckDBPyConnection) -> None:
     # The feature a cluster's statement names, so later rounds can count the same check on the same feature.
     con.execute("ALTER TABLE clusters ADD COLUMN hypothesis JSON")
+
+
+@migration
+def m003_review_baselines(con: duckdb.DuckDBPyConnection) -> None:
+    # Generated examples may wait for a person's review ('pending'), candidates cut by a budget are logged
+    # ('over_cap'), and a round says what it is: a training round, the few-shot baseline (round 0) or the
+    # production model a project compares with (round -1). DuckDB cannot alter a CHECK, so the two tables are
+    # rebuilt with their rows.
+    con.execute("ALTER TABLE rounds ADD COLUMN kind VARCHAR NOT NULL DEFAULT 'round'")
+    con.execute("UPDATE rounds SET kind = 'baseline' WHERE number = 0")
+    con.execute("ALTER TABLE rounds ADD COLUMN stop_reason VARCHAR")  # set on the last round of an iterate run
+    con.execute("ALTER TABLE examples RENAME TO examples_m002")
+    con.execute("""
+        CREATE TABLE examples (
+            id            VARCHAR PRIMARY KEY,
+            content_hash  VARCHAR NOT NULL UNIQUE,
+            input         VARCHAR NOT NULL,
+            output        VARCHAR NOT NULL,
+            fields        JSON,
+            kind          VARCHAR NOT NULL CHECK (kind IN ('reasoning', 'direct')),
+            split         VARCHAR NOT NULL CHECK (split IN ('train', 'analysis', 'test', 'corner')),
+            source        VARCHAR NOT NULL CHECK (source IN ('seed', 'import', 'generated', 'relabel')),
+            parent_id     VARCHAR,
+            template      VARCHAR,
+            cluster_id    VARCHAR,
+            round_added   INTEGER,
+            status        VARCHAR NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'pending', 'rejected')),
+            ingest_id     INTEGER,
+            origin        VARCHAR,
+            created_at    TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )""")
+    con.execute("INSERT INTO examples SELECT * FROM examples_m002")
+    con.execute("DROP TABLE examples_m002")
+    con.execute("ALTER TABLE generations RENAME TO generations_m002")
+    con.execute("""
+        CREATE TABLE generations (
+            id           INTEGER PRIMARY KEY DEFAULT nextval('generation_ids'),
+            round        INTEGER NOT NULL,
+            cluster_id   VARCHAR,
+            template     VARCHAR NOT NULL,
+            parent_id    VARCHAR,
+            input        VARCHAR NOT NULL,
+            output       VARCHAR NOT NULL,
+            targets      JSON,
+            outcome      VARCHAR NOT NULL
+                         CHECK (outcome IN ('stored', 'pending', 'duplicate', 'leak', 'failed_checks', 'over_cap')),
+            example_id   VARCHAR,
+            detail       VARCHAR,
+            created_at   TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )""")
+    con.execute("INSERT INTO generations SELECT * FROM generations_m002")
+    con.execute("DROP TABLE generations_m002")

@@ -95,7 +95,7 @@ def test_explicit_folder_without_project(tmp_path: Path) -> None:
      "learning_rate, max_length, method, precision, rank, seed, steps, target_modules). Did you mean 'rank'?"),
     ("[tool.refinery]\nbase_model = 'x'\nflavour = 'mild'\n",
      "pyproject.toml:3: [tool.refinery] unknown key 'flavour' (expected one of: base_model, rules_dir, runs_dir, "
-     "seed, store, templates_dir, [data], [train], [infer], [analyze], [generate], [mix], [plateau]). Remove it or "
+     "seed, store, templates_dir, [data], [train], [infer], [analyze], [generate], [mix], [plateau], [baseline]). Remove it or "
      "fix its spelling."),
     ("[tool.refinery.train]\nrank = \"sixteen\"\n",
      "pyproject.toml:2: [tool.refinery.train] rank = \"sixteen\": expected an integer from 1 to 1024."),
@@ -157,7 +157,8 @@ def test_init_scaffolds_a_project_whose_commented_defaults_are_the_defaults(tmp_
     # Uncommenting every setting must give a valid file with the same values: the comments tell the truth.
     uncommented = re.sub(r"^# (\w+ = .*)$", r"\1", config_file.read_text(), flags=re.MULTILINE)
     config_file.write_text(uncommented)
-    expected = Config().override("mix", reasoning_share=0.4).override("plateau", target=0.95)
+    expected = (Config().override("mix", reasoning_share=0.4).override("plateau", target=0.95)
+                .override("baseline", production="runs/production-adapter"))
     assert read_config(config_file) == expected
     assert uncommented.count("\n# ") > 30  # the help text stays as comments
 

@@ -28,12 +28,12 @@ def tables(path: Path) -> set[str]:
 def test_fresh_store_gets_every_migration_once(tmp_path: Path) -> None:
     path = tmp_path / "runs" / "refinery.duckdb"
     with Store(path) as store:
-        assert store.applied_migrations() == ["m001_initial", "m002_cluster_hypothesis"]
+        assert store.applied_migrations() == ["m001_initial", "m002_cluster_hypothesis", "m003_review_baselines"]
         assert store.migrate() == []
     assert tables(path) == TABLES
     with Store(path) as store:
         assert store.migrate() == []
-        assert store.scalar("SELECT count(*) FROM _migrations") == 2
+        assert store.scalar("SELECT count(*) FROM _migrations") == 3
 
 
 def test_existing_store_gets_only_new_migrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,16 +42,42 @@ def test_existing_store_gets_only_new_migrations(tmp_path: Path, monkeypatch: py
         store.con.execute("INSERT INTO examples (id, content_hash, input, output, kind, split, source) "
                           "VALUES ('a', 'h', 'in', 'out', 'direct', 'train', 'seed')")
 
-    def m003_add_note(con: duckdb.DuckDBPyConnection) -> None:
+    def m004_add_note(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("ALTER TABLE examples ADD COLUMN note VARCHAR DEFAULT 'none'")
 
-    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, m003_add_note])
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, m004_add_note])
     monkeypatch.setattr("refinery.store.MIGRATIONS", migrations.MIGRATIONS)
     with Store(path) as store:
-        assert store.applied_migrations() == ["m001_initial", "m002_cluster_hypothesis", "m003_add_note"]
+        assert store.applied_migrations() == ["m001_initial", "m002_cluster_hypothesis", "m003_review_baselines",
+                                              "m004_add_note"]
         assert store.con.execute("SELECT id, note FROM examples").fetchall() == [("a", "none")]
     with Store(path) as store:
         assert store.migrate() == []
+
+
+def test_m003_keeps_the_rows_of_a_store_written_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "refinery.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP DEFAULT current_timestamp)")
+    for step in migrations.MIGRATIONS[:2]:
+        step(con)
+        con.execute("INSERT INTO _migrations (name) VALUES (?)", [step.__name__])
+    con.execute("INSERT INTO examples (id, content_hash, input, output, kind, split, source, status) "
+                "VALUES ('a', 'h', 'in', 'out', 'direct', 'train', 'seed', 'rejected')")
+    con.execute("INSERT INTO generations (round, template, input, output, outcome) VALUES (1, 't', 'i', 'o', 'leak')")
+    con.execute("INSERT INTO rounds (number, status, config) VALUES (0, 'done', '{}'), (1, 'done', '{}')")
+    con.close()
+    with Store(path) as store:
+        assert store.applied_migrations()[-1] == "m003_review_baselines"
+        assert store.frame("SELECT id, status FROM examples").rows() == [("a", "rejected")]
+        assert store.frame("SELECT id, outcome FROM generations").rows() == [(1, "leak")]
+        assert store.frame("SELECT number, kind FROM rounds ORDER BY number").rows() == [(0, "baseline"),
+                                                                                         (1, "round")]
+        with store.transaction() as c:  # the widened checks, and the id sequence carries on
+            c.execute("UPDATE examples SET status = 'pending'")
+            c.execute("INSERT INTO generations (round, template, input, output, outcome) "
+                      "VALUES (2, 't', 'i2', 'o', 'over_cap')")
+        assert store.frame("SELECT id FROM generations ORDER BY id")["id"].to_list() == [1, 2]
 
 
 def test_store_from_a_newer_refinery_is_refused(tmp_path: Path) -> None:
@@ -103,7 +129,7 @@ def test_a_store_waits_for_a_brief_holder(tmp_path: Path) -> None:
     try:
         assert holder.stdout.readline().strip() == "ready"
         with Store(path, wait=20) as store:  # opens once the other process lets go
-            assert store.applied_migrations() == ["m001_initial", "m002_cluster_hypothesis"]
+                assert store.applied_migrations()[-1] == "m003_review_baselines"
     finally:
         holder.wait()
 
