@@ -237,13 +237,15 @@ def _print_round(summary) -> None:
         console.print(f"  #{c['rank']} {c['id']}  score {c['score']:.1f}  size {c['size']}: {c['statement']}")
         for e in c["examples"][:2]:
             console.print(f"      input    {e['input']}\n      output   {e['output']}\n      expected {e['expected']}")
-    stored = sum(g["stored"] for g in summary.generated)
-    rejected = {k: sum(g[k] for g in summary.generated) for k in ("duplicate", "leak", "failed_checks")}
-    console.print(f"Generated {stored} counterexamples ({rejected['duplicate']} duplicates, {rejected['leak']} "
-                  f"leaks, {rejected['failed_checks']} failing their checks were not stored):")
+    total = {k: sum(g[k] for g in summary.generated)
+             for k in ("stored", "pending", "duplicate", "leak", "failed_checks", "over_cap")}
+    held = (f", {total['pending']} held for review (`refinery examples --pending`)" if total["pending"] else "")
+    console.print(f"Generated {total['stored']} counterexamples{held} ({total['duplicate']} duplicates, "
+                  f"{total['leak']} leaks, {total['failed_checks']} failing their checks and {total['over_cap']} "
+                  f"over budget were not stored):")
     for g in summary.generated:
-        if g["stored"]:
-            console.print(f"  {g['cluster']}  {g['template']:<20} {g['stored']}")
+        if g["stored"] or g["pending"]:
+            console.print(f"  {g['cluster'] or 'untargeted'}  {g['template']:<20} {g['stored'] + g['pending']}")
 
 
 @app.command()
@@ -395,6 +397,70 @@ def clusters_rename(ctx: typer.Context, cluster_id: ClusterId,
     console.print(f"{pattern.id} is now labelled: {pattern.label}")
 
 
+examples_app = typer.Typer(help="Generated examples and their lineage; with `[generate] review = true`, the "
+                                "counterexamples waiting for a person to accept or reject them.",
+                           rich_markup_mode=None)
+app.add_typer(examples_app, name="examples")
+ExampleIds = Annotated[list[str] | None, typer.Argument(metavar="ID...", help="Example ids (from `refinery "
+                                                        "examples --pending`).", show_default=False)]
+AllPending = Annotated[bool, typer.Option("--all-pending", help="Every pending example.")]
+
+
+@examples_app.callback(invoke_without_command=True)
+def examples(ctx: typer.Context,
+             pending: Annotated[bool, typer.Option("--pending", help="Only those waiting for review.")] = False,
+             round: Annotated[int | None, typer.Option("--round", metavar="N", help="Only those added in round N.",
+                                                       show_default=False)] = None,
+             limit: Annotated[int, typer.Option("--limit", metavar="N", help="Show at most N (--json shows all).",
+                                                min=1)] = 20,
+             as_json: JsonOption = False) -> None:
+    """List generated examples, newest first, with the round, pattern and template that made them."""
+    if ctx.invoked_subcommand:
+        return
+    from refinery import review
+    from refinery.store import Store
+    with Store(_project(ctx).store_path) as store:
+        frame = review.list_examples(store, status="pending" if pending else None, round=round)
+    if as_json:
+        return _print_json(frame.to_dicts())
+    what = "pending review" if pending else "generated"
+    if frame.height == 0:
+        console.print(f"No examples {what}." + ("" if pending else " Run `refinery iterate` to generate some."))
+        return
+    table = Table("id", "status", "round", "pattern", "template", "input", "output",
+                  title=f"{frame.height} examples {what}" + (f" (first {limit})" if frame.height > limit else ""))
+    for r in frame.head(limit).iter_rows(named=True):
+        table.add_row(r["id"], r["status"], str(r["round"]), r["cluster_id"] or "-", r["template"] or "-",
+                      r["input"], r["output"])
+    console.print(table)
+    if pending:
+        console.print("Decide with `refinery examples accept ID...` or `reject ID...` (or --all-pending).")
+
+
+@examples_app.command("accept")
+def examples_accept(ctx: typer.Context, ids: ExampleIds = None, all_pending: AllPending = False,
+                    as_json: JsonOption = False) -> None:
+    """Accept pending examples: the next round trains on them."""
+    _decide_examples(ctx, ids, "accept", all_pending, as_json)
+
+
+@examples_app.command("reject")
+def examples_reject(ctx: typer.Context, ids: ExampleIds = None, all_pending: AllPending = False,
+                    as_json: JsonOption = False) -> None:
+    """Reject pending examples: they stay in the store, status rejected, and are never trained on."""
+    _decide_examples(ctx, ids, "reject", all_pending, as_json)
+
+
+def _decide_examples(ctx: typer.Context, ids: list[str] | None, decision: str, every: bool, as_json: bool) -> None:
+    from refinery import review
+    from refinery.store import Store
+    with Store(_project(ctx).store_path) as store:
+        result = review.decide_examples(store, ids or [], decision, every_pending=every)
+    if as_json:
+        return _print_json(result)
+    console.print(f"{result['examples']} examples {result['status']}; {result['pending_left']} still pending.")
+
+
 @app.command("relabel")
 def relabel_command(ctx: typer.Context,
                     example_id: Annotated[str, typer.Argument(metavar="EXAMPLE_ID", help="The example to correct.")],
@@ -465,6 +531,27 @@ def _print_history(table) -> None:
         out.add_row(str(r["round"]), r["pattern"], r["check"], str(r["added"]), f"{r['failing_before']} -> {after}",
                     r["feature"] or "-", on_feature, r["change"], r["regressions"] or "-")
     console.print(out)
+
+
+@app.command()
+def report(ctx: typer.Context,
+           out: Annotated[Path | None, typer.Option(
+               "--out", "-o", metavar="PATH", help="Where to write the page: a file, or a folder to put report.html "
+               "in. Default: report.html in the project's runs folder.", show_default=False)] = None,
+           text: Annotated[bool, typer.Option("--text", help="Print the same figures as tables instead of "
+                                                             "writing the page.")] = False,
+           as_json: JsonOption = False) -> None:
+    """Write the report: one self-contained HTML page (plots inline, opens offline) with the main metric per round
+    against the baseline, pass rate per check, failure patterns and their history, data added by template and
+    pattern, the reasoning/direct mix, and a map of the failures coloured by cluster."""
+    from refinery.report import build_report, report_text, write_report
+    project = _project(ctx)
+    result = build_report(project)
+    if as_json:
+        return _print_json(result.to_dict())
+    if text:
+        return print(report_text(result, width=console.width if console.is_terminal else 120), end="")
+    console.print(f"Wrote {write_report(project, out=out, report=result)}")
 
 
 def _choice(flag: str, value: str | None, allowed: tuple[str, ...]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -73,7 +74,7 @@ def run_round(project: Project, *, reporter: Reporter | None = None) -> RoundSum
     reporter = reporter or _Quiet()
     rules = load_rules(project.rules_dir)  # bad rules or templates stop the round before it starts
     env = template_environment(project.templates_dir)
-    _check_templates(env, rules)
+    _check_templates(env, rules, project)
     if project.config.mix.answer_check not in {c.name for c in rules.checks}:
         raise RefineryError(f"[mix] answer_check = \"{project.config.mix.answer_check}\": no such check in "
                             f"{project.config.core.rules_dir}/ (checks: {', '.join(c.name for c in rules.checks)}). "
@@ -84,8 +85,9 @@ def run_round(project: Project, *, reporter: Reporter | None = None) -> RoundSum
 
     # Built now so that a bad setting stops us before training; the model itself loads on first use, once a round.
     embedder = make_embedder(project.config.analyze.embedder, root=project.root)
+    toggles = _toggles(project, env, rules, embedder, share=project.config.mix.reasoning_share)
     with Store(project.store_path, wait=STORE_WAIT) as store:
-        number, train_rows = _begin(store, project)
+        number, train_rows = _begin(store, project, toggles)
     round_dir = project.runs_dir / f"round-{number:03d}"
     round_dir.mkdir(parents=True, exist_ok=True)
     (round_dir / "config.json").write_text(json.dumps(project.config.to_dict(), indent=2))
@@ -152,8 +154,9 @@ def _run_stages(project, number, train_rows, rules, env, base_model, embedder, r
         note(f"{failures.height} failing analysis cases in {len(clusters)} clusters")
     with timer.stage("generate") as note:
         candidates = _generate(project, env, rules, clusters, rows, number, embedder)
-        stored = sum(c.outcome == "stored" for c in candidates)
-        note(f"{stored} of {len(candidates)} candidates kept")
+        kept = sum(c.outcome in ("stored", "pending") for c in candidates)
+        held = " (pending review)" if project.config.generate.review else ""
+        note(f"{kept} of {len(candidates)} candidates kept{held}")
     with timer.stage("record"):
         _record(project, number, clusters, candidates, metrics, result, weights)
     summary = _summary(project, number, result, metrics, clusters, candidates, rows, timer.seconds)
@@ -166,14 +169,20 @@ def run_sweep(project: Project, shares: list[float], *, reporter: Reporter | Non
     """Train one adapter per reasoning share on the same training data and measure each on the test split, with
     the thinking cue and without. Nothing is added to the training data; results go to runs/sweep-*/sweep.json."""
     from refinery import evaluate, infer, train
+    from refinery.analyze import make_embedder
+    from refinery.generate import template_environment
     from refinery.mix import training_set
     from refinery.rules import load_rules
 
     reporter = reporter or _Quiet()
     rules = load_rules(project.rules_dir)
+    env = template_environment(project.templates_dir)
+    _check_templates(env, rules, project)
     base_model = resolve_base_model(project)
     check_loadable(base_model)
     config = project.config
+    embedder = make_embedder(config.analyze.embedder, root=project.root)
+    think = re.compile(config.data.think_pattern, re.DOTALL)
     with Store(project.store_path, wait=STORE_WAIT) as store:
         examples = store.frame("SELECT id, input, output, kind FROM examples WHERE status = 'active' "
                                "AND split = 'train' ORDER BY id")
@@ -186,10 +195,15 @@ def run_sweep(project: Project, shares: list[float], *, reporter: Reporter | Non
     sweep_dir = project.runs_dir / time.strftime("sweep-%Y%m%d-%H%M%S")
     rows = []
     for share in shares:
-        chosen = training_set(examples, reasoning_share=share, seed=config.core.seed)
+        # Toggled variants make up the short kind for this share; in memory only: a sweep adds no data.
+        toggles = _toggles(project, env, rules, embedder, share=share)
+        made = pl.DataFrame({"id": [content_hash(c.input, c.output)[:16] for c in toggles],
+                             "input": [c.input for c in toggles], "output": [c.output for c in toggles],
+                             "kind": [detect_kind(c.output, think) for c in toggles]}, schema=examples.schema)
+        chosen = training_set(pl.concat([examples, made]), reasoning_share=share, seed=config.core.seed)
         kinds = dict(chosen.group_by("kind").len().iter_rows()) if chosen.height else {}
         row: dict[str, Any] = {"share": share, "examples": chosen.height, "reasoning": kinds.get("reasoning", 0),
-                               "direct": kinds.get("direct", 0)}
+                               "direct": kinds.get("direct", 0), "toggled": len(toggles)}
         if chosen.height == 0:
             rows.append({**row, "error": "no examples of a kind this share needs"})
             continue
@@ -218,8 +232,10 @@ def run_sweep(project: Project, shares: list[float], *, reporter: Reporter | Non
     return document
 
 
-def _begin(store: Store, project: Project) -> tuple[int, pl.DataFrame]:
-    """Close out dead rounds, refuse to run beside a live one, and open a new round with its training set."""
+def _begin(store: Store, project: Project, toggles: list) -> tuple[int, pl.DataFrame]:
+    """Close out dead rounds, refuse to run beside a live one, and open a new round with its training set. The
+    toggled variants that make up the mix are stored with it (they are kept if the round fails: they are vetted
+    data, and the next round would make the same ones)."""
     from refinery.mix import training_set
 
     for number, pid in store.con.execute("SELECT number, pid FROM rounds WHERE status = 'running'").fetchall():
@@ -227,20 +243,21 @@ def _begin(store: Store, project: Project) -> tuple[int, pl.DataFrame]:
             raise RefineryError(f"round {number} is running in process {pid}. Wait for it to finish, or stop that "
                                 f"process; the next `refinery iterate` then marks it failed and starts a new round.")
         _mark_failed(store, number, f"interrupted: process {pid} ended before the round finished")
-    examples = store.frame("SELECT id, input, output, kind FROM examples WHERE status = 'active' AND split = 'train' "
-                           "ORDER BY id")
-    if examples.height == 0:
-        raise RefineryError("no training examples: ingest some first, e.g. `refinery ingest data/seed.jsonl "
-                            "--split train --source seed`.")
-    share = project.config.mix.reasoning_share
-    chosen = training_set(examples, reasoning_share=share, seed=project.config.core.seed)
-    if chosen.height == 0:
-        kinds = ", ".join(f"{k} {n}" for k, n in examples.group_by("kind").len().sort("kind").iter_rows())
-        raise RefineryError(f"[mix] reasoning_share = {share} leaves no training examples (train split: {kinds}). "
-                            f"Change the share, or add examples of the missing kind.")
-    digest = hashlib.sha256("\n".join(chosen["id"].to_list()).encode()).hexdigest()
     number = (store.scalar("SELECT max(number) FROM rounds") or 0) + 1
+    share = project.config.mix.reasoning_share
     with store.transaction() as con:
+        _insert_generated(con, toggles, number, project.config.data.think_pattern)
+        examples = store.frame("SELECT id, input, output, kind FROM examples WHERE status = 'active' "
+                               "AND split = 'train' ORDER BY id")
+        if examples.height == 0:
+            raise RefineryError("no training examples: ingest some first, e.g. `refinery ingest data/seed.jsonl "
+                                "--split train --source seed`.")
+        chosen = training_set(examples, reasoning_share=share, seed=project.config.core.seed)
+        if chosen.height == 0:
+            kinds = ", ".join(f"{k} {n}" for k, n in examples.group_by("kind").len().sort("kind").iter_rows())
+            raise RefineryError(f"[mix] reasoning_share = {share} leaves no training examples (train split: "
+                                f"{kinds}). Change the share, or add examples of the missing kind.")
+        digest = hashlib.sha256("\n".join(chosen["id"].to_list()).encode()).hexdigest()
         con.execute("INSERT INTO rounds (number, status, config, versions, train_set_hash, pid) "
                     "VALUES (?, 'running', ?, ?, ?, ?)",
                     [number, json.dumps(project.config.to_dict()), json.dumps(_versions()), digest, os.getpid()])
@@ -261,38 +278,46 @@ def _failures(rows: pl.DataFrame, results: pl.DataFrame) -> tuple[pl.DataFrame, 
 
 
 def _generate(project, env, rules, clusters, rows, number, embedder) -> list:
-    """Counterexamples for the worst patterns of this round, and for patterns a person accepted since the last."""
-    from refinery import analyze
-    from refinery.generate import drop_near_duplicates, render_candidates, vet_candidates
+    """Counterexamples for the worst patterns of this round, and for patterns a person accepted since the last
+    (or, with `[generate] targeting = "random"`, the same templates on random analysis examples)."""
+    from refinery.generate import render_candidates
 
     settings = project.config.generate
+    if settings.targeting == "off":
+        return []
     by_id = {r["example_id"]: r for r in rows.iter_rows(named=True)}
-    with Store(project.store_path, wait=STORE_WAIT) as store:
-        accepted = store.frame("""
-            SELECT c.id, c.checks, list(m.example_id ORDER BY m.distance) AS members FROM clusters c
-            JOIN cluster_members m ON m.cluster_id = c.id
-            WHERE c.status = 'accepted' AND c.round < ? AND NOT EXISTS
-                (SELECT 1 FROM generations g WHERE g.cluster_id = c.id)
-            GROUP BY c.id, c.checks, c.rank, c.round ORDER BY c.round, c.rank""", [number])
-    targets = [(r["id"], list(json.loads(r["checks"])), r["members"]) for r in accepted.iter_rows(named=True)]
-    targets += [(c.id, list(c.checks), c.members) for c in clusters[:settings.clusters]]
+    seed = project.config.core.seed + number
     candidates = []
-    for cluster_id, failing, members in targets:
-        templates = rules.templates_for(failing)
+    for cluster_id, failing, members, templates in _targets(project, rules, clusters, rows, number):
         made: list = []
-        for example_id in members:
+        for i, example_id in enumerate(members):
             row = by_id.get(example_id)
             if row is None:  # no longer active (relabelled)
                 continue
             parent = {"id": example_id, "input": row["input"], "output": row["expected"],
                       "fields": json.loads(row["fields"]) if row["fields"] else {}}
-            for template in templates:
-                made += render_candidates(env, template, parent, count=settings.per_parent,
-                                          seed=project.config.core.seed + number, cluster_id=cluster_id,
-                                          targets=failing, spec=rules.template(template))
-            if len(made) >= settings.per_cluster * 3:
+            # Random augmentation renders one template per parent, in turn, so every family gets its share.
+            chosen = templates if cluster_id else [templates[i % len(templates)]]
+            for template in chosen:
+                made += render_candidates(env, template, parent, count=settings.per_parent, seed=seed,
+                                          cluster_id=cluster_id, targets=failing, spec=rules.template(template))
+            if len(made) >= (settings.per_cluster if cluster_id else settings.per_round) * 3:
                 break
         candidates += made
+    capped = _cap(_vet(project, rules, candidates, embedder), settings.per_cluster, settings.per_round)
+    if settings.review:  # held for a person: `refinery examples --pending`, then accept or reject
+        for c in capped:
+            c.outcome = "pending" if c.outcome == "stored" else c.outcome
+    return capped
+
+
+def _vet(project, rules, candidates: list, embedder) -> list:
+    """Every candidate checked against all rules, the store (duplicates), and the test and corner inputs (exact and
+    near-duplicate leaks), and against the candidates kept before it (piling up)."""
+    from refinery import analyze
+    from refinery.generate import drop_near_duplicates, vet_candidates
+
+    settings = project.config.generate
     with Store(project.store_path, wait=STORE_WAIT) as store:
         known = set(store.frame("SELECT content_hash FROM examples")["content_hash"])
         held = store.frame("SELECT id AS example_id, input AS text FROM examples WHERE split IN ('test', 'corner') "
@@ -303,12 +328,61 @@ def _generate(project, env, rules, clusters, rows, number, embedder) -> list:
         vectors = embedder.encode([c.input for c in vetted])
         drop_near_duplicates(vetted, vectors, held_vectors, held["example_id"].to_list(),
                              near_test=settings.near_test, near_generated=settings.near_generated)
-    return _cap(vetted, settings.per_cluster, settings.per_round)
+    return vetted
+
+
+def _toggles(project, env, rules, embedder, *, share: float | None) -> list:
+    """Toggled variants (`[mix] toggle_template`) of the kind in surplus, enough to make up the kind the share is
+    short of; vetted like every counterexample. Empty when sampling alone meets the share."""
+    from refinery.generate import render_candidates
+    from refinery.mix import shortfall
+
+    name = project.config.mix.toggle_template
+    with Store(project.store_path, wait=STORE_WAIT) as store:
+        examples = store.frame("SELECT id, input, output, fields, kind FROM examples WHERE status = 'active' "
+                               "AND split = 'train' ORDER BY id")
+    short, missing = shortfall(examples, reasoning_share=share)
+    if not short or not name or missing <= 0:
+        return []
+    think = re.compile(project.config.data.think_pattern, re.DOTALL)
+    parents = examples.filter(pl.col("kind") != short).sample(fraction=1.0, shuffle=True,
+                                                              seed=project.config.core.seed)
+    per_parent = min(12, math.ceil(3 * missing / parents.height))  # three times what is missing: vetting drops some
+    candidates = []
+    for row in parents.head(2 * missing).iter_rows(named=True):
+        parent = {"id": row["id"], "input": row["input"], "output": row["output"],
+                  "fields": json.loads(row["fields"]) if row["fields"] else {}}
+        candidates += render_candidates(env, name, parent, count=per_parent, seed=project.config.core.seed,
+                                        spec=rules.template(name))
+    kept = [c for c in _vet(project, rules, candidates, embedder)
+            if c.outcome == "stored" and detect_kind(c.output, think) == short]
+    return kept[:missing]
+
+
+def _targets(project, rules, clusters, rows, number) -> list[tuple[str | None, list[str], list[str], list[str]]]:
+    """What to render: (cluster id, failing checks, parent example ids, templates) per target."""
+    import random
+
+    if project.config.generate.targeting == "random":
+        parents = sorted(rows.filter(pl.col("split") == "analysis")["example_id"].to_list())
+        random.Random(f"{project.config.core.seed}:{number}").shuffle(parents)
+        templates = sorted({s.file for s in rules.templates} | {t for g in rules.targets for t in g.templates})
+        return [(None, [], parents, templates)] if templates else []
+    with Store(project.store_path, wait=STORE_WAIT) as store:
+        accepted = store.frame("""
+            SELECT c.id, c.checks, list(m.example_id ORDER BY m.distance) AS members FROM clusters c
+            JOIN cluster_members m ON m.cluster_id = c.id
+            WHERE c.status = 'accepted' AND c.round < ? AND NOT EXISTS
+                (SELECT 1 FROM generations g WHERE g.cluster_id = c.id)
+            GROUP BY c.id, c.checks, c.rank, c.round ORDER BY c.round, c.rank""", [number])
+    targets = [(r["id"], list(json.loads(r["checks"])), r["members"]) for r in accepted.iter_rows(named=True)]
+    targets += [(c.id, list(c.checks), c.members) for c in clusters[:project.config.generate.clusters]]
+    return [(cluster_id, failing, members, rules.templates_for(failing)) for cluster_id, failing, members in targets]
 
 
 def _cap(candidates: list, cap: int, per_round: int) -> list:
-    """Keep at most `cap` stored candidates per cluster and `per_round` in all, taking templates in turn so each
-    gets its share."""
+    """Keep at most `cap` stored candidates per cluster (untargeted ones: `per_round`) and `per_round` in all,
+    taking templates in turn so each gets its share. The rest are marked over_cap (logged, not stored)."""
     kept: dict[str | None, int] = {}
     by_template: dict[tuple, list] = {}
     for c in candidates:
@@ -320,15 +394,17 @@ def _cap(candidates: list, cap: int, per_round: int) -> list:
                 order.append(by_template[key].pop(0))
     for c in order:
         if c.outcome == "stored":
-            if kept.get(c.cluster_id, 0) >= cap or sum(kept.values()) >= per_round:
-                c.outcome, c.detail = "over_cap", ""
+            limit = cap if c.cluster_id else per_round
+            if kept.get(c.cluster_id, 0) >= limit or sum(kept.values()) >= per_round:
+                c.outcome = "over_cap"
+                c.detail = f"budget: {cap} per pattern, {per_round} per round" if c.cluster_id else \
+                    f"budget: {per_round} per round"
             else:
                 kept[c.cluster_id] = kept.get(c.cluster_id, 0) + 1
-    return [c for c in order if c.outcome != "over_cap"]
+    return order
 
 
 def _record(project, number, clusters, candidates, metrics, result, weights) -> None:
-    think = re.compile(project.config.data.think_pattern, re.DOTALL)
     with Store(project.store_path, wait=STORE_WAIT) as store, store.transaction() as con:
         for cluster in clusters:
             con.execute("INSERT INTO clusters (id, round, rank, label, statement, size, score, score_parts, checks, "
@@ -341,22 +417,28 @@ def _record(project, number, clusters, candidates, metrics, result, weights) -> 
                             "VALUES (?, ?, ?, ?)",
                             [[cluster.id, m, d, m in cluster.representatives]
                              for m, d in zip(cluster.members, cluster.distances, strict=True)])
-        for c in candidates:
-            digest = content_hash(c.input, c.output)
-            example_id = digest[:16] if c.outcome in ("stored", "duplicate") else None
-            if c.outcome == "stored":
-                con.execute("INSERT INTO examples (id, content_hash, input, output, fields, kind, split, source, "
-                            "parent_id, template, cluster_id, round_added) VALUES (?, ?, ?, ?, ?, ?, 'train', "
-                            "'generated', ?, ?, ?, ?)",
-                            [example_id, digest, c.input, c.output, json.dumps(c.fields, ensure_ascii=False),
-                             detect_kind(c.output, think), c.parent_id, c.template,
-                             c.cluster_id, number])
-            con.execute("INSERT INTO generations (round, cluster_id, template, parent_id, input, output, targets, "
-                        "outcome, example_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [number, c.cluster_id, c.template, c.parent_id, c.input, c.output, json.dumps(c.targets),
-                         c.outcome, example_id, c.detail])
+        _insert_generated(con, candidates, number, project.config.data.think_pattern)
         con.execute("UPDATE rounds SET status = 'done', metrics = ?, adapter_path = ?, finished_at = current_timestamp "
                     "WHERE number = ?", [json.dumps(metrics), weights, number])
+
+
+def _insert_generated(con, candidates: list, number: int, think_pattern: str) -> None:
+    """Stored and pending candidates become training examples with their lineage; every one is logged."""
+    think = re.compile(think_pattern, re.DOTALL)
+    for c in candidates:
+        digest = content_hash(c.input, c.output)
+        example_id = digest[:16] if c.outcome in ("stored", "pending", "duplicate") else None
+        if c.outcome in ("stored", "pending"):
+            con.execute("INSERT INTO examples (id, content_hash, input, output, fields, kind, split, source, "
+                        "parent_id, template, cluster_id, round_added, status) VALUES (?, ?, ?, ?, ?, ?, "
+                        "'train', 'generated', ?, ?, ?, ?, ?)",
+                        [example_id, digest, c.input, c.output, json.dumps(c.fields, ensure_ascii=False),
+                         detect_kind(c.output, think), c.parent_id, c.template, c.cluster_id, number,
+                         "active" if c.outcome == "stored" else "pending"])
+        con.execute("INSERT INTO generations (round, cluster_id, template, parent_id, input, output, targets, "
+                    "outcome, example_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [number, c.cluster_id, c.template, c.parent_id, c.input, c.output, json.dumps(c.targets),
+                     c.outcome, example_id, c.detail])
 
 
 def _summary(project, number, result, metrics, clusters, candidates, rows, stages) -> RoundSummary:
@@ -374,9 +456,9 @@ def _summary(project, number, result, metrics, clusters, candidates, rows, stage
                       "examples": examples})
     generated: dict[tuple, dict[str, Any]] = {}
     for c in candidates:
-        entry = generated.setdefault((c.cluster_id, c.template), {"cluster": c.cluster_id, "template": c.template,
-                                                                  "stored": 0, "duplicate": 0, "leak": 0,
-                                                                  "failed_checks": 0})
+        outcomes = dict.fromkeys(("stored", "pending", "duplicate", "leak", "failed_checks", "over_cap"), 0)
+        entry = generated.setdefault((c.cluster_id, c.template),
+                                     {"cluster": c.cluster_id, "template": c.template, **outcomes})
         entry[c.outcome] += 1
     train = {"examples": result.examples, "steps": result.steps, "seconds": result.seconds,
              "final_loss": result.final_loss, "device": result.device, "dtype": result.dtype,
@@ -411,10 +493,11 @@ def _mark_failed(store: Store, number: int, reason: str) -> None:
                     "WHERE round = ? AND status = 'running'", [number])
 
 
-def _check_templates(env, rules) -> None:
+def _check_templates(env, rules, project: Project) -> None:
     from refinery.generate import load_template
 
-    for name in {t for target in rules.targets for t in target.templates} | {s.file for s in rules.templates}:
+    names = {t for target in rules.targets for t in target.templates} | {s.file for s in rules.templates}
+    for name in sorted(names | ({project.config.mix.toggle_template} - {""})):
         load_template(env, name)
 
 

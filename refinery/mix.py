@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -14,7 +15,8 @@ def training_set(examples: pl.DataFrame, *, reasoning_share: float | None, seed:
     """The examples to train on. With a share, the kind in surplus is subsampled (seeded) until the share holds.
 
     Nothing is duplicated to reach a share: a set with too few of one kind trains on fewer examples, and a set
-    without one of the kinds a share needs gives an empty set (the caller says why).
+    without one of the kinds a share needs gives an empty set (the caller says why). The round first makes up
+    the short kind with toggled variants (see `shortfall`), so sampling loses little.
     """
     if reasoning_share is None or examples.height == 0:
         return examples
@@ -31,6 +33,25 @@ def training_set(examples: pl.DataFrame, *, reasoning_share: float | None, seed:
     keep_r, keep_d = round(total * reasoning_share), round(total * (1 - reasoning_share))
     return pl.concat([reasoning.sample(n=min(keep_r, reasoning.height), seed=seed),
                       direct.sample(n=min(keep_d, direct.height), seed=seed)]).sort("id")
+
+
+def shortfall(examples: pl.DataFrame, *, reasoning_share: float | None) -> tuple[str | None, int]:
+    """Which kind the share asks for more of than the data holds, and how many more would meet it with every
+    example kept: ("reasoning", 12), or (None, 0) when sampling alone loses nothing."""
+    if reasoning_share is None or examples.height == 0 or reasoning_share in (0.0, 1.0):
+        return None, 0
+    reasoning = examples.filter(pl.col("kind") == "reasoning").height
+    direct = examples.height - reasoning
+    # Keep every example of the kind in surplus; add the short kind until it reaches its share.
+    if reasoning / examples.height < reasoning_share:
+        return "reasoning", _ceil(direct * reasoning_share / (1 - reasoning_share)) - reasoning
+    if reasoning / examples.height > reasoning_share:
+        return "direct", _ceil(reasoning * (1 - reasoning_share) / reasoning_share) - direct
+    return None, 0
+
+
+def _ceil(x: float) -> int:
+    return math.ceil(x - 1e-9)  # 10 * 0.8 / 0.2 is 40.000000000000004 in floating point
 
 
 def cue_variants(rows: pl.DataFrame, *, cue: str, cue_pattern: str) -> pl.DataFrame:

@@ -77,11 +77,51 @@ def decide(store: Store, cluster_id: str, decision: str) -> dict[str, Any]:
     status = "accepted" if decision == "accept" else "rejected"
     with store.transaction() as con:
         con.execute("UPDATE clusters SET status = ? WHERE id = ?", [status, cluster_id])
-        new_status = "active" if decision == "accept" else "rejected"
+        # Accepting restores withdrawn counterexamples; ones pending review stay pending (a person decides those).
+        old_status, new_status = ("rejected", "active") if decision == "accept" else ("%", "rejected")
         changed = con.execute("UPDATE examples SET status = ? WHERE cluster_id = ? AND source = 'generated' "
-                              "AND status <> ? RETURNING id", [new_status, cluster_id, new_status]).fetchall()
+                              "AND status LIKE ? AND status <> ? RETURNING id",
+                              [new_status, cluster_id, old_status, new_status]).fetchall()
     return {"id": cluster_id, "status": status, "examples_" + ("restored" if decision == "accept" else "withdrawn"):
             len(changed)}
+
+
+def list_examples(store: Store, *, status: str | None = None, round: int | None = None,
+                  source: str | None = "generated") -> pl.DataFrame:
+    """Examples with their lineage (round, pattern, template, parent), newest first."""
+    where, params = ["true"], []
+    for column, value in (("status", status), ("round_added", round), ("source", source)):
+        if value is not None:
+            where.append(f"e.{column} = ?")
+            params.append(value)
+    return store.frame(f"""
+        SELECT e.id, e.status, e.round_added AS round, e.cluster_id, e.template, e.parent_id, e.kind, e.input,
+               e.output FROM examples e WHERE {' AND '.join(where)}
+        ORDER BY e.round_added DESC NULLS LAST, e.cluster_id, e.template, e.id""", params)
+
+
+def decide_examples(store: Store, ids: list[str], decision: str, *, every_pending: bool = False) -> dict[str, Any]:
+    """Accept pending counterexamples into the training data, or reject them. `every_pending` takes all of them."""
+    if decision not in ("accept", "reject"):
+        raise RefineryError(f"decision '{decision}': expected accept or reject.")
+    if every_pending:
+        ids = store.frame("SELECT id FROM examples WHERE status = 'pending' ORDER BY id")["id"].to_list()
+    elif not ids:
+        raise RefineryError(f"name the examples to {decision} (ids from `refinery examples --pending`), or pass "
+                            f"--all-pending.")
+    found = dict(store.frame("SELECT id, status FROM examples WHERE id IN (SELECT unnest(?))", [ids]).iter_rows())
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise RefineryError(f"no example {', '.join(repr(i) for i in missing)}. `refinery examples --pending` "
+                            f"lists the ones waiting for review.")
+    not_pending = [f"{i} ({found[i]})" for i in ids if found[i] != "pending"]
+    if not_pending:
+        raise RefineryError(f"only pending examples can be decided here; these are not: {', '.join(not_pending)}.")
+    status = "active" if decision == "accept" else "rejected"
+    with store.transaction() as con:
+        con.execute("UPDATE examples SET status = ? WHERE id IN (SELECT unnest(?))", [status, ids])
+    return {"decision": decision, "status": status, "examples": len(ids),
+            "pending_left": store.scalar("SELECT count(*) FROM examples WHERE status = 'pending'")}
 
 
 def merge_patterns(store: Store, into: str, other: str) -> Pattern:

@@ -95,8 +95,8 @@ def test_explicit_folder_without_project(tmp_path: Path) -> None:
      "learning_rate, max_length, method, precision, rank, seed, steps, target_modules). Did you mean 'rank'?"),
     ("[tool.refinery]\nbase_model = 'x'\nflavour = 'mild'\n",
      "pyproject.toml:3: [tool.refinery] unknown key 'flavour' (expected one of: base_model, rules_dir, runs_dir, "
-     "seed, store, templates_dir, [data], [train], [infer], [analyze], [generate], [mix], [plateau], [baseline]). Remove it or "
-     "fix its spelling."),
+     "seed, store, templates_dir, [data], [train], [infer], [analyze], [generate], [mix], [plateau], [baseline]). "
+     "Remove it or fix its spelling."),
     ("[tool.refinery.train]\nrank = \"sixteen\"\n",
      "pyproject.toml:2: [tool.refinery.train] rank = \"sixteen\": expected an integer from 1 to 1024."),
     ("[tool.refinery.train]\n\nsteps = 0\n",

@@ -161,3 +161,47 @@ def test_a_missing_base_model_stops_before_the_round(demo_project, cli) -> None:
     assert "nothing is downloaded here); bundled:tiny-base always works.\n" in result.err
     with Store(demo_project.store_path) as store:
         assert store.scalar("SELECT count(*) FROM rounds") == 0
+
+
+def test_review_mode_holds_counterexamples_until_a_person_decides(demo_project, cli) -> None:
+    project = demo_project.with_config(demo_project.config.override("generate", review=True))
+    first = run_round(project)
+    pending = sum(g["pending"] for g in first.generated)
+    assert pending > 0 and sum(g["stored"] for g in first.generated) == 0
+    with Store(project.store_path) as store:
+        rows = store.frame("SELECT id, status FROM examples WHERE source = 'generated' ORDER BY id")
+        assert set(rows["status"]) == {"pending"} and rows.height == pending
+        assert store.scalar("SELECT count(*) FROM generations WHERE outcome = 'pending'") == pending
+    second = run_round(project)  # pending examples are not trained on
+    assert second.train["examples"] == 20
+    listed = cli("examples", "--pending", "--json", "--round", "1")
+    assert listed.code == 0 and {e["id"] for e in json.loads(listed.out)} == set(rows["id"])
+    first_two = rows["id"].to_list()[:2]
+    accepted = cli("examples", "accept", *first_two)
+    assert accepted.code == 0
+    left = pending - 2 + sum(g["pending"] for g in second.generated)
+    assert accepted.out.strip() == f"2 examples active; {left} still pending."
+    again = cli("examples", "accept", first_two[0])
+    assert again.code == 1 and again.err.strip() == (f"Error: only pending examples can be decided here; these are "
+                                                     f"not: {first_two[0]} (active).")
+    assert cli("examples", "reject", "--all-pending").out.strip() == f"{left} examples rejected; 0 still pending."
+    third = run_round(project)
+    assert third.train["examples"] == 22
+
+
+def test_random_targeting_renders_every_family_untargeted_within_the_budget(demo_project) -> None:
+    project = demo_project.with_config(demo_project.config.override("generate", targeting="random", per_round=10))
+    summary = run_round(project)
+    with Store(project.store_path) as store:
+        made = store.frame("SELECT template, cluster_id, outcome, detail FROM generations WHERE round = 1")
+        stored = store.frame("SELECT cluster_id, template FROM examples WHERE source = 'generated'")
+    assert stored.height == 10 and stored["cluster_id"].null_count() == 10
+    assert made["cluster_id"].null_count() == made.height
+    from refinery.rules import load_rules
+    rules = load_rules(project.rules_dir)
+    assert set(made["template"]) == {s.file for s in rules.templates}  # one template per parent, in turn
+    over = made.filter(made["outcome"] == "over_cap")
+    assert over.height > 0 and set(over["detail"]) == {"budget: 10 per round"}
+    assert sum(g["over_cap"] for g in summary.generated) == over.height
+    off = project.with_config(project.config.override("generate", targeting="off"))
+    assert run_round(off).generated == []

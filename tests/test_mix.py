@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from refinery.errors import ConfigError
-from refinery.mix import cue_variants, training_set
+from refinery.mix import cue_variants, shortfall, training_set
 from refinery.project import load_project, set_setting
 
 
@@ -28,6 +28,40 @@ def test_training_set_meets_the_share_by_sampling(share, expected) -> None:
 
 def test_a_share_needing_a_missing_kind_gives_nothing() -> None:
     assert training_set(kinds(0, 10), reasoning_share=0.4).height == 0
+
+
+@pytest.mark.parametrize(("counts", "share", "expected"), [
+    ((30, 70), 0.5, ("reasoning", 40)), ((30, 70), 0.2, ("direct", 50)), ((30, 70), 0.3, (None, 0)),
+    ((30, 70), None, (None, 0)), ((30, 70), 1.0, (None, 0)), ((0, 10), 0.4, ("reasoning", 7))])
+def test_shortfall_says_which_kind_to_make_up_and_how_many(counts, share, expected) -> None:
+    assert shortfall(kinds(*counts), reasoning_share=share) == expected
+    short, missing = expected
+    if short:  # with the missing ones made, sampling keeps every example
+        more = kinds(counts[0] + missing, counts[1]) if short == "reasoning" else kinds(counts[0], counts[1] + missing)
+        assert training_set(more, reasoning_share=share).height == counts[0] + counts[1] + missing
+
+
+def test_a_round_makes_up_the_short_kind_with_toggled_variants(demo_project) -> None:
+    from refinery.loop import run_round
+    from refinery.store import Store
+
+    project = demo_project.with_config(demo_project.config.override("mix", reasoning_share=0.8)
+                                       .override("generate", targeting="off"))
+    summary = run_round(project)  # the seed set holds 10 reasoning and 10 direct examples
+    with Store(project.store_path) as store:
+        made = store.frame("SELECT e.id, e.kind, e.template, e.cluster_id, e.parent_id, p.kind AS parent_kind, "
+                           "e.input, p.input AS parent_input FROM examples e JOIN examples p ON p.id = e.parent_id "
+                           "WHERE e.source = 'generated'")
+        trained = store.frame("SELECT e.kind FROM round_examples r JOIN examples e ON e.id = r.example_id "
+                              "WHERE r.round = 1")
+        logged = store.scalar("SELECT count(*) FROM generations WHERE round = 1 AND template = 'think_toggle.jinja' "
+                              "AND outcome = 'stored' AND cluster_id IS NULL")
+    assert made.height == 30 and logged == 30  # 10 direct need 30 more reasoning for 0.8 with all kept
+    assert set(made["kind"]) == {"reasoning"} and set(made["parent_kind"]) == {"direct"}
+    assert set(made["template"]) == {"think_toggle.jinja"} and made["cluster_id"].null_count() == 30
+    assert (made["input"] != made["parent_input"]).all()
+    assert summary.train["examples"] == trained.height == 50
+    assert trained.filter(kind="reasoning").height == 40
 
 
 def test_cue_variants_add_and_remove_the_cue() -> None:
