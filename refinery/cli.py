@@ -154,25 +154,104 @@ def export(ctx: typer.Context,
 
 @app.command()
 def iterate(ctx: typer.Context,
-            rounds: Annotated[int, typer.Option(metavar="N", help="How many rounds to run, one after another.",
-                                                min=1)] = 1,
+            rounds: Annotated[int | None, typer.Option(
+                metavar="N", min=1, show_default=False,
+                help="How many rounds to run (default 1). With --until-plateau: the most to run (default "
+                     "[plateau] max_rounds).")] = None,
+            until_plateau: Annotated[bool, typer.Option(
+                "--until-plateau", help="Keep going until the main metric on the test split stops improving by more "
+                                        "than [plateau] margin for [plateau] patience rounds, reaches [plateau] "
+                                        "target, or the round budget is spent.")] = False,
             steps: Annotated[int | None, typer.Option(metavar="N", help="Training steps per round (overrides "
                                                                        "[train] steps).", show_default=False)] = None,
             as_json: JsonOption = False) -> None:
-    """Run a round: train, evaluate the held-out splits, cluster the failures, generate counterexamples."""
-    from refinery.loop import run_round
+    """Run rounds: train, evaluate the held-out splits, cluster the failures, generate counterexamples.
+
+    An interrupted round (Ctrl-C, a killed process) is restarted by the next `iterate`, reusing its adapter when
+    training had finished. Only one `iterate` runs on a project at a time."""
+    from refinery.iterate import iterate as run
     project = _project(ctx)
     if steps is not None:
         project = project.with_config(project.config.override("train", steps=steps))
-    summaries = []
-    for _ in range(rounds):
-        with _StageReporter() as reporter:
-            summaries.append(run_round(project, reporter=reporter))
-        if not as_json:
-            _print_round(summaries[-1])
+    with _StageReporter() as reporter:
+        result = run(project, rounds=rounds, until_plateau=until_plateau, reporter=reporter,
+                     on_round=None if as_json else reporter.printing(_print_round))
     if as_json:
-        document = [s.to_dict() for s in summaries]
-        _print_json(document[0] if rounds == 1 else document)
+        return _print_json(result.to_dict())
+    _print_metric_history(result)
+
+
+def _print_metric_history(result) -> None:
+    from refinery.plateau import LABELS, show
+    label = LABELS[result.metric][0]
+    table = Table("round", "kind", label, "change", title=f"{label.capitalize()} by round")
+    previous = None
+    for h in result.history:
+        change = "" if previous is None or h["kind"] == "production" else f"{h['value'] - previous:+.3f}"
+        table.add_row(str(h["round"]), h["kind"], show(h["value"], result.metric), change)
+        previous = h["value"] if h["kind"] != "production" else previous
+    console.print(table)
+    console.print(f"Stopped: {result.stop_reason}")
+
+
+@app.command()
+def baseline(ctx: typer.Context,
+             shots: Annotated[int | None, typer.Option(metavar="N", min=0, show_default=False,
+                                                       help="Worked examples in the prompt (overrides [baseline] "
+                                                            "shots).")] = None,
+             as_json: JsonOption = False) -> None:
+    """Measure the base model with a few-shot prompt of training examples, recorded as round 0: the prompt-first
+    baseline every round is compared with. Also measures [baseline] production (round -1) when set."""
+    from refinery.measure import run_baseline
+    project = _project(ctx)
+    if shots is not None:
+        project = project.with_config(project.config.override("baseline", shots=shots))
+    with _StageReporter() as reporter:
+        reporter.out.print("Baseline: the base model, few-shot")
+        reporter.bar.start()
+        reporter.stage("measure")
+        document = run_baseline(project, on_batch=reporter.progress)
+    if as_json:
+        return _print_json(document)
+    for doc in (document, document.get("production")):
+        if not doc:
+            continue
+        name = f"round {doc['round']} ({doc['kind']}" + (f", {doc['shots']} shots)" if "shots" in doc else ")")
+        table = Table("split", "examples", "pass rate", "weighted score", title=f"{name}")
+        for split, m in doc["metrics"].items():
+            if isinstance(m, dict) and "pass_rate" in m:
+                table.add_row(split, str(m["examples"]), f"{m['pass_rate']:.1%}", f"{m['weighted_score']:.3f}")
+        console.print(table)
+
+
+@app.command()
+def rerun(ctx: typer.Context,
+          number: Annotated[int, typer.Argument(metavar="N", help="The round to train again.")],
+          as_json: JsonOption = False) -> None:
+    """Train round N again from its record (config snapshot, seeds, exact training set) and compare the test
+    figures and the weights with what it recorded. Adds nothing to the store."""
+    from refinery.measure import rerun_round
+    with _StageReporter() as reporter:
+        reporter.out.print(f"Re-running round {number} from its record")
+        reporter.bar.start()
+        reporter.stage("train")
+        document = rerun_round(_project(ctx), number, on_step=reporter.progress)
+    if as_json:
+        return _print_json(document)
+    table = Table("", "test pass rate", "weighted score", "answer acc. cue on", "cue off",
+                  title=f"Round {number}: recorded vs re-run ({document['examples']} examples, training set "
+                        f"{document['train_set_hash'][:12]})")
+    for name in ("recorded", "rerun"):
+        test, mix = document[name]["test"] or {}, document[name]["mix"] or {}
+        table.add_row(name, _pct(test.get("pass_rate")), f"{test.get('weighted_score', 0):.3f}",
+                      _pct(mix.get("answer_accuracy_cue_on")), _pct(mix.get("answer_accuracy_cue_off")))
+    console.print(table)
+    diff = document["weights_max_abs_diff"]
+    console.print("Weights: " + ("bit-identical to the recorded adapter" if diff == 0 else
+                                 "recorded adapter not found" if diff is None else f"max abs difference {diff:.3g}"))
+    for name, (was, now) in document["versions_changed"].items():
+        console.print(f"  {name}: recorded {was}, now {now}")
+    console.print(f"Written to {document['dir']}")
 
 
 class _StageReporter:
@@ -201,8 +280,17 @@ class _StageReporter:
         self.bar.update(self.task, completed=done, total=total)
 
     def stage_done(self, name: str, seconds: float, note: str) -> None:
-        self.bar.remove_task(self.task)
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+            self.task = None
         self.out.print(f"  {name:<9} {seconds:6.1f} s  {note}")
+
+    def printing(self, show):
+        """A round callback that prints the round's summary with the progress bar paused."""
+        def on_round(summary) -> None:
+            self.bar.stop()
+            show(summary)
+        return on_round
 
 
 def _print_round(summary) -> None:
@@ -219,6 +307,13 @@ def _print_round(summary) -> None:
         delta = f"{m['pass_rate'] - before:+.1%}" if before is not None else "-"
         table.add_row(split, str(m["examples"]), f"{m['pass_rate']:.1%}", delta, f"{m['weighted_score']:.3f}")
     console.print(table)
+    now = summary.metrics.get("test", {})
+    for kind, metrics in summary.references.items():
+        ref = metrics.get("test")
+        if ref and now and not (kind == "baseline" and summary.previous == 0):
+            console.print(f"vs {kind}: test pass rate {ref['pass_rate']:.1%} -> {now['pass_rate']:.1%} "
+                          f"({now['pass_rate'] - ref['pass_rate']:+.1%}), weighted score {ref['weighted_score']:.3f} "
+                          f"-> {now['weighted_score']:.3f}")
     test = summary.metrics.get("test", {}).get("checks", {})
     checks = Table("check", "test pass rate", versus, title="Checks on the test split")
     for name, c in test.items():

@@ -3,33 +3,38 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import polars as pl
 
 from refinery.config import InferSettings
 from refinery.device import load_model, pick_device, pick_dtype
-from refinery.prompts import render_prompt
+from refinery.prompts import fit_shots, render_prompt
 
 
 def generate(inputs: list[str], *, base_model: str, settings: InferSettings, adapter: str | None = None,
-             on_batch: Callable[[int, int], None] | None = None) -> pl.DataFrame:
+             shots: Sequence[tuple[str, str]] = (), on_batch: Callable[[int, int], None] | None = None
+             ) -> pl.DataFrame:
     """One row per input: prompt, output (special tokens removed), tokens generated, latency in ms.
 
-    Latency is the batch's wall time divided by its size: what one example costs when served in batches.
+    Latency is the batch's wall time divided by its size: what one example costs when served in batches. With
+    `shots`, each prompt starts with as many of those worked examples as fit the model's context.
     """
     device = pick_device()
     model, tokenizer = load_model(base_model, device=device, dtype=pick_dtype(device), adapter=adapter)
-    return generate_with(model, tokenizer, inputs, settings=settings, on_batch=on_batch)
+    return generate_with(model, tokenizer, inputs, settings=settings, shots=shots, on_batch=on_batch)
 
 
 def generate_with(model: Any, tokenizer: Any, inputs: list[str], *, settings: InferSettings,
+                  shots: Sequence[tuple[str, str]] = (),
                   on_batch: Callable[[int, int], None] | None = None) -> pl.DataFrame:
     """`generate` for a model already loaded."""
     import torch
 
-    prompts = [render_prompt(tokenizer, text) for text in inputs]
+    room = getattr(model.config, "max_position_embeddings", 10**9) - settings.max_new_tokens
+    prompts = [render_prompt(tokenizer, text, shots=fit_shots(tokenizer, text, shots, max_tokens=room) if shots
+                             else ()) for text in inputs]
     stop_ids = _stop_ids(model, tokenizer)
     outputs, tokens, latency = [], [], []
     for start in range(0, len(prompts), settings.batch_size):

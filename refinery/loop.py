@@ -12,17 +12,18 @@ import hashlib
 import json
 import math
 import os
-import platform
 import re
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import polars as pl
 
 from refinery.device import check_loadable
 from refinery.errors import RefineryError
+from refinery.measure import references, versions
 from refinery.mix import cue_metrics, cue_variants
 from refinery.project import Project, resolve_base_model
 from refinery.store import Store, content_hash, detect_kind
@@ -61,6 +62,7 @@ class RoundSummary:
     generated: list[dict[str, Any]]
     stages: dict[str, float] = field(default_factory=dict)
     round_dir: str = ""
+    references: dict[str, dict[str, Any]] = field(default_factory=dict)  # baseline / production metrics
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,28 +89,35 @@ def run_round(project: Project, *, reporter: Reporter | None = None) -> RoundSum
     embedder = make_embedder(project.config.analyze.embedder, root=project.root)
     toggles = _toggles(project, env, rules, embedder, share=project.config.mix.reasoning_share)
     with Store(project.store_path, wait=STORE_WAIT) as store:
-        number, train_rows = _begin(store, project, toggles)
+        number, train_rows, resume = _begin(store, project, toggles)
     round_dir = project.runs_dir / f"round-{number:03d}"
     round_dir.mkdir(parents=True, exist_ok=True)
     (round_dir / "config.json").write_text(json.dumps(project.config.to_dict(), indent=2))
     timer = _Timer(project, number, reporter)
     try:
         reporter.started(number, train_rows.height)
-        return _run_stages(project, number, train_rows, rules, env, base_model, embedder, round_dir, timer)
+        return _run_stages(project, number, train_rows, rules, env, base_model, embedder, round_dir, timer, resume)
     except BaseException as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
         _fail(project, number, reason)
         raise
 
 
-def _run_stages(project, number, train_rows, rules, env, base_model, embedder, round_dir, timer) -> RoundSummary:
+def _run_stages(project, number, train_rows, rules, env, base_model, embedder, round_dir, timer,
+                resume: bool) -> RoundSummary:
     from refinery import analyze, evaluate, infer, train
 
     config = project.config
-    with timer.stage("train") as note:
-        result = train.train(train_rows, base_model=base_model, settings=config.train, out_dir=round_dir,
-                             on_step=timer.progress)
-        note(f"{result.steps} steps on {result.examples} examples, loss {result.final_loss:.3f}, {result.device}")
+    if resume:  # an interrupted attempt finished training on this same set: its adapter is reused
+        result = train.TrainResult(**json.loads((round_dir / "train.json").read_text()))
+        timer.resumed("train", result.seconds, "adapter of the interrupted attempt reused")
+    else:
+        with timer.stage("train") as note:
+            result = train.train(train_rows, base_model=base_model, settings=config.train, out_dir=round_dir,
+                                 on_step=timer.progress)
+            note(f"{result.steps} steps on {result.examples} examples, loss {result.final_loss:.3f}, "
+                 f"{result.device}")
+        (round_dir / "train.json").write_text(json.dumps(asdict(result)))
     weights = result.weights_path
     model_path, adapter = (weights, None) if result.method == "full" else (base_model, weights)
     with Store(project.store_path, wait=STORE_WAIT) as store:
@@ -232,18 +241,23 @@ def run_sweep(project: Project, shares: list[float], *, reporter: Reporter | Non
     return document
 
 
-def _begin(store: Store, project: Project, toggles: list) -> tuple[int, pl.DataFrame]:
-    """Close out dead rounds, refuse to run beside a live one, and open a new round with its training set. The
-    toggled variants that make up the mix are stored with it (they are kept if the round fails: they are vetted
-    data, and the next round would make the same ones)."""
+def _begin(store: Store, project: Project, toggles: list) -> tuple[int, pl.DataFrame, bool]:
+    """Open a round with its training set: the last round again when it did not finish (its partial rows are
+    cleared; its adapter is reused when it trained on the same set), else a new one. Refuses to run beside a live
+    round. The toggled variants that make up the mix are stored with it (vetted data; kept if the round fails).
+
+    Returns the round number, the training set, and whether training can be skipped (resumed)."""
     from refinery.mix import training_set
 
     for number, pid in store.con.execute("SELECT number, pid FROM rounds WHERE status = 'running'").fetchall():
         if pid and pid != os.getpid() and _alive(pid):
             raise RefineryError(f"round {number} is running in process {pid}. Wait for it to finish, or stop that "
-                                f"process; the next `refinery iterate` then marks it failed and starts a new round.")
+                                f"process; the next `refinery iterate` then restarts that round.")
         _mark_failed(store, number, f"interrupted: process {pid} ended before the round finished")
-    number = (store.scalar("SELECT max(number) FROM rounds") or 0) + 1
+    last = store.one("SELECT number, status, train_set_hash, error, attempts FROM rounds WHERE kind = 'round' "
+                     "ORDER BY number DESC LIMIT 1")
+    restart = last if last and last[1] != "done" else None
+    number = restart[0] if restart else max(store.scalar("SELECT max(number) FROM rounds") or 0, 0) + 1
     share = project.config.mix.reasoning_share
     with store.transaction() as con:
         _insert_generated(con, toggles, number, project.config.data.think_pattern)
@@ -258,13 +272,27 @@ def _begin(store: Store, project: Project, toggles: list) -> tuple[int, pl.DataF
             raise RefineryError(f"[mix] reasoning_share = {share} leaves no training examples (train split: "
                                 f"{kinds}). Change the share, or add examples of the missing kind.")
         digest = hashlib.sha256("\n".join(chosen["id"].to_list()).encode()).hexdigest()
-        con.execute("INSERT INTO rounds (number, status, config, versions, train_set_hash, pid) "
-                    "VALUES (?, 'running', ?, ?, ?, ?)",
-                    [number, json.dumps(project.config.to_dict()), json.dumps(_versions()), digest, os.getpid()])
+        config, runtime = json.dumps(project.config.to_dict()), json.dumps(versions())
+        resume = False
+        if restart:
+            trained = store.one("SELECT status FROM round_stages WHERE round = ? AND stage = 'train'", [number])
+            train_file = project.runs_dir / f"round-{number:03d}" / "train.json"
+            resume = bool(trained and trained[0] == "done" and restart[2] == digest and train_file.is_file()
+                          and Path(json.loads(train_file.read_text())["weights_path"]).is_dir())
+            for table in ("predictions", "rule_results", "round_examples", "generations"):
+                con.execute(f"DELETE FROM {table} WHERE round = ?", [number])
+            con.execute("DELETE FROM round_stages WHERE round = ? AND (stage <> 'train' OR NOT ?)", [number, resume])
+            con.execute("UPDATE rounds SET status = 'running', config = ?, versions = ?, train_set_hash = ?, "
+                        "pid = ?, attempts = attempts + 1, error = ?, metrics = NULL, stop_reason = NULL, "
+                        "started_at = current_timestamp, finished_at = NULL WHERE number = ?",
+                        [config, runtime, digest, os.getpid(), f"attempt {restart[4]}: {restart[3]}", number])
+        else:
+            con.execute("INSERT INTO rounds (number, status, config, versions, train_set_hash, pid) "
+                        "VALUES (?, 'running', ?, ?, ?, ?)", [number, config, runtime, digest, os.getpid()])
         con.register("chosen", chosen.select("id"))
         con.execute("INSERT INTO round_examples SELECT ?, id FROM chosen", [number])
         con.unregister("chosen")
-    return number, chosen
+    return number, chosen, resume
 
 
 def _failures(rows: pl.DataFrame, results: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -445,7 +473,8 @@ def _summary(project, number, result, metrics, clusters, candidates, rows, stage
     by_id = {r["example_id"]: r for r in rows.iter_rows(named=True)}
     with Store(project.store_path, wait=STORE_WAIT) as store:
         previous = store.one("SELECT number, metrics FROM rounds WHERE status = 'done' AND number < ? "
-                             "ORDER BY number DESC LIMIT 1", [number])
+                             "AND kind <> 'production' ORDER BY number DESC LIMIT 1", [number])
+        compared = references(store)
     shown = []
     for cluster in clusters[:5]:
         examples = [{"example_id": m, "input": by_id[m]["input"], "output": by_id[m]["prediction"],
@@ -466,7 +495,8 @@ def _summary(project, number, result, metrics, clusters, candidates, rows, stage
     return RoundSummary(number=number, status="done", train=train, metrics=metrics,
                         previous=previous[0] if previous else None,
                         previous_metrics=json.loads(previous[1]) if previous else None,
-                        clusters=shown, generated=list(generated.values()), stages=dict(stages))
+                        clusters=shown, generated=list(generated.values()), stages=dict(stages),
+                        references=compared)
 
 
 def _write(project: Project, table: str, frame: pl.DataFrame) -> None:
@@ -511,19 +541,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in ("refinery", "torch", "transformers", "peft", "trl", "sentence-transformers", "scikit-learn",
-                 "duckdb", "polars"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "missing"
-    return out
-
-
 def _metric_note(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{split} {m['pass_rate']:.0%}" for split, m in metrics.items() if split != "mix")
 
@@ -537,6 +554,10 @@ class _Timer:
 
     def progress(self, done: int, total: int) -> None:
         self.reporter.progress(done, total)
+
+    def resumed(self, name: str, seconds: float, note: str) -> None:
+        self.seconds[name] = seconds
+        self.reporter.stage_done(name, seconds, note)
 
     @contextmanager
     def stage(self, name: str):

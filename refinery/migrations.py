@@ -178,6 +178,7 @@ def m003_review_baselines(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE rounds ADD COLUMN kind VARCHAR NOT NULL DEFAULT 'round'")
     con.execute("UPDATE rounds SET kind = 'baseline' WHERE number = 0")
     con.execute("ALTER TABLE rounds ADD COLUMN stop_reason VARCHAR")  # set on the last round of an iterate run
+    con.execute("ALTER TABLE rounds ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1")  # an interrupted round restarts
     con.execute("ALTER TABLE examples RENAME TO examples_m002")
     con.execute("""
         CREATE TABLE examples (

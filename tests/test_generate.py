@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,11 @@ from refinery.rules import check_one, load_rules
 
 DEMO_TEMPLATES = ["punctuation.jinja", "synonyms.jinja", "no_tag.jinja", "think_toggle.jinja",
                   "category_mapping.jinja", "capitalisation.jinja", "schema_strict.jinja"]
+ANCHORED_FAMILIES = ["punctuation.jinja", "synonyms.jinja", "no_tag.jinja", "think_toggle.jinja"]
+# The demo's word problems, read back from an input: the answer is computed here, not taken from the template.
+PROBLEM = re.compile(r"[A-Z][a-z]+ has (\d+) (\w+) and ([a-z ]+?) (\d+)( more)?\. How many \2 (now|are left)\?")
+DISPLAY = re.compile(r"<display_weather>.*?</display_weather>")
+THINK = re.compile(r"^<think>.*?</think>")
 
 
 def demo_parents(name: str = "eval", n: int = 40) -> list[dict]:
@@ -27,14 +33,35 @@ def demo_rules():
     return load_rules(REPO / "rules")
 
 
+def render(rules, template: str, parents: list[dict], *, count: int) -> list:
+    """Every parent's renders, vetted against every check (nothing stored or known before)."""
+    env = template_environment(REPO / "templates")
+    spec = rules.template(template)
+    candidates = [c for p in parents for c in render_candidates(env, template, p, count=count, seed=0, spec=spec)]
+    return vet_candidates(candidates, rules, known_hashes=set(), held_out_inputs=set())
+
+
+def solve(text: str) -> tuple[str, str, int]:
+    """The word problem in an input, its worked arithmetic and its answer."""
+    found = PROBLEM.search(text)
+    assert found, f"no word problem in {text!r}"
+    a, b, add = int(found[1]), int(found[4]), found[5] is not None
+    assert add == (found[6] == "now"), text
+    result = a + b if add else a - b
+    return found[0], f"{a} {'+' if add else '-'} {b} = {result}", result
+
+
+def assert_answer_matches_problem(candidate) -> None:
+    _, work, result = solve(candidate.input)
+    think = f"<think>{work}</think>" if candidate.output.startswith("<think>") else ""
+    assert candidate.output.startswith(f"{think}Answer: {result}"), (candidate.input, candidate.output)
+
+
 @pytest.mark.parametrize("template", DEMO_TEMPLATES)
 def test_demo_templates_render_examples_that_pass_every_check(demo_rules, template: str) -> None:
-    env = template_environment(REPO / "templates")
     spec = demo_rules.template(template)
     assert spec.source, f"{template} is not declared INV or DIR in rules/"
-    candidates = [c for p in demo_parents() for c in render_candidates(env, template, p, count=3, seed=0,
-                                                                       spec=spec)]
-    vetted = vet_candidates(candidates, demo_rules, known_hashes=set(), held_out_inputs=set())
+    vetted = render(demo_rules, template, demo_parents(), count=3)
     assert not [c for c in vetted if c.outcome == "failed_checks"]
     kept = [c for c in vetted if c.outcome == "stored"]
     assert len({c.input for c in kept}) == len(kept) >= 25  # distinct inputs, most parents yield new ones
@@ -43,27 +70,131 @@ def test_demo_templates_render_examples_that_pass_every_check(demo_rules, templa
     for c in kept:
         for check in demo_rules.checks:
             assert check_one(check, input=c.input, prediction=c.output, fields=c.fields) is not False
+        assert_answer_matches_problem(c)  # the answer and work are right for the problem in the input
+
+
+@pytest.mark.parametrize("template", ANCHORED_FAMILIES)
+def test_anchored_families_keep_the_parents_problem_or_take_a_fresh_one(demo_rules, template: str) -> None:
+    parents = {p["id"]: p for p in demo_parents(n=200)}
+    vetted = render(demo_rules, template, list(parents.values()), count=4)
+    assert {c.outcome for c in vetted} <= {"stored", "duplicate"}
+    assert not [c for c in vetted if c.input == parents[c.parent_id]["input"]]  # every render is a new input
+    assert len({c.input for c in vetted}) >= 0.95 * len(vetted)
+    problems = [solve(c.input)[0] for c in vetted]
+    fresh = [p != solve(parents[c.parent_id]["input"])[0] for c, p in zip(vetted, problems, strict=True)]
+    assert 0.4 <= sum(fresh) / len(vetted) <= 0.75  # about half take a fresh problem
+    assert len(set(problems)) >= 450  # new names, objects and numbers, not a few problems over and over
+    for c, is_fresh in zip(vetted, fresh, strict=True):
+        parent = parents[c.parent_id]
+        assert_answer_matches_problem(c)
+        assert c.fields["problem"] == solve(c.input)[0] and c.fields["answer"] == solve(c.input)[2]
+        if is_fresh:
+            continue
+        # on the parent's problem, the output changes only as the family declares
+        if template in ("punctuation.jinja", "synonyms.jinja"):
+            assert c.output == parent["output"]
+        elif template == "no_tag.jinja":
+            assert THINK.sub("", c.output) == DISPLAY.sub("", THINK.sub("", parent["output"]))
+        else:
+            assert THINK.sub("", c.output) == THINK.sub("", parent["output"])
+
+
+@pytest.mark.parametrize("template", ANCHORED_FAMILIES)
+def test_anchored_families_change_what_they_declare(demo_rules, template: str) -> None:
+    parents = {p["id"]: p for p in demo_parents(n=200)}
+    for c in render(demo_rules, template, list(parents.values()), count=2):
+        parent = parents[c.parent_id]
+        tagged = "<weather>" in parent["input"]
+        if template == "no_tag.jinja":
+            assert "<weather>" not in c.input and "display_weather" not in c.output
+            if tagged and solve(c.input)[0] == parent["fields"]["problem"]:  # only the tag removed
+                assert c.output == DISPLAY.sub("", parent["output"])
+        elif template == "think_toggle.jinja":
+            assert c.output.startswith("<think>") != parent["output"].startswith("<think>")
+            assert (re.search(r"(?i)use thinking|think it through", c.input) is not None) == \
+                c.output.startswith("<think>")
+            assert DISPLAY.findall(c.output) == DISPLAY.findall(parent["output"])  # the tag and emoji kept
+            assert c.input.startswith(f"<weather>{parent['fields']['weather']}</weather> ") if tagged else \
+                "<weather>" not in c.input
+        else:  # punctuation and synonyms keep the condition and its emoji
+            assert ("<weather>" in c.input) == tagged
+            assert DISPLAY.findall(c.output) == DISPLAY.findall(parent["output"])
+            assert c.fields["condition"] == parent["fields"]["condition"]
+
+
+# A weather tag with a punctuation mark against the word, inside the tag or just outside it.
+PUNCTUATED = re.compile(r"^(?P<lead>[^\w\s<]*)(?P<g0>\s*)<weather>(?P<pre>[^\w\s]*)(?P<g1>\s*)(?P<word>\w[\w ]*?)"
+                        r"(?P<g2>\s*)(?P<post>[^\w\s]*)</weather>(?P<g3>\s*)(?P<trail>[^\w\s<]*) ")
+
+
+def test_punctuation_puts_each_mark_after_and_before_the_word_with_each_spacing(demo_rules) -> None:
+    params = demo_rules.template("punctuation.jinja").params
+    parents = {p["id"]: p for p in demo_parents(n=600)}
+    seen = set()
+    for c in render(demo_rules, "punctuation.jinja", list(parents.values()), count=2):
+        parent = parents[c.parent_id]
+        if "<weather>" not in parent["input"]:
+            continue
+        found = PUNCTUATED.match(c.input)
+        assert found, c.input
+        word = re.sub(r"[^\w ]", "", parent["fields"]["weather"]).strip()
+        assert found["word"] == word  # the parent's word, in its case
+        marks = [(side, found[side]) for side in ("lead", "pre", "post", "trail") if found[side]]
+        assert len(marks) == 1, c.input  # one mark, on one side of the word
+        [(where, mark)] = marks
+        gap = found["g0"] + found["g1"] + found["g2"] + found["g3"]
+        seen.add(("after" if where in ("post", "trail") else "before", mark, gap,
+                  "inside" if where in ("pre", "post") else "outside"))
+    assert {(side, mark) for side, mark, _, _ in seen} == {(s, m) for s in params["sides"] for m in params["marks"]}
+    assert {gap for _, _, gap, _ in seen} == {"", " ", "  "} == set(params["gaps"])  # no space, one, two
+    assert {(side, where) for side, _, _, where in seen} == {(s, b) for s in ("after", "before")
+                                                           for b in ("inside", "outside")}
+
+
+def test_punctuation_of_the_thinking_cue_when_there_is_no_tag(demo_rules) -> None:
+    parents = [p for p in demo_parents(n=200) if p["fields"]["cue"] and not p["fields"]["weather"]]
+    made = render(demo_rules, "punctuation.jinja", parents, count=2)
+    assert len(made) >= 40
+    for c, parent in zip(made, [p for p in parents for _ in range(2)], strict=True):
+        cue = c.input[:c.input.index(solve(c.input)[0])].strip()
+        assert cue != parent["fields"]["cue"] and re.sub(r"[^\w ]", "", cue).strip().lower() == \
+            re.sub(r"[^\w ]", "", parent["fields"]["cue"]).strip().lower()  # the same words, other punctuation
+        assert c.output.startswith("<think>")
+
+
+def test_synonyms_swap_the_weather_word_for_each_listed_word_of_its_condition(demo_rules) -> None:
+    lists = demo_rules.template("synonyms.jinja").params["synonyms"]
+    parents = {p["id"]: p for p in demo_parents(n=600)}
+    used = {condition: set() for condition in lists}
+    for c in render(demo_rules, "synonyms.jinja", list(parents.values()), count=2):
+        parent = parents[c.parent_id]
+        old = parent["fields"]["weather"]
+        if old is None:  # no tag: the thinking cue said another way, or (no cue either) a fresh problem
+            assert "<weather>" not in c.input
+            assert c.fields["cue"] != parent["fields"]["cue"] if parent["fields"]["cue"] else \
+                solve(c.input)[0] != parent["fields"]["problem"]
+            continue
+        new = re.match(r"<weather>(.*?)</weather> ", c.input)[1]
+        old_word, new_word = (re.sub(r"[^\w ]", "", w).strip() for w in (old, new))
+        assert new.replace(new_word, "") == old.replace(old_word, "")  # the punctuation kept
+        assert new_word.lower() in lists[parent["fields"]["condition"]] and new_word.lower() != old_word.lower()
+        assert new_word.isupper() == old_word.isupper() and new_word[0].isupper() == old_word[0].isupper()
+        used[parent["fields"]["condition"]].add(new_word.lower())
+    assert used == {condition: set(words) for condition, words in lists.items()}  # every list entry used
 
 
 def test_templates_answer_the_checks_they_target(demo_rules) -> None:
-    env = template_environment(REPO / "templates")
-    parents = [p for p in demo_parents() if p["fields"]["condition"]][:10]
-    no_tag = [c for p in parents for c in render_candidates(env, "no_tag.jinja", p, count=1, seed=0)]
-    assert all("<weather>" not in c.input and "display_weather" not in c.output for c in no_tag)
-    toggled = [c for p in parents for c in render_candidates(env, "think_toggle.jinja", p, count=1, seed=0)]
-    assert all(c.output.startswith("<think>") != p["output"].startswith("<think>")
-               for c, p in zip(toggled, parents, strict=True))
-    punct = [c for p in parents for c in render_candidates(env, "punctuation.jinja", p, count=4, seed=0)]
-    tags = [c.input.split("</weather>")[0] for c in punct]
-    assert sum(t[-1] in "!.,?)" for t in tags) == len(tags)  # every variant puts punctuation against the word
     assert demo_rules.templates_for(["emoji_correct"]) == ["category_mapping.jinja", "punctuation.jinja",
                                                           "synonyms.jinja", "capitalisation.jinja"]
+    assert demo_rules.templates_for(["display_weather_absent"]) == ["no_tag.jinja"]
+    assert demo_rules.templates_for(["think_absent"]) == ["think_toggle.jinja"]
 
 
 def test_candidates_that_leak_or_repeat_are_not_kept(demo_rules) -> None:
     env = template_environment(REPO / "templates")
     parent = demo_parents(n=1)[0]
-    [first] = render_candidates(env, "no_tag.jinja", parent, count=1, seed=0)
+    [first] = render_candidates(env, "no_tag.jinja", parent, count=1, seed=0,
+                                spec=demo_rules.template("no_tag.jinja"))
     vetted = vet_candidates([first], demo_rules, known_hashes=set(), held_out_inputs={first.input})
     assert (vetted[0].outcome, vetted[0].detail) == ("leak", "same input as a test or corner example")
     vetted = vet_candidates([first, first], demo_rules, known_hashes=set(), held_out_inputs=set())

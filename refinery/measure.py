@@ -1,0 +1,259 @@
+"""Measure a model against the evals without adding data: the few-shot baseline (round 0), the production model
+(round -1), and a re-run of a recorded round from its snapshot.
+
+Each asks the held-out splits (and the test split with the thinking cue added and removed) and checks the
+outputs with the project's rules, like a round does; baselines are written to the store as rounds of their own
+kind, so every comparison can be traced with SQL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from refinery.errors import RefineryError
+from refinery.mix import cue_metrics, cue_variants
+from refinery.project import Project, resolve_base_model
+from refinery.store import Store
+
+STORE_WAIT = 60.0
+KINDS = {0: "baseline", -1: "production"}
+
+
+@dataclass
+class Asked:
+    """What a model answered and how it did: predictions and rule results (every variant) and the metrics."""
+
+    predictions: pl.DataFrame
+    results: pl.DataFrame
+    metrics: dict[str, Any]
+
+
+def held_out(store: Store, *, splits: tuple[str, ...] = ("analysis", "test", "corner")) -> pl.DataFrame:
+    """The active held-out examples, as the evals ask them."""
+    return store.frame("SELECT id AS example_id, input, output AS expected, fields, split FROM examples "
+                       "WHERE status = 'active' AND split IN (SELECT unnest(?)) ORDER BY id", [list(splits)])
+
+
+def ask(project: Project, rules, rows: pl.DataFrame, *, model_path: str, adapter: str | None,
+        shots: list[tuple[str, str]] | None = None, on_batch=None) -> Asked:
+    """Ask `rows` (and their test examples with the cue on and off) and check every output."""
+    from refinery import evaluate, infer
+
+    config = project.config
+    variants = cue_variants(rows.filter(pl.col("split") == "test"), cue=config.mix.cue,
+                            cue_pattern=config.mix.cue_pattern)
+    asked = pl.concat([rows.with_columns(pl.lit("").alias("variant")), variants])
+    outputs = infer.generate(asked["input"].to_list(), base_model=model_path, settings=config.infer,
+                             adapter=adapter, shots=shots or (), on_batch=on_batch)
+    predictions = pl.concat([asked.select("example_id", "variant"), outputs], how="horizontal")
+    results = evaluate.run_checks(rules, asked.with_columns(outputs["output"].alias("prediction")))
+    metrics = evaluate.summarize(results.filter(pl.col("variant") == ""), rows)
+    if variants.height:
+        metrics["mix"] = cue_metrics(results, predictions, answer_check=config.mix.answer_check,
+                                     think_pattern=config.data.think_pattern)
+    return Asked(predictions, results, metrics)
+
+
+def choose_shots(train: pl.DataFrame, count: int, *, seed: int) -> list[tuple[str, str]]:
+    """`count` training examples for a few-shot prompt, reasoning and direct in turn, seeded."""
+    shuffled = train.sample(fraction=1.0, shuffle=True, seed=seed)
+    by_kind = [shuffled.filter(pl.col("kind") == k).select("input", "output").rows() for k in ("direct", "reasoning")]
+    mixed = [row for pair in zip(*by_kind, strict=False) for row in pair]
+    rest = [row for rows in by_kind for row in rows[len(mixed) // 2:]]
+    return [tuple(r) for r in (mixed + rest)[:count]]
+
+
+def _fitting(base_model: str, inputs: list[str], shots: list, *, max_new_tokens: int) -> list:
+    """The first shots that fit every prompt (with the cue added) and its answer into the model's context: every
+    prompt gets the same worked examples."""
+    from transformers import AutoConfig
+
+    from refinery.device import load_tokenizer
+    from refinery.prompts import fit_shots
+
+    if not shots:
+        return []
+    tokenizer = load_tokenizer(base_model)
+    room = getattr(AutoConfig.from_pretrained(base_model), "max_position_embeddings", 10**9) - max_new_tokens
+    longest = max(inputs, key=len) if inputs else ""
+    return fit_shots(tokenizer, "use thinking. " + longest, shots, max_tokens=room)
+
+
+def run_baseline(project: Project, *, on_batch=None) -> dict[str, Any]:
+    """Ask the base model with a few-shot prompt of training examples and record it as round 0 (replacing an
+    earlier baseline). Also measures the production model when `[baseline] production` names one."""
+    from refinery.rules import load_rules
+
+    rules = load_rules(project.rules_dir)
+    base_model = resolve_base_model(project)
+    with Store(project.store_path, wait=STORE_WAIT) as store:
+        train = store.frame("SELECT input, output, kind FROM examples WHERE status = 'active' AND split = 'train' "
+                            "ORDER BY id")
+        rows = held_out(store)
+    if rows.filter(pl.col("split") == "test").height == 0:
+        raise RefineryError("a baseline needs test examples: ingest some with `--split holdout` or `--split test`.")
+    wanted = choose_shots(train, project.config.baseline.shots, seed=project.config.core.seed)
+    shots = _fitting(base_model, rows["input"].to_list(), wanted, max_new_tokens=project.config.infer.max_new_tokens)
+    began = time.perf_counter()
+    asked = ask(project, rules, rows, model_path=base_model, adapter=None, shots=shots, on_batch=on_batch)
+    asked.metrics["shots"] = len(shots)
+    asked.metrics["shots_asked"] = len(wanted)
+    record_reference(project, 0, asked, detail={"base_model": base_model, "shots": shots},
+                     seconds=time.perf_counter() - began)
+    document = {"round": 0, "kind": "baseline", "shots": len(shots), "metrics": asked.metrics}
+    if project.config.baseline.production:
+        document["production"] = measure_production(project, on_batch=on_batch)
+    return document
+
+
+def production_model(project: Project) -> tuple[str, str | None, str]:
+    """(model path, adapter path or None, fingerprint) of `[baseline] production`."""
+    name = project.config.baseline.production
+    folder = project.path(name)
+    if not folder.is_dir():
+        raise RefineryError(f"[baseline] production = \"{name}\": no folder {folder}. Name an adapter folder (with "
+                            f"adapter_config.json) or a full model folder (with config.json), relative to the "
+                            f"project.")
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file())
+    fingerprint = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()[:16]
+    if (folder / "adapter_config.json").is_file():
+        return resolve_base_model(project), str(folder), fingerprint
+    if (folder / "config.json").is_file():
+        return str(folder), None, fingerprint
+    raise RefineryError(f"[baseline] production = \"{name}\": {folder} holds neither adapter_config.json nor "
+                        f"config.json. Name an adapter folder or a full model folder.")
+
+
+def measure_production(project: Project, *, on_batch=None) -> dict[str, Any]:
+    """Ask the production model the evals (no few-shot prompt) and record it as round -1."""
+    from refinery.rules import load_rules
+
+    model_path, adapter, fingerprint = production_model(project)
+    rules = load_rules(project.rules_dir)
+    with Store(project.store_path, wait=STORE_WAIT) as store:
+        rows = held_out(store)
+    began = time.perf_counter()
+    asked = ask(project, rules, rows, model_path=model_path, adapter=adapter, on_batch=on_batch)
+    record_reference(project, -1, asked, detail={"model": model_path, "adapter": adapter,
+                                                 "fingerprint": fingerprint},
+                     seconds=time.perf_counter() - began)
+    return {"round": -1, "kind": "production", "model": adapter or model_path, "metrics": asked.metrics}
+
+
+def production_is_current(store: Store, project: Project) -> bool:
+    """Whether round -1 measured the production model as it is on disk now."""
+    if not project.config.baseline.production:
+        return True
+    row = store.one("SELECT json_extract_string(config, '$.reference.fingerprint') FROM rounds "
+                    "WHERE number = -1 AND status = 'done'")
+    return bool(row) and row[0] == production_model(project)[2]
+
+
+def record_reference(project: Project, number: int, asked: Asked, *, detail: dict, seconds: float) -> None:
+    """Write round 0 or -1 with its predictions and rule results, replacing what was there, in one transaction."""
+    with Store(project.store_path, wait=STORE_WAIT) as store, store.transaction() as con:
+        for table, column in (("predictions", "round"), ("rule_results", "round"), ("round_stages", "round"),
+                              ("rounds", "number")):
+            con.execute(f"DELETE FROM {table} WHERE {column} = ?", [number])
+        weights = detail.get("adapter") or detail.get("model")
+        con.execute("INSERT INTO rounds (number, kind, status, config, versions, metrics, adapter_path, pid, "
+                    "finished_at) VALUES (?, ?, 'done', ?, ?, ?, ?, ?, current_timestamp)",
+                    [number, KINDS[number], json.dumps({**project.config.to_dict(), "reference": detail}),
+                     json.dumps(versions()), json.dumps(asked.metrics), weights, os.getpid()])
+        con.execute("INSERT INTO round_stages (round, stage, status, seconds, finished_at) "
+                    "VALUES (?, 'measure', 'done', ?, current_timestamp)", [number, round(seconds, 3)])
+        for table, frame in (("predictions", asked.predictions), ("rule_results", asked.results)):
+            frame = frame.with_columns(pl.lit(number).alias("round"))
+            con.register("incoming", frame)
+            columns = ", ".join(frame.columns)
+            con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM incoming")
+            con.unregister("incoming")
+
+
+def references(store: Store) -> dict[str, dict[str, Any]]:
+    """The metrics of the baseline and the production model, where measured: {"baseline": {...}, ...}."""
+    rows = store.frame("SELECT kind, metrics FROM rounds WHERE kind IN ('baseline', 'production') "
+                       "AND status = 'done'")
+    return {kind: json.loads(metrics) for kind, metrics in rows.iter_rows()}
+
+
+def rerun_round(project: Project, number: int, *, on_step=None) -> dict[str, Any]:
+    """Train round `number` again from what it recorded (its config snapshot and its exact training set) and
+    measure it on the test split; compare with the figures and the weights it recorded."""
+    from refinery import train
+    from refinery.config import config_from_table
+    from refinery.rules import load_rules
+
+    with Store(project.store_path, wait=STORE_WAIT) as store:
+        row = store.one("SELECT status, kind, config, versions, train_set_hash, adapter_path, metrics FROM rounds "
+                        "WHERE number = ?", [number])
+        if row is None or row[1] != "round":
+            raise RefineryError(f"no training round {number}. `refinery status` lists the rounds.")
+        if row[0] != "done":
+            raise RefineryError(f"round {number} did not finish (status {row[0]}); only finished rounds re-run.")
+        examples = store.frame("SELECT e.id, e.input, e.output, e.kind FROM round_examples r JOIN examples e "
+                               "ON e.id = r.example_id WHERE r.round = ? ORDER BY e.id", [number])
+        test = held_out(store, splits=("test",))
+    snapshot = json.loads(row[2])
+    snapshot.pop("reference", None)
+    config = config_from_table(snapshot, path=Path(f"round {number} snapshot"), text="", pyproject=False)
+    recorded = project.with_config(config)
+    digest = hashlib.sha256("\n".join(examples["id"].to_list()).encode()).hexdigest()
+    if digest != row[4]:
+        raise RefineryError(f"round {number}'s training set no longer hashes to what it recorded ({row[4][:12]} vs "
+                            f"{digest[:12]}): an example it trained on is gone from the store.")
+    out_dir = project.runs_dir / f"round-{number:03d}" / time.strftime("rerun-%Y%m%d-%H%M%S")
+    base_model = resolve_base_model(recorded)
+    result = train.train(examples, base_model=base_model, settings=config.train, out_dir=out_dir, on_step=on_step)
+    model_path, adapter = ((result.weights_path, None) if result.method == "full"
+                           else (base_model, result.weights_path))
+    asked = ask(recorded, load_rules(project.rules_dir), test, model_path=model_path, adapter=adapter)
+    before = json.loads(row[6])
+    document = {
+        "round": number, "dir": str(out_dir), "train_set_hash": digest, "examples": examples.height,
+        "recorded": {"test": before.get("test"), "mix": before.get("mix")},
+        "rerun": {"test": asked.metrics.get("test"), "mix": asked.metrics.get("mix")},
+        "weights_max_abs_diff": _weights_diff(row[5], result.weights_path),
+        "versions_changed": {k: [v, versions().get(k)] for k, v in json.loads(row[3] or "{}").items()
+                             if versions().get(k) != v},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "rerun.json").write_text(json.dumps(document, indent=2))
+    return document
+
+
+def _weights_diff(recorded: str | None, rerun: str) -> float | None:
+    """Largest absolute difference between the recorded and the re-trained weights (0.0: bit-identical)."""
+    if not recorded or not Path(recorded).is_dir():
+        return None
+    from safetensors.torch import load_file
+
+    def tensors(folder: str) -> dict:
+        return {k: v for f in sorted(Path(folder).glob("*.safetensors")) for k, v in load_file(f).items()}
+
+    old, new = tensors(recorded), tensors(rerun)
+    if old.keys() != new.keys():
+        return None
+    return max((float((old[k].float() - new[k].float()).abs().max()) for k in old), default=0.0)
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("refinery", "torch", "transformers", "peft", "trl", "sentence-transformers", "scikit-learn",
+                 "duckdb", "polars"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "missing"
+    return out
