@@ -232,10 +232,11 @@ def rerun(ctx: typer.Context,
     figures and the weights with what it recorded. Adds nothing to the store."""
     from refinery.measure import rerun_round
     with _StageReporter() as reporter:
-        reporter.out.print(f"Re-running round {number} from its record")
-        reporter.bar.start()
-        reporter.stage("train")
-        document = rerun_round(_project(ctx), number, on_step=reporter.progress)
+        def started(examples: int) -> None:
+            reporter.out.print(f"Re-running round {number} from its record: {examples} examples")
+            reporter.bar.start()
+            reporter.stage("train")
+        document = rerun_round(_project(ctx), number, on_start=started, on_step=reporter.progress)
     if as_json:
         return _print_json(document)
     table = Table("", "test pass rate", "weighted score", "answer acc. cue on", "cue off",

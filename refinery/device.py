@@ -58,8 +58,11 @@ def load_model(base_model: str, *, device: str, dtype: Any, adapter: str | None 
     tokenizer = load_tokenizer(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype).to(device)
     if adapter:
+        import warnings
+
         from peft import PeftModel
 
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)  # peft
         # Merged for speed: the same function, one matmul per layer instead of two.
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload().to(device)
     model.eval()

@@ -186,7 +186,7 @@ def references(store: Store) -> dict[str, dict[str, Any]]:
     return {kind: json.loads(metrics) for kind, metrics in rows.iter_rows()}
 
 
-def rerun_round(project: Project, number: int, *, on_step=None) -> dict[str, Any]:
+def rerun_round(project: Project, number: int, *, on_start=None, on_step=None) -> dict[str, Any]:
     """Train round `number` again from what it recorded (its config snapshot and its exact training set) and
     measure it on the test split; compare with the figures and the weights it recorded."""
     from refinery import train
@@ -211,6 +211,8 @@ def rerun_round(project: Project, number: int, *, on_step=None) -> dict[str, Any
     if digest != row[4]:
         raise RefineryError(f"round {number}'s training set no longer hashes to what it recorded ({row[4][:12]} vs "
                             f"{digest[:12]}): an example it trained on is gone from the store.")
+    if on_start:
+        on_start(examples.height)
     out_dir = project.runs_dir / f"round-{number:03d}" / time.strftime("rerun-%Y%m%d-%H%M%S")
     base_model = resolve_base_model(recorded)
     result = train.train(examples, base_model=base_model, settings=config.train, out_dir=out_dir, on_step=on_step)

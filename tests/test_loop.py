@@ -79,7 +79,7 @@ def test_a_round_records_every_figure_it_reports(demo_project) -> None:
     assert second.previous == 1 and second.train["examples"] == 20 + generated.height
 
 
-def test_an_interrupted_round_is_marked_failed_and_the_next_one_runs(demo_project) -> None:
+def test_an_interrupted_round_is_marked_failed_and_restarted_by_the_next(demo_project) -> None:
     with pytest.raises(KeyboardInterrupt):
         run_round(demo_project, reporter=StopAt("evaluate"))
     with Store(demo_project.store_path) as store:
@@ -87,11 +87,20 @@ def test_an_interrupted_round_is_marked_failed_and_the_next_one_runs(demo_projec
             "failed", "interrupted")
         assert store.scalar("SELECT count(*) FROM examples WHERE source = 'generated'") == 0
         assert store.scalar("SELECT count(*) FROM round_stages WHERE round = 1 AND status = 'running'") == 0
-    summary = run_round(demo_project)
-    assert summary.number == 2 and summary.previous is None
+        assert store.scalar("SELECT count(*) FROM predictions WHERE round = 1") > 0  # infer had finished
+    summary = run_round(demo_project)  # round 1 again; training had finished on the same set, so it resumes
+    assert summary.number == 1 and summary.previous is None and summary.status == "done"
+    with Store(demo_project.store_path) as store:
+        assert store.one("SELECT status, attempts, error FROM rounds WHERE number = 1") == (
+            "done", 2, "attempt 1: interrupted")
+        stages = store.frame("SELECT stage, status FROM round_stages WHERE round = 1 ORDER BY stage")
+        assert stages.rows() == [(s, "done") for s in sorted(("train", "infer", "evaluate", "analyze", "generate",
+                                                               "record"))]
+        held_out = store.scalar("SELECT count(*) FROM examples WHERE split <> 'train'")
+        assert store.scalar("SELECT count(*) FROM predictions WHERE round = 1 AND variant = ''") == held_out
 
 
-def test_a_round_whose_process_died_is_closed_by_the_next(demo_project) -> None:
+def test_a_round_whose_process_died_is_restarted_by_the_next(demo_project) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     with Store(demo_project.store_path) as store:
@@ -105,18 +114,17 @@ def test_a_round_whose_process_died_is_closed_by_the_next(demo_project) -> None:
         with pytest.raises(RefineryError) as err:
             run_round(demo_project)
         assert str(err.value) == (f"round 2 is running in process {alive.pid}. Wait for it to finish, or stop that "
-                                  f"process; the next `refinery iterate` then marks it failed and starts a new round.")
+                                  f"process; the next `refinery iterate` then restarts that round.")
     finally:
         alive.kill()
         alive.wait()
-    with Store(demo_project.store_path) as store:
-        store.con.execute("UPDATE rounds SET status = 'failed' WHERE number = 2")
-    with pytest.raises(KeyboardInterrupt):  # starting a round is enough to close the dead one
+    with pytest.raises(KeyboardInterrupt):  # starting a round is enough to close the dead ones
         run_round(demo_project, reporter=StopAt("train"))
     with Store(demo_project.store_path) as store:
-        rounds = store.con.execute("SELECT number, status, error FROM rounds ORDER BY number").fetchall()
-    assert rounds == [(1, "failed", f"interrupted: process {dead.pid} ended before the round finished"),
-                      (2, "failed", None), (3, "failed", "interrupted")]
+        rounds = store.con.execute("SELECT number, status, attempts, error FROM rounds ORDER BY number").fetchall()
+    ended = "interrupted: process {} ended before the round finished"
+    assert rounds == [(1, "failed", 1, ended.format(dead.pid)),  # the last unfinished round is the one restarted
+                      (2, "failed", 2, "interrupted")]
 
 
 def test_iterate_cli_refuses_bad_rules_before_starting(demo_project, cli) -> None:
@@ -136,7 +144,11 @@ def test_iterate_cli_prints_the_round_and_json(demo_project, cli) -> None:
     assert "Generated " in result.out
     for stage in ("train", "infer", "evaluate", "analyze", "generate", "record"):
         assert f"  {stage}" in result.err
+    assert "Test pass rate by round" in result.out and "Stopped: ran the 1 round asked for" in result.out
     document = json.loads(cli("iterate", "--steps", "8", "--json").out)
+    assert document["stop_reason"] == "ran the 1 round asked for" and len(document["rounds"]) == 1
+    assert [h["round"] for h in document["history"]] == [1, 2]
+    document = document["rounds"][0]
     assert document["number"] == 2 and document["previous"] == 1
     assert set(document["metrics"]) == {"analysis", "corner", "test", "mix"}
     mix = document["metrics"]["mix"]
