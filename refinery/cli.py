@@ -110,7 +110,8 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
     if as_json:
         return _print_json(result.to_dict())
     console.print(f"Project {project.root}  store {project.store_path}")
-    console.print(f"{result.examples} active examples, {result.rejected} rejected")
+    pending = f", {result.pending} pending review" if result.pending else ""
+    console.print(f"{result.examples} active examples, {result.rejected} rejected{pending}")
     table = Table("split", "total", "reasoning", "direct", "seed", "import", "generated", "relabel")
     for split in ("train", "analysis", "test", "corner"):
         rows = result.counts.filter(split=split)
@@ -126,8 +127,12 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
         seconds = f"{r['seconds']:.0f}" if r["seconds"] is not None else "-"
         measured = r["metrics"] or {}
         rates = [f"{measured[s]['pass_rate']:.1%}" if s in measured else "-" for s in ("test", "analysis")]
-        rounds.add_row(str(r["number"]), r["status"], r["started_at"].replace("T", " ")[:16], seconds, *rates)
+        name = str(r["number"]) + ("" if r["kind"] == "round" else f" ({r['kind']})")
+        rounds.add_row(name, r["status"], r["started_at"].replace("T", " ")[:16], seconds, *rates)
     console.print(rounds)
+    stopped = next((r["stop_reason"] for r in reversed(result.rounds) if r["stop_reason"]), None)
+    if stopped:
+        console.print(f"Last iterate stopped: {stopped}")
 
 
 @app.command()

@@ -16,6 +16,7 @@ class Status:
     store: str
     examples: int
     rejected: int
+    pending: int
     counts: pl.DataFrame  # split, kind, source, examples (active examples only)
     rounds: list[dict[str, Any]]
 
@@ -24,6 +25,7 @@ class Status:
             "store": self.store,
             "examples": self.examples,
             "rejected": self.rejected,
+            "pending": self.pending,
             "by_split": self.totals("split"),
             "by_kind": self.totals("kind"),
             "by_source": self.totals("source"),
@@ -42,13 +44,14 @@ def project_status(store: Store, *, last_rounds: int = 5) -> Status:
         SELECT split, kind, source, count(*)::INTEGER AS examples FROM examples WHERE status = 'active'
         GROUP BY ALL ORDER BY split, kind, source""")
     rounds = store.frame("""
-        SELECT number, status, metrics, started_at, finished_at,
+        SELECT number, kind, status, metrics, stop_reason, started_at, finished_at,
                date_diff('millisecond', started_at, finished_at) / 1000.0 AS seconds
         FROM rounds ORDER BY number DESC LIMIT ?""", [last_rounds]).reverse()
     return Status(
         store=str(store.path),
         examples=int(counts["examples"].sum()),
         rejected=store.scalar("SELECT count(*) FROM examples WHERE status = 'rejected'"),
+        pending=store.scalar("SELECT count(*) FROM examples WHERE status = 'pending'"),
         counts=counts,
         rounds=[_round_row(row) for row in rounds.iter_rows(named=True)],
     )
@@ -57,7 +60,9 @@ def project_status(store: Store, *, last_rounds: int = 5) -> Status:
 def _round_row(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "number": row["number"],
+        "kind": row["kind"],
         "status": row["status"],
+        "stop_reason": row["stop_reason"],
         "metrics": json.loads(row["metrics"]) if row["metrics"] else None,
         "started_at": row["started_at"].isoformat(timespec="seconds"),
         "finished_at": row["finished_at"].isoformat(timespec="seconds") if row["finished_at"] else None,
