@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install
+.PHONY: demo test install chromium
 
 install: $(VENV)/.installed
 
@@ -15,13 +15,20 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 # The bundled weather-tags demo: seed set for training, broad held-out set dealt into analysis/test, corner cases;
-# then three rounds. Ingest skips what the store already holds, so running it again just adds three more rounds.
+# then the few-shot baseline and rounds until the test split plateaus. Ingest skips what the store already holds.
 demo: install
 	$(BIN)/refinery ingest data/demo/seed.jsonl --split train --source seed
 	$(BIN)/refinery ingest data/demo/eval.jsonl --split holdout
 	$(BIN)/refinery ingest data/demo/corner.jsonl --split corner
-	HF_HUB_OFFLINE=1 $(BIN)/refinery iterate --rounds 3
+	HF_HUB_OFFLINE=1 $(BIN)/refinery baseline
+	HF_HUB_OFFLINE=1 $(BIN)/refinery iterate --until-plateau
 	$(BIN)/refinery status
 
-test: install
+# The report's test opens the page in headless Chromium: Debian's package, installed here when missing (as root).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends chromium >/dev/null) || \
+		echo "chromium is not installed (apt-get needs root): the report's browser test is skipped outside CI."
+
+test: install chromium
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)

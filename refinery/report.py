@@ -12,6 +12,7 @@ from typing import Any
 
 import polars as pl
 
+from refinery import __version__
 from refinery.errors import RefineryError
 from refinery.project import Project
 from refinery.store import Store
@@ -95,6 +96,7 @@ def render_html(report: Report) -> str:
     from importlib.resources import files
 
     import jinja2
+    from markupsafe import Markup
 
     from refinery.report_plots import draw_plots
 
@@ -102,9 +104,7 @@ def render_html(report: Report) -> str:
                              undefined=jinja2.StrictUndefined)
     env.filters.update(pct=pct, pts=pts, num=num, round_name=round_name)
     template = env.from_string(files("refinery").joinpath("report.html.jinja").read_text(encoding="utf-8"))
-    plots = {name: jinja2.utils.markupsafe.Markup(svg) if svg else None
-             for name, svg in draw_plots(report).items()}
-    from refinery import __version__
+    plots = {name: Markup(svg) if svg else None for name, svg in draw_plots(report).items()}
     return template.render(r=report, v=views(report), plots=plots, version=__version__)
 
 
@@ -113,7 +113,8 @@ def render_html(report: Report) -> str:
 def _rounds(store: Store) -> list[dict[str, Any]]:
     frame = store.frame("""
         SELECT r.number, r.kind, r.status, r.metrics, r.stop_reason, r.error, r.started_at,
-               date_diff('millisecond', r.started_at, r.finished_at) / 1000.0 AS seconds,
+               CASE WHEN r.kind = 'round' THEN date_diff('millisecond', r.started_at, r.finished_at) / 1000.0
+                    ELSE (SELECT sum(s.seconds) FROM round_stages s WHERE s.round = r.number) END AS seconds,
                (SELECT count(*) FROM round_examples x WHERE x.round = r.number)::INTEGER AS trained_on
         FROM rounds r ORDER BY r.number""")
     rows = []
@@ -356,7 +357,8 @@ def _table(title: str, columns: list[str], rows: list[list[str]]):
     table = Table(title=title, title_justify="left")
     for i, name in enumerate(columns):
         figures = all(re.fullmatch(r"[-+\d.,%()/ >?]*( pts)?", row[i]) for row in rows) and i > 0
-        table.add_column(name, justify="right" if figures else "left")
+        table.add_column(name, justify="right" if figures else "left", no_wrap=i == 0,
+                         min_width=max([len(row[i]) for row in rows] + [1]) if i == 0 else None)
     for row in rows:
         table.add_row(*row)
     return table
@@ -367,8 +369,9 @@ def _rounds_text(report: Report, v: dict[str, Any]) -> list:
              pct(r["pass_rate"]), pts(r["delta"]), pct(r["weighted_score"]), pct(r["analysis_pass_rate"]),
              pct(r["corner_pass_rate"]), num(r["seconds"], 1), r["stop_reason"] or (r["error"] or "")[:60]]
             for r in v["rounds"]]
-    return [_table("1. Main metric per round (test split)", ["round", "status", "trained on", "test examples",
-                   "test pass rate", "change", "weighted score", "analysis", "corner", "seconds", "note"], rows)]
+    return [_table("1. Main metric per round (test split; analysis and corner: their pass rates)",
+                   ["round", "status", "trained on", "tests", "test pass", "change", "weighted", "analysis", "corner",
+                    "seconds", "note"], rows)]
 
 
 def _checks_text(report: Report, v: dict[str, Any]) -> list:

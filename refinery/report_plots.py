@@ -53,10 +53,10 @@ def _svg(name: str, draw: Callable[[Report], Figure | None], report: Report) -> 
     return svg.replace("<svg ", f'<svg class="plot" data-plot="{name}" role="img" ', 1)
 
 
-def _figure(width: float, height: float, **grid: Any) -> tuple[Figure, Any]:
+def _figure(width: float, height: float, *, layout: str | None = "constrained", **grid: Any) -> tuple[Figure, Any]:
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width, height), layout="constrained")
+    figure = Figure(figsize=(width, height), layout=layout)
     return figure, figure.subplots(**grid)
 
 
@@ -205,21 +205,25 @@ def map_plot(report: Report) -> Figure | None:
     rounds = sorted({p["round"] for p in report.failure_map})
     if not rounds:
         return None
-    figure, axes = _figure(min(10, 3.4 * len(rounds) + 0.6), 4.2, ncols=len(rounds), sharex=True, sharey=True,
-                           squeeze=False)
+    most = max(len({p["rank"] for p in report.failure_map if p["round"] == n}) for n in rounds)
+    legend = 0.7 + 0.14 * most  # inches under the panels for the axis label and the legends
+    figure, axes = _figure(min(10, 3.4 * len(rounds) + 0.6), 3.0 + legend, layout=None, ncols=len(rounds),
+                           sharex=True, sharey=True, squeeze=False)
+    figure.subplots_adjust(left=0.08, right=0.98, top=0.93, bottom=legend / (3.0 + legend), wspace=0.1)
     for ax, n in zip(axes[0], rounds, strict=True):
         points = [p for p in report.failure_map if p["round"] == n]
         for rank in sorted({p["rank"] for p in points}):
             members = [p for p in points if p["rank"] == rank]
             label = members[0]["label"]
-            label = label if len(label) <= 34 else label[:33] + "…"
+            label = label if len(label) <= 27 else label[:26] + "…"
             ax.scatter([p["x"] for p in members], [p["y"] for p in members], s=24, linewidths=0.5,
                        edgecolors="white", color=PALETTE[(rank - 1) % len(PALETTE)], gid=f"points-r{n}-c{rank}",
                        label=f"c{rank:02d} {label} ({len(members)})")
         ax.set_title(f"round {n}: {len(points)} failures", fontsize=9)
         ax.set_xlabel("PC 1")
         ax.tick_params(labelsize=7)
-        ax.legend(loc="upper left", bbox_to_anchor=(0, -0.16), fontsize=7, handletextpad=0.2, markerscale=1.2)
+        ax.legend(loc="upper left", bbox_to_anchor=(-0.02, -0.17), fontsize=7, handletextpad=0.2, markerscale=1.2,
+                  borderaxespad=0)
     axes[0][0].set_ylabel("PC 2")
     return figure
 

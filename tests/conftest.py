@@ -84,13 +84,18 @@ per_cluster = 4
 @pytest.fixture
 def demo_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A small copy of the demo (seed, 70 held-out rows, corner cases) with fast training settings."""
-    root = tmp_path / "demo"
+    project = make_demo(tmp_path / "demo")
+    monkeypatch.chdir(project.root)
+    return project
+
+
+def make_demo(root: Path):
+    """The demo_project fixture's project at `root`, for fixtures of a wider scope."""
     shutil.copytree(REPO / "rules", root / "rules")
     shutil.copytree(REPO / "templates", root / "templates")
     write(root / "refinery.toml", CONFIG)
     lines = (REPO / "data" / "demo" / "eval.jsonl").read_text().splitlines()[:70]
     write(root / "data" / "eval.jsonl", "\n".join(lines) + "\n")
-    monkeypatch.chdir(root)
     project = load_project(root, environ={})
     with Store(project.store_path) as store:
         ingest_files(store, [REPO / "data" / "demo" / "seed.jsonl"], config=project.config, split="train",
