@@ -23,6 +23,7 @@ demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/refinery baseline
 	HF_HUB_OFFLINE=1 $(BIN)/refinery iterate --until-plateau
 	$(BIN)/refinery status
+	$(BIN)/refinery report
 
 # The report's test opens the page in headless Chromium: Debian's package, installed here when missing (as root).
 chromium:
