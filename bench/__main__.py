@@ -1,0 +1,179 @@
+"""`python -m bench` (or `bench/run`): run the benchmarks and write results JSON and docs/benchmarks.md.
+
+    bench/run                      # the full setting (about 25 minutes on a quiet 2-core CPU machine)
+    bench/run --quick              # a tiny setting, to check it all runs (about a minute); writes to bench/out/quick
+    bench/run --parts efficiency --seeds 5 --rounds 3
+    bench/run --report-only        # re-render the markdown and plots from the last results JSON
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from bench.demo import REPO  # noqa: E402
+
+PARTS = ("efficiency", "stages", "scale")
+FULL = {"seeds": 3, "rounds": 4, "steps": None, "eval_rows": None, "analysis_sizes": [1000, 10000, 100000],
+        "clusterers": ["silhouette", "kmeans-fixed"], "ingest_sizes": [10000, 100000, 1000000],
+        "embed_texts": 2000, "scale_timeout": 150.0}
+QUICK = {"seeds": 1, "rounds": 2, "steps": 4, "eval_rows": 40, "analysis_sizes": [300, 600],
+         "clusterers": ["silhouette", "kmeans-fixed"], "ingest_sizes": [1000, 2000], "embed_texts": 64,
+         "scale_timeout": 120.0}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny setting (smoke test); output to OUT/quick")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of: {', '.join(PARTS)}")
+    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (full: 3)")
+    parser.add_argument("--rounds", type=int, help="rounds per arm (full: 4)")
+    parser.add_argument("--steps", type=int, help="[train] steps of a round (full: the demo's, 300)")
+    parser.add_argument("--eval-rows", type=int, help="first N rows of the demo's eval set (full: all 600)")
+    parser.add_argument("--target", type=float, help="test pass rate to reach (default: auto, halfway from the "
+                                                       "seed-only rate to the best median any arm reached)")
+    parser.add_argument("--analysis-sizes", type=_ints, help="failures to analyse (full: 1000,10000,100000)")
+    parser.add_argument("--clusterers", type=_names, help="silhouette (the default), kmeans-fixed, hdbscan")
+    parser.add_argument("--ingest-sizes", type=_ints, help="examples to ingest (full: 10000,100000,1000000)")
+    parser.add_argument("--embed-texts", type=int, help="texts for the embedding throughput (full: 2000)")
+    parser.add_argument("--scale-timeout", type=float, help="seconds one scale measurement may take (full: 150)")
+    parser.add_argument("--out", type=Path, help="results JSON and work folders (default: bench/out)")
+    parser.add_argument("--docs", type=Path, help="where benchmarks.md and its plots go (default: docs/; with "
+                                                  "--quick or --out, the results folder's docs/)")
+    parser.add_argument("--report-only", action="store_true", help="only re-render the markdown from the JSON")
+    args = parser.parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.parts = [p for p in args.parts.split(",") if p]
+    unknown = [p for p in args.parts if p not in PARTS]
+    if unknown:
+        parser.error(f"--parts: unknown {', '.join(unknown)} (expected: {', '.join(PARTS)})")
+    own_out = args.out is not None
+    args.out = (args.out or REPO / "bench" / "out") / ("quick" if args.quick else "")
+    args.docs = args.docs or (args.out / "docs" if args.quick or own_out else REPO / "docs")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    results_path = args.out / "results.json"
+    if args.report_only:
+        from bench.report import write_report
+
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+        print(f"wrote {write_report(results, args.docs, target=args.target)}")
+        return 0
+    warnings.filterwarnings("ignore")
+    from bench.machine import commit, machine, versions
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = args.out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    started = time.perf_counter()
+    log = _logger(started)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    results: dict[str, Any] = {"settings": settings, "machine": machine(), "versions": versions(),
+                               "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M %Z"), "seconds": {}}
+
+    def save() -> None:
+        results_path.write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
+
+    if "efficiency" in args.parts or "stages" in args.parts:
+        from bench.stages import warm_up
+
+        log("warming up: a one-step training, a generation and an embedding on a toy input")
+        warm_up()
+    for part in PARTS:
+        if part not in args.parts:
+            continue
+        began = time.perf_counter()
+        try:
+            results[part] = RUNNERS[part](args, work, log, results, save)
+        except Exception:  # one part failing must not lose the others in an unattended run
+            results.setdefault("errors", {})[part] = traceback.format_exc()
+            log(f"{part} failed:\n{results['errors'][part]}")
+        results["seconds"][part] = round(time.perf_counter() - began, 1)
+        save()
+    results["seconds"]["total"] = round(time.perf_counter() - started, 1)
+    save()
+    from bench.report import write_report
+
+    page = write_report(results, args.docs, target=args.target)
+    log(f"wrote {results_path} and {page} in {results['seconds']['total'] / 60:.1f} min")
+    if results.get("efficiency"):
+        from bench.report import statement
+
+        print(statement(results["efficiency"], args.target), flush=True)
+    if results.get("errors"):
+        log(f"failed parts: {', '.join(results['errors'])} (tracebacks in {results_path})")
+        return 1
+    return 0
+
+
+def _efficiency(args, work: Path, log, results: dict[str, Any], save) -> list[dict[str, Any]]:
+    from bench.efficiency import run_efficiency
+
+    def partial(rows: list[dict[str, Any]]) -> None:  # saved after every round: an interrupted run keeps them
+        results["efficiency"] = rows
+        save()
+
+    return run_efficiency(seeds=list(range(args.seeds)), rounds=args.rounds, steps=args.steps,
+                          eval_rows=args.eval_rows, work=work / "efficiency", log=log, on_row=partial)
+
+
+def _stages(args, work: Path, log, results: dict[str, Any], save) -> dict[str, Any]:
+    from bench.stages import run_stages
+
+    reused = work / "efficiency" / "seed-0" / "targeted" if "efficiency" in results else None
+    return run_stages(steps=args.steps, eval_rows=args.eval_rows, work=work, log=log, reuse=reused)
+
+
+def _scale(args, work: Path, log, results: dict[str, Any], save) -> dict[str, Any]:
+    from bench.scale import embed_throughput, run_analysis_scale, run_ingest_scale
+
+    out: dict[str, Any] = {}
+    results["scale"] = out
+    out["analysis"] = run_analysis_scale(args.analysis_sizes, args.clusterers, timeout=args.scale_timeout, log=log)
+    save()
+    out["embed"] = embed_throughput(args.embed_texts, log=log)
+    out["ingest"] = run_ingest_scale(args.ingest_sizes, work / "ingest", timeout=args.scale_timeout, log=log)
+    return out
+
+
+RUNNERS = {"efficiency": _efficiency, "stages": _stages, "scale": _scale}
+
+
+def _logger(started: float):
+    def log(message: str) -> None:
+        elapsed = time.perf_counter() - started
+        print(f"[{int(elapsed // 60):3d}:{int(elapsed % 60):02d}] {message}", file=sys.stderr, flush=True)
+    return log
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part.replace("_", "")) for part in text.split(",") if part]
+
+
+def _names(text: str) -> list[str]:
+    return [part for part in text.split(",") if part]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,470 @@
+"""docs/benchmarks.md and its plots, written from the results JSON of `bench/run`. Every figure and every
+sentence that judges one comes from the results; nothing here is a measured value."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from bench import stats
+from bench.efficiency import ARMS
+
+ARM_NAMES = {"targeted": "targeted (refinery)", "random": "random augmentation", "steps": "no new data, more steps"}
+ARM_COLOURS = {"targeted": "#1f77b4", "random": "#ff7f0e", "steps": "#7f7f7f"}
+PLOT = "benchmarks/sample-efficiency.svg"
+
+
+def write_report(results: dict[str, Any], docs: Path, *, target: float | None = None) -> Path:
+    docs.mkdir(parents=True, exist_ok=True)
+    if results.get("efficiency"):
+        plot_efficiency(results["efficiency"], docs / PLOT)
+    page = docs / "benchmarks.md"
+    page.write_text(render(results, target=target), encoding="utf-8")
+    return page
+
+
+def render(results: dict[str, Any], *, target: float | None = None) -> str:
+    s = results["settings"]
+    lines = ["# Benchmarks", "",
+             f"Written by `bench/run` on {results['date']} from one run of {_minutes(results['seconds'].get('total'))}"
+             f" (commit {results['commit']}); raw results in `{_rel(Path(s['out']) / 'results.json')}`. "
+             f"Re-run it all with `bench/run` (see `bench/README.md`).", ""]
+    if results.get("efficiency"):
+        lines += ["## The answer", "", statement(results["efficiency"], target), ""]
+    lines += _machine(results)
+    if results.get("efficiency"):
+        lines += _efficiency(results["efficiency"], s, target)
+    if results.get("stages"):
+        lines += _stages(results["stages"])
+    if results.get("scale"):
+        lines += _scale(results["scale"], s)
+    for part, error in (results.get("errors") or {}).items():
+        last = error.strip().splitlines()[-1] if error.strip() else "?"
+        lines += [f"**The {part} part failed** in this run: `{last}` (traceback in the results JSON).", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def statement(rows: list[dict[str, Any]], target: float | None) -> str:
+    """The plain verdict on targeted against random, from the data."""
+    target = stats.auto_target(rows) if target is None else target
+    v = stats.verdict(rows, target)
+    if v["outcome"] == "no data":
+        return "No verdict: targeted against random needs at least two rounds of both arms."
+    f = v["final"]
+    d = f["difference"]
+    head = {"targeted beat random": "**Targeted data beat random augmentation.**",
+            "targeted ahead, within chance": "**Targeted data did better than random augmentation, but by no more "
+                                             "than chance explains.**",
+            "random beat targeted": "**Targeted data did not beat random augmentation: random did better.**",
+            "random ahead, within chance": "**Targeted data did not beat random augmentation: random did better, "
+                                           "though by no more than chance explains.**",
+            "no clear difference": "**Targeted data did not clearly beat random augmentation.**"}[v["outcome"]]
+    text = (f"{head} At round {v['rounds']} ({v['seeds']} seed{'s' if v['seeds'] != 1 else ''}, the same number of "
+            f"added examples in both arms), the median test pass rate was {_pct(f['targeted']['median'])} with "
+            f"refinery's targeted counterexamples against {_pct(f['random']['median'])} with random ones: "
+            f"{_pts(d['median'])}" + (f" (per seed {_pts(d['min'])} to {_pts(d['max'])}; targeted higher in "
+                                      f"{f['wins']}, lower in {f['losses']}, equal in {f['ties']})."
+                                      if v["seeds"] > 1 else "."))
+    m = v.get("mcnemar")
+    if m:
+        text += (f" On the same {m['pairs']} test examples (all seeds pooled), {m['only_targeted']} passed only with "
+                 f"targeted data and {m['only_random']} only with random data (exact McNemar p = {m['p']:.2g}"
+                 + ("; a difference this size is within chance)." if m["p"] >= 0.05 else ")."))
+    if v["mean_difference_rounds_2_on"] is not None and v["rounds"] > 2:
+        text += f" Over rounds 2-{v['rounds']} the mean gap was {_pts(v['mean_difference_rounds_2_on'])}."
+    text += " " + _reach_sentence(v)
+    steps = stats.curves(rows).get("steps")
+    if steps:
+        last = steps[-1]
+        text += (f" Training longer on the seed set alone ({int(last['steps']['median'])} steps in round "
+                 f"{last['round']}) gave {_pct(last['pass_rate']['median'])}.")
+    return text
+
+
+def _reach_sentence(v: dict[str, Any]) -> str:
+    target, reach, ratio = v["target"], v["reach"], v["data_ratio"]
+    t, r = reach.get("targeted"), reach.get("random")
+    if not t or not r:
+        return ""
+    text = (f"To reach {_pct(target)} on the test split, {_reached(t, 'the targeted arm', v['rounds'])}; "
+            f"{_reached(r, 'random augmentation', v['rounds'])}.")
+    if ratio is None:
+        return text + " No ratio of examples can be given from that."
+    value = ratio["value"]
+    if ratio["bound"] == "exact":
+        text += f" Random augmentation needed {value:.1f}x the examples targeted data needed."
+    elif ratio["bound"] == "at least":
+        text += f" Random augmentation needed more than {value:.1f}x the examples targeted data needed."
+    else:
+        text += f" Targeted data needed more than {1 / value:.1f}x the examples random augmentation needed."
+    anchor = ("the published anchor for error-driven and targeted augmentation: about half the data of random "
+              "selection, or less")
+    if value >= 2 and ratio["bound"] != "at most":
+        return text + f" That matches {anchor}."
+    if value > 1 and ratio["bound"] != "at most":
+        return text + f" That is a saving, but smaller than {anchor}."
+    if value <= 1:
+        return text + f" That is no saving in data, against {anchor}."
+    return text + f" That is short of {anchor}."
+
+
+def _reached(entry: dict[str, Any], name: str, rounds: int) -> str:
+    if entry["reached"] == entry["seeds"]:
+        return f"{name} needed a median of {_num(entry['median'])} added examples"
+    if entry["reached"]:
+        return (f"{name} got there in only {entry['reached']} of {entry['seeds']} seeds within {rounds} rounds "
+                f"(median at least {_num(entry['median_at_least'])} examples)")
+    return f"{name} did not get there within {rounds} rounds ({_num(entry['median_at_least'])} examples added)"
+
+
+def _machine(results: dict[str, Any]) -> list[str]:
+    m, v = results["machine"], results["versions"]
+    load = ", ".join(m.get("load_at_start") or []) or "?"
+    lines = ["## Machine and versions", "",
+             f"- CPU: {m['cpu']}, {m['cores']} cores ({m['affinity']} usable, torch threads {m['torch_threads']}); "
+             f"memory {m['memory_gib']} GiB; GPU: {m['gpu']}; {m['os']}; Python {m['python']}.",
+             f"- Load average when the run started: {load} (1, 5, 15 min). Timings are single runs: on a shared "
+             f"machine they move with the load.",
+             "- " + ", ".join(f"{name} {ver}" for name, ver in v.items()) + ".",
+             "- Time per part: " + ", ".join(f"{k} {_minutes(s)}" for k, s in results["seconds"].items()) + ".", ""]
+    return lines
+
+
+def _efficiency(rows: list[dict[str, Any]], s: dict[str, Any], target: float | None) -> list[str]:
+    table = stats.curves(rows)
+    seeds = sorted({r["seed"] for r in rows})
+    rounds = max(r["round"] for r in rows)
+    first = min(rows, key=lambda r: (r["arm"] != "targeted", r["round"]))
+    target = stats.auto_target(rows) if target is None else target
+    out = ["## 1. Sample efficiency: targeted data against random data and more steps", "",
+           "### Method", "",
+           "- The bundled demo (weather tags): its seed set (20 examples), base model (`data/tiny-base`), rules, "
+           "templates and settings, ingested as `make demo` does"
+           + (f", with only the first {s['eval_rows']} rows of its eval set" if s.get("eval_rows") else "") + ".",
+           f"- {len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))}). A seed sets "
+           f"`[core] seed` (the deal of the held-out rows into analysis and test, and generation) and "
+           f"`[train] seed`; the three arms of a seed share both, so they start from the same model on the same "
+           f"split.",
+           f"- {rounds} rounds per arm, {first['steps']} training steps a round (batch "
+           f"{first.get('batch_size', '?')}), each round a fresh LoRA "
+           f"adapter from the base model. Round r's model is trained on the seed set plus what rounds 1..r-1 "
+           f"added, so round 1 is the same seed-only model in every arm.",
+           "- **targeted**: refinery as shipped (`[generate] targeting = \"patterns\"`): counterexamples for the "
+           "worst failure patterns of the analysis split.",
+           "- **random**: `targeting = \"random\"`: the same templates rendered from analysis examples drawn at "
+           "random, one template per example in turn, not aimed at any failure, with the same vetting (rules, "
+           "duplicates, test leaks). Its `per_round` is set, round by round, to the number the targeted arm of the "
+           "same seed stored in that round, so both arms hold the same number of added examples every round.",
+           "- **steps**: `targeting = \"off\"` (no new data), round r training r times the steps: the compute the "
+           "targeted arm has spent by round r, put into one model on the seed set. Its rounds do not depend on each "
+           "other, so its round 1 (the same seed-only model) is the targeted arm's, not trained a third time.",
+           f"- Figures are the test split's pass rate (an example passes when every check that applies to it "
+           f"passes; {_test_size(rows)} test examples per seed), never mined. Spread: min-max over seeds "
+           f"(interquartile range in the JSON).",
+           "- Examples to reach a target: the examples added before the first round whose pass rate reached it "
+           "(round granularity, so an upper bound). Target: "
+           + (f"{_pct(target)}, set with `--target`." if s.get("target") is not None else
+              f"{_pct(target)}, chosen by the data: halfway from the median seed-only pass rate to the best median "
+              f"any arm reached, rounded down (arm-neutral)."), ""]
+    out += ["### Test pass rate per round", "",
+            "| round | " + " | ".join(ARM_NAMES[a] for a in ARMS if a in table)
+            + " | added examples (targeted = random) | steps (steps arm) |",
+            "|---|" + "---|" * (len([a for a in ARMS if a in table]) + 2)]
+    for i in range(rounds):
+        cells = []
+        for arm in ARMS:
+            if arm in table:
+                c = table[arm][i] if i < len(table[arm]) else None
+                cells.append(_spread_pct(c["pass_rate"]) if c else "")
+        added = table.get("targeted", [{}] * rounds)[i].get("added_before") if "targeted" in table else None
+        arm_steps = table["steps"][i]["steps"]["median"] if "steps" in table and i < len(table["steps"]) else None
+        out.append(f"| {i + 1} | " + " | ".join(cells) + f" | {_spread_num(added) if added else ''} | "
+                   f"{_num(arm_steps) if arm_steps is not None else ''} |")
+    out += ["", f"Median, with min-max over seeds in brackets. ![Sample-efficiency curves]({PLOT})", ""]
+    out += _reach_lines(rows, target)
+    out += _shortfall_lines(rows)
+    out += _same_start_lines(rows)
+    out += _template_lines(rows)
+    out += ["### Every run", "", "| seed | arm | round | examples added before | steps | test pass rate | added this "
+            "round | seconds |", "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["seed"], ARMS.index(r["arm"]), r["round"])):
+        seconds = f"(the {r['shared_with']} run)" if r.get("shared_with") else f"{r['seconds']:.0f}"
+        out.append(f"| {r['seed']} | {r['arm']} | {r['round']} | {r['added_before']} | {r['steps']} | "
+                   f"{_pct(r['test_pass_rate'])} | {r['added']} | {seconds} |")
+    return out + [""]
+
+
+def _reach_lines(rows: list[dict[str, Any]], target: float) -> list[str]:
+    reach = stats.reach_table(rows, target)
+    out = [f"### Added examples needed to reach {_pct(target)} on the test split", "",
+           "| arm | seeds that reached it | median added examples | per seed |", "|---|---|---|---|"]
+    for arm, entry in reach.items():
+        per = []
+        for seed, v in entry["per_seed"].items():
+            if v["reached"]:
+                per.append(f"seed {seed}: {v['examples']} (round {v['round']}, {v['steps']} steps)")
+            else:
+                per.append(f"seed {seed}: not within {v['rounds']} rounds ({v['max_examples']} added)")
+        if entry["median"] is not None:
+            median = _num(entry["median"])
+        elif arm == "steps":
+            median = "not reached" if not entry["reached"] else f"{entry['reached']} of {entry['seeds']} seeds"
+        else:
+            median = f"more than {_num(entry['median_at_least'])}" if entry["reached"] < entry["seeds"] else "?"
+        out.append(f"| {ARM_NAMES[arm]} | {entry['reached']} of {entry['seeds']} | {median} | {'; '.join(per)} |")
+    return out + ["", "The steps arm adds no examples: it either reaches the target with more steps (0 examples) or "
+                  "does not.", ""]
+
+
+def _shortfall_lines(rows: list[dict[str, Any]]) -> list[str]:
+    short = [r for r in rows if r["arm"] == "random" and r["wanted"] is not None and r["added"] != r["wanted"]]
+    if not short:
+        return ["Equal counts held: in every round the random arm stored exactly as many examples as the targeted "
+                "arm of the same seed.", ""]
+    parts = [f"seed {r['seed']} round {r['round']}: {r['added']} of {r['wanted']}" for r in short]
+    return ["**Equal counts did not always hold**: the random arm stored fewer examples than the targeted arm in "
+            + "; ".join(parts) + " (candidates rejected by vetting beyond what the engine renders).", ""]
+
+
+def _same_start_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Round 1 trains the same seed-only model in every arm of a seed: the check that the arms start level."""
+    seeds = sorted({r["seed"] for r in rows})
+    first = {seed: {r["test_pass_rate"] for r in rows if r["seed"] == seed and r["round"] == 1
+                    and not r.get("shared_with")} for seed in seeds}
+    level = [seed for seed, rates in first.items() if len(rates) == 1]
+    if len(level) == len(seeds):
+        return ["The arms start level: round 1 (the seed-only model), trained separately in the targeted and the "
+                "random arm, gave the same test pass rate in both, "
+                + (f"for each of the {len(seeds)} seeds." if len(seeds) > 1 else "for the one seed."), ""]
+    differ = [seed for seed in seeds if seed not in level]
+    return [f"**The arms did not start level** for seed(s) {', '.join(map(str, differ))}: round 1 gave different "
+            f"test pass rates, so training was not deterministic there; compare those seeds with care.", ""]
+
+
+def _template_lines(rows: list[dict[str, Any]]) -> list[str]:
+    totals: dict[str, dict[str, int]] = {}
+    for r in rows:
+        for template, n in (r.get("by_template") or {}).items():
+            totals.setdefault(template, {}).setdefault(r["arm"], 0)
+            totals[template][r["arm"]] += n
+    if not totals:
+        return []
+    out = ["### What each arm added, by template (all seeds and rounds)", "", "| template | targeted | random |",
+           "|---|---|---|"]
+    for template in sorted(totals):
+        out.append(f"| {template} | {totals[template].get('targeted', 0)} | {totals[template].get('random', 0)} |")
+    return out + [""]
+
+
+def _stages(st: dict[str, Any]) -> list[str]:
+    engine, c = st["round"], st["counts"]
+    total = sum(v for v in engine.values() if v)
+    tr, inf, an = st["train"], st["infer"], st["analyze"]
+    notes = st.get("notes", {})
+    rows = [
+        ("train", engine.get("train"), notes.get("train", ""),
+         f"trl `SFTTrainer`, same LoRA and training settings, same {c['train_examples']} pairs: load, train, save",
+         tr["bare_seconds"]),
+        ("infer", engine.get("infer"), notes.get("infer", ""),
+         f"`model.generate` (transformers), same {inf['prompts']} prompts, batch and adapter (merged), decoded",
+         inf["bare_seconds"]),
+        ("evaluate", engine.get("evaluate"), notes.get("evaluate", ""), "none: refinery's rule checks", None),
+        ("analyze", engine.get("analyze"), notes.get("analyze", ""), "the three parts below, re-run on the same "
+         "failures", None),
+        ("- embed", an["embed"], f"{an['texts']} failing inputs, empty cache, model loaded",
+         "`SentenceTransformer(...).encode` of the same texts (model loaded)", an["bare_embed"]),
+        ("- cluster", an["cluster"], f"{an['clusterer']}, {an['clusters']} clusters",
+         "scikit-learn `KMeans` + `silhouette_score` over the same k, same matrix", an["bare_cluster"]),
+        ("- describe", an["describe"], "features, Fisher tests, statements", "none: refinery's statistics", None),
+        ("generate", engine.get("generate"), notes.get("generate", ""), "none (render, vet, embed candidates)",
+         None),
+        ("record (store)", engine.get("record"), "clusters, generated examples, metrics in one transaction",
+         "none", None),
+    ]
+    out = ["## 2. Where the time goes: one demo round", "",
+           f"{_capital(st.get('source', 'round 1 of the demo'))} ({c['train_examples']} training examples, "
+           f"{c['steps']} steps, {c['outputs']} outputs, {c['failures']} failing analysis cases) in a warm process, "
+           f"by stage as `round_stages` records it, {total:.1f} s in all. Each stage is set against the bare library "
+           f"doing the same work on the same inputs; ratio = refinery / bare (1.00 = no overhead). The analyse "
+           f"stage is split by running refinery's embed, cluster and describe again on the round's failures. One "
+           f"run each.", "",
+           "| stage | refinery s | share of round | what | bare library | bare s | ratio |",
+           "|---|---|---|---|---|---|---|"]
+    for name, seconds, what, bare, bare_seconds in rows:
+        share = f"{seconds / total:.0%}" if seconds is not None and total and not name.startswith("-") else ""
+        ratio = f"{seconds / bare_seconds:.2f}" if seconds and bare_seconds else ""
+        out.append(f"| {name} | {_sec(seconds)} | {share} | {what} | {bare} | {_sec(bare_seconds)} | {ratio} |")
+    out += ["", f"Training throughput: refinery {tr['engine_steps_per_second']:.1f} steps/s inside its trainer "
+            f"({tr['engine_trainer_seconds']:.1f} s), bare trl {tr['bare_steps_per_second']:.1f} steps/s "
+            f"({tr['bare_trainer_seconds']:.1f} s): ratio "
+            f"{tr['bare_steps_per_second'] / tr['engine_steps_per_second']:.2f} (bare / refinery). Bare "
+            f"generation spent {inf['bare_load_seconds']:.1f} s loading and merging. Embedding: refinery "
+            f"{an['texts'] / an['embed']:.0f} texts/s, bare {an['texts'] / an['bare_embed']:.0f} texts/s, both "
+            f"including the model load." if an["embed"] and an["bare_embed"] else "", ""]
+    return out
+
+
+def _scale(sc: dict[str, Any], s: dict[str, Any]) -> list[str]:
+    emb = sc.get("embed") or {}
+    rate = emb.get("per_second")
+    out = ["## 3. Scale", "", "### Analysis of many failures", "",
+           "refinery's `analyze` (cluster + describe, the analyse stage after embedding) on synthetic failures: "
+           "demo inputs from the demo's generator (`data/demo/make_demo.py`), failing checks planted by input "
+           "feature, a quarter as many passing cases, and **precomputed synthetic 384-d embeddings** (embedding "
+           "is measured on its own below). Each size in its own process; peak memory is the process's maximum "
+           "resident set (`/usr/bin/time -v`), which includes about the baseline shown (Python, polars, "
+           "scikit-learn and the inputs). Clusterers: `silhouette` is the engine's default (k-means with k chosen "
+           "by silhouette score over 2..`max_clusters`); `kmeans-fixed` is one k-means at k = `max_clusters`, "
+           "swapped in through `analyze(..., clusterer=...)`.", "",
+           "| failures | clusterer | total s | cluster s | describe s | peak MB | baseline MB | growth of time "
+           "from the size before |", "|---|---|---|---|---|---|---|---|"]
+    analysis = sc.get("analysis", [])
+    for clusterer in dict.fromkeys(r["clusterer"] for r in analysis):
+        previous = None
+        for r in [r for r in analysis if r["clusterer"] == clusterer]:
+            res = r.get("result") or {}
+            if r["status"] == "skipped":
+                p = r["predicted"]
+                out.append(f"| {r['n']:,} | {clusterer} | not run: about {_minutes(p['seconds'])} or more predicted "
+                           f"(time ~ n^{p['exponent']:.2f} from the two sizes before), over the "
+                           f"{r['timeout']:.0f} s limit | | | | | |")
+                continue
+            if r["status"] != "ok":
+                out.append(f"| {r['n']:,} | {clusterer} | stopped after {r['seconds']:.0f} s ({r['status']}) | | | "
+                           f"| | at least {_growth(previous, (r['n'], r['seconds']))} |")
+                previous = None
+                continue
+            out.append(f"| {r['n']:,} | {clusterer} | {res['seconds']:.1f} | {res['cluster_seconds']:.1f} | "
+                       f"{res['describe_seconds']:.1f} | {r['peak_rss_mb']:.0f} | {res['baseline_rss_mb']:.0f} | "
+                       f"{_growth(previous, (r['n'], res['seconds']))} |")
+            previous = (r["n"], res["seconds"])
+    out += ["", "Growth: time ratio to the size before, and the exponent b of time ~ n^b (1 = linear, 2 = "
+            "quadratic). The silhouette score compares every pair of points, so the default's choice of k grows "
+            "quadratically once that term dominates; a prediction from smaller sizes with b below 2 is therefore "
+            "a lower bound, as is a stopped run.", ""]
+    if rate:
+        sizes = sorted({r["n"] for r in analysis})
+        per = ", ".join(f"{n:,}: {_minutes(n / rate)}" for n in sizes)
+        out += ["### Embedding throughput", "",
+                f"refinery's embedder (all-MiniLM-L6-v2, batch 64, CPU, model loaded) on {emb['n']:,} demo "
+                f"inputs, in the benchmark's process: **{rate:.0f} texts/s** (model load {emb['load_seconds']:.1f} "
+                f"s). Embedding the failures above would add, at that rate: "
+                f"{per}. Vectors are cached in the store, so a failing example is embedded once.", ""]
+    ingest = sc.get("ingest", [])
+    if ingest:
+        out += ["### Ingest", "",
+                "The real `refinery ingest FILE --split holdout --json` in its own process, into a fresh project, "
+                "on JSONL files of demo examples from the demo's generator (the eval set's distribution; a few "
+                "repeat, and are skipped as duplicates).", "",
+                "| examples | file MB | seconds | examples/s | peak MB | stored | duplicates | store MB | growth of "
+                "time |", "|---|---|---|---|---|---|---|---|---|"]
+        previous = None
+        for r in ingest:
+            if r["status"] != "ok":
+                out.append(f"| {r['n']:,} | {r['file_mb']} | {r['status']} after {r['seconds']:.0f} s | | | | | | |")
+                previous = None
+                continue
+            out.append(f"| {r['n']:,} | {r['file_mb']} | {r['seconds']:.1f} | {r['n'] / r['seconds']:,.0f} | "
+                       f"{r['peak_rss_mb']:.0f} | {r['inserted']:,} | {r['duplicates']:,} | {r['store_mb']} | "
+                       f"{_growth(previous, (r['n'], r['seconds']))} |")
+            previous = (r["n"], r["seconds"])
+        out += [""]
+    return out
+
+
+def plot_efficiency(rows: list[dict[str, Any]], path: Path) -> None:
+    """Test pass rate per round (median line, min-max band) and against examples added (every seed)."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    table = stats.curves(rows)
+    fig = Figure(figsize=(10, 4))
+    left, right = fig.subplots(1, 2)
+    for arm, points in table.items():
+        x = [p["round"] for p in points]
+        med = [100 * p["pass_rate"]["median"] for p in points]
+        lo = [100 * p["pass_rate"]["min"] for p in points]
+        hi = [100 * p["pass_rate"]["max"] for p in points]
+        left.plot(x, med, marker="o", color=ARM_COLOURS[arm], label=ARM_NAMES[arm])
+        left.fill_between(x, lo, hi, color=ARM_COLOURS[arm], alpha=0.15)
+    left.set(xlabel="round", ylabel="test pass rate (%)", title="Per round (median, min-max over seeds)")
+    left.set_xticks(sorted({r["round"] for r in rows}))
+    left.legend(fontsize=8)
+    for arm in ("targeted", "random"):
+        mine = [r for r in rows if r["arm"] == arm]
+        for seed in sorted({r["seed"] for r in mine}):
+            runs = sorted((r for r in mine if r["seed"] == seed), key=lambda r: r["round"])
+            right.plot([r["added_before"] for r in runs], [100 * r["test_pass_rate"] for r in runs], marker="o",
+                       color=ARM_COLOURS[arm], alpha=0.6, label=ARM_NAMES[arm] if seed == mine[0]["seed"] else None)
+    right.set(xlabel="examples added to the seed set", ylabel="test pass rate (%)",
+              title="Against data added (one line per seed)")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with matplotlib.rc_context({"svg.hashsalt": "refinery-bench"}):  # the same SVG for the same figures
+        fig.savefig(path, format=path.suffix.lstrip("."), metadata={"Date": None})
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _growth(previous: tuple[int, float] | None, current: tuple[int, float]) -> str:
+    if not previous or not previous[1] or not current[1] or current[0] == previous[0]:
+        return ""
+    ratio = current[1] / previous[1]
+    exponent = math.log(ratio) / math.log(current[0] / previous[0])
+    return f"x{ratio:.1f} (b = {exponent:.2f})"
+
+
+def _test_size(rows: list[dict[str, Any]]) -> str:
+    sizes = sorted({r["test_examples"] for r in rows})
+    return str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+
+
+def _spread_pct(s: dict[str, Any]) -> str:
+    if s["median"] is None:
+        return ""
+    if s["min"] == s["max"]:
+        return _pct(s["median"])
+    return f"{_pct(s['median'])} ({_pct(s['min'])}-{_pct(s['max'])})"
+
+
+def _spread_num(s: dict[str, Any]) -> str:
+    if s["min"] == s["max"]:
+        return _num(s["median"])
+    return f"{_num(s['median'])} ({_num(s['min'])}-{_num(s['max'])})"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
+def _pts(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:+.1f} points"
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
+
+
+def _sec(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def _minutes(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _rel(path: Path) -> str:
+    from bench.demo import REPO
+
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)

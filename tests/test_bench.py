@@ -1,0 +1,136 @@
+"""The benchmark runs end to end on its quick setting, and what it writes holds real numbers that agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench import stats  # noqa: E402
+from bench.report import statement  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, Path]:
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run([str(REPO / "bench" / "run"), "--quick", "--out", str(out), "--docs", str(out / "docs")],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "quick" / "results.json").read_text(encoding="utf-8"))
+    page = (out / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    return results, page, out
+
+
+def test_quick_run_compares_the_three_arms_with_equal_data(quick) -> None:
+    results, page, out = quick
+    rows = results["efficiency"]
+    assert {(r["arm"], r["round"]) for r in rows} == {(a, n) for a in ("targeted", "random", "steps") for n in (1, 2)}
+    by = {(r["arm"], r["round"]): r for r in rows}
+    for r in rows:
+        assert 0.0 <= r["test_pass_rate"] <= 1.0 and r["seconds"] > 0
+        # the per-example outcomes the significance test uses give the pass rate the round reported
+        outcomes = r["test_outcomes"]
+        assert len(outcomes) == r["test_examples"] > 0
+        assert round(sum(outcomes.values()) / len(outcomes), 4) == r["test_pass_rate"]
+    # round 1 is the same seed-only model in every arm: trained anew in the random arm, shared by the steps arm
+    assert by[("steps", 1)]["shared_with"] == "targeted" and "shared_with" not in by[("random", 1)]
+    assert len({by[(arm, 1)]["final_loss"] for arm in ("targeted", "random", "steps")}) == 1
+    assert len({by[(arm, 1)]["test_pass_rate"] for arm in ("targeted", "random", "steps")}) == 1
+    # random gets, round by round, the count the targeted arm stored; the steps arm adds nothing but steps
+    for n in (1, 2):
+        assert by[("random", n)]["wanted"] == by[("targeted", n)]["added"]
+        assert by[("steps", n)]["added"] == 0 and by[("steps", n)]["steps"] == n * by[("targeted", n)]["steps"]
+    assert by[("targeted", 1)]["added"] > 0
+    assert by[("targeted", 2)]["added_before"] == by[("targeted", 1)]["added"]
+    assert by[("random", 2)]["added_before"] == by[("random", 1)]["added"]
+    if by[("random", 1)]["added"] == by[("random", 1)]["wanted"]:
+        assert "Equal counts held" in page
+    else:
+        assert "Equal counts did not always hold" in page
+    # the verdict on the page is the one the figures give
+    assert statement(rows, None) in page
+    verdict = stats.verdict(rows, stats.auto_target(rows))
+    assert f"{100 * verdict['final']['targeted']['median']:.1f} %" in page
+    assert verdict["mcnemar"]["pairs"] == by[("targeted", 2)]["test_examples"]
+    svg = out / "docs" / "benchmarks" / "sample-efficiency.svg"
+    assert svg.read_text(encoding="utf-8").lstrip().startswith("<?xml") and "benchmarks/sample-efficiency.svg" in page
+
+
+def test_quick_run_times_the_stages_against_the_bare_libraries(quick) -> None:
+    results, page, _ = quick
+    st = results["stages"]
+    assert set(st["round"]) >= {"train", "infer", "evaluate", "analyze", "generate", "record"}
+    assert st["train"]["bare_steps"] == st["counts"]["steps"] and st["train"]["bare_seconds"] > 0
+    assert st["infer"]["prompts"] == st["counts"]["outputs"] > 0
+    assert st["analyze"]["texts"] == st["counts"]["failures"]
+    ratio = st["round"]["train"] / st["train"]["bare_seconds"]
+    line = next(line for line in page.splitlines() if line.startswith("| train |"))
+    assert line.endswith(f"| {ratio:.2f} |")
+    assert re.search(r"\| - embed \| [\d.]+ \|", page)
+
+
+def test_quick_run_measures_scale(quick) -> None:
+    results, page, _ = quick
+    sc = results["scale"]
+    for r in sc["analysis"]:
+        assert r["status"] == "ok" and r["peak_rss_mb"] > 0
+        res = r["result"]
+        assert res["n"] == r["n"] and res["clusters"] >= 1
+        assert res["seconds"] == pytest.approx(res["cluster_seconds"] + res["describe_seconds"], abs=0.01)
+    for r in sc["ingest"]:
+        assert r["status"] == "ok" and r["inserted"] + r["duplicates"] == r["n"] and r["peak_rss_mb"] > 0
+        assert f"| {r['n']:,} | {r['file_mb']} | {r['seconds']:.1f} |" in page
+    assert sc["embed"]["per_second"] > 0 and f"{sc['embed']['per_second']:.0f} texts/s" in page
+
+
+
+def planted_rows(targeted: list[float], random: list[float], *, seeds: int = 3, per_round: int = 50,
+                 test: int = 60) -> list[dict]:
+    """Efficiency rows as bench/efficiency.py writes them, with planted pass rates (the same in every seed)."""
+    rows = []
+    for seed in range(seeds):
+        for arm, rates in (("targeted", targeted), ("random", random), ("steps", [targeted[0]] * len(targeted))):
+            for number, rate in enumerate(rates, start=1):
+                passed = round(rate * test)
+                rows.append({"seed": seed, "arm": arm, "round": number, "steps": 300 * (number if arm == "steps"
+                                                                                         else 1),
+                             "added_before": 0 if arm == "steps" else per_round * (number - 1),
+                             "added": 0 if arm == "steps" else per_round, "test_pass_rate": passed / test,
+                             "test_outcomes": {f"s{seed}-e{i:02d}": i < passed for i in range(test)}})
+    return rows
+
+
+def test_the_verdict_counts_the_examples_each_arm_needs() -> None:
+    rows = planted_rows([0.1, 0.4, 0.6], [0.1, 0.25, 0.45])
+    assert stats.auto_target(rows) == 0.35  # halfway from 10 % to the best median, 60 %
+    v = stats.verdict(rows, 0.4)
+    assert v["reach"]["targeted"]["median"] == 50 and v["reach"]["random"]["median"] == 100
+    assert v["data_ratio"] == {"value": 2.0, "bound": "exact"}
+    # 9 test examples per seed pass only with targeted data, none only with random data
+    assert (v["mcnemar"]["only_targeted"], v["mcnemar"]["only_random"], v["mcnemar"]["pairs"]) == (27, 0, 180)
+    assert v["outcome"] == "targeted beat random"
+    text = statement(rows, 0.4)
+    assert text.startswith("**Targeted data beat random augmentation.**")
+    assert "60.0 % with refinery's targeted counterexamples against 45.0 % with random ones: +15.0 points" in text
+    assert "Random augmentation needed 2.0x the examples targeted data needed. That matches the published" in text
+
+
+def test_an_arm_that_never_gets_there_gives_a_bound() -> None:
+    rows = planted_rows([0.1, 0.2, 0.3], [0.1, 0.3, 0.5])
+    v = stats.verdict(rows, 0.4)
+    assert v["reach"]["targeted"]["reached"] == 0 and v["reach"]["random"]["median"] == 100
+    assert v["data_ratio"] == {"value": 1.0, "bound": "at most"}
+    assert v["outcome"] == "random beat targeted"
+    text = statement(rows, 0.4)
+    assert "the targeted arm did not get there within 3 rounds (100 examples added)" in text
+    assert "Targeted data needed more than 1.0x the examples random augmentation needed." in text
