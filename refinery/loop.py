@@ -23,7 +23,7 @@ import polars as pl
 
 from refinery.device import check_loadable
 from refinery.errors import RefineryError
-from refinery.measure import references, versions
+from refinery.measure import ask, references, versions
 from refinery.mix import cue_metrics, cue_variants
 from refinery.project import Project, resolve_base_model
 from refinery.store import Store, content_hash, detect_kind
@@ -177,7 +177,7 @@ def _run_stages(project, number, train_rows, rules, env, base_model, embedder, r
 def run_sweep(project: Project, shares: list[float], *, reporter: Reporter | None = None) -> dict[str, Any]:
     """Train one adapter per reasoning share on the same training data and measure each on the test split, with
     the thinking cue and without. Nothing is added to the training data; results go to runs/sweep-*/sweep.json."""
-    from refinery import evaluate, infer, train
+    from refinery import train
     from refinery.analyze import make_embedder
     from refinery.generate import template_environment
     from refinery.mix import training_set
@@ -199,8 +199,6 @@ def run_sweep(project: Project, shares: list[float], *, reporter: Reporter | Non
                            "WHERE status = 'active' AND split = 'test' ORDER BY id")
     if examples.height == 0 or test.height == 0:
         raise RefineryError("a sweep needs train and test examples: ingest some first.")
-    asked = pl.concat([test.with_columns(pl.lit("").alias("variant")),
-                       cue_variants(test, cue=config.mix.cue, cue_pattern=config.mix.cue_pattern)])
     sweep_dir = project.runs_dir / time.strftime("sweep-%Y%m%d-%H%M%S")
     rows = []
     for share in shares:
@@ -222,15 +220,9 @@ def run_sweep(project: Project, shares: list[float], *, reporter: Reporter | Non
                              out_dir=sweep_dir / f"share-{share}", on_step=reporter.progress)
         model_path, adapter = ((result.weights_path, None) if result.method == "full"
                                else (base_model, result.weights_path))
-        outputs = infer.generate(asked["input"].to_list(), base_model=model_path, settings=config.infer,
-                                 adapter=adapter)
-        every = asked.with_columns(outputs["output"].alias("prediction"))
-        results = evaluate.run_checks(rules, every)
-        test_metrics = evaluate.summarize(results.filter(pl.col("variant") == ""), test)["test"]
-        produced = pl.concat([asked.select("variant"), outputs], how="horizontal")
-        row.update(test_pass_rate=test_metrics["pass_rate"], test_weighted_score=test_metrics["weighted_score"],
-                   **cue_metrics(results, produced, answer_check=config.mix.answer_check,
-                                 think_pattern=config.data.think_pattern),
+        measured = ask(project, rules, test, model_path=model_path, adapter=adapter)
+        row.update(test_pass_rate=measured.metrics["test"]["pass_rate"],
+                   test_weighted_score=measured.metrics["test"]["weighted_score"], **measured.metrics["mix"],
                    seconds=round(time.perf_counter() - began, 1))
         reporter.stage_done(f"share {share}", row["seconds"], f"test pass {row['test_pass_rate']:.0%}")
         rows.append(row)
