@@ -221,8 +221,9 @@ def baseline(ctx: typer.Context,
     for doc in (document, document.get("production")):
         if not doc:
             continue
-        name = f"round {doc['round']} ({doc['kind']}" + (f", {doc['shots']} shot{'s' if doc['shots'] != 1 else ''})" if "shots" in doc
-                                                    else ")")
+        shots = doc.get("shots")
+        plural = "" if shots == 1 else "s"
+        name = f"round {doc['round']} ({doc['kind']}" + (f", {shots} shot{plural})" if shots is not None else ")")
         table = Table("split", "examples", "pass rate", "weighted score", title=f"{name}")
         for split, m in doc["metrics"].items():
             if isinstance(m, dict) and "pass_rate" in m:
