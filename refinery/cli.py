@@ -212,9 +212,7 @@ def baseline(ctx: typer.Context,
     if shots is not None:
         project = project.with_config(project.config.override("baseline", shots=shots))
     with _StageReporter() as reporter:
-        reporter.out.print("Baseline: the base model, few-shot")
-        reporter.bar.start()
-        reporter.stage("measure")
+        reporter.begin("Baseline: the base model, few-shot", "measure")
         document = run_baseline(project, on_batch=reporter.progress)
     if as_json:
         return _print_json(document)
@@ -239,11 +237,9 @@ def rerun(ctx: typer.Context,
     figures and the weights with what it recorded. Adds nothing to the store."""
     from refinery.measure import rerun_round
     with _StageReporter() as reporter:
-        def started(examples: int) -> None:
-            reporter.out.print(f"Re-running round {number} from its record: {examples} examples")
-            reporter.bar.start()
-            reporter.stage("train")
-        document = rerun_round(_project(ctx), number, on_start=started, on_step=reporter.progress)
+        title = f"Re-running round {number} from its record: {{}} examples"
+        document = rerun_round(_project(ctx), number, on_step=reporter.progress,
+                               on_start=lambda examples: reporter.begin(title.format(examples), "train"))
     if as_json:
         return _print_json(document)
     table = Table("", "test pass rate", "weighted score", "answer acc. cue on", "cue off",
@@ -276,6 +272,12 @@ class _StageReporter:
     def __exit__(self, *exc: object) -> None:
         if self.bar.live.is_started:
             self.bar.stop()
+
+    def begin(self, title: str, stage: str) -> None:
+        """A title line, then the bar for the first stage (for commands that are not rounds)."""
+        self.out.print(title)
+        self.bar.start()
+        self.stage(stage)
 
     def started(self, number: int, examples: int) -> None:
         self.out.print(f"Round {number}: training on {examples} examples")

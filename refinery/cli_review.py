@@ -30,7 +30,9 @@ def clusters(ctx: typer.Context,
     from refinery.store import Store
     with Store(_project(ctx).store_path) as store:
         if history:
-            table = review.pattern_history(store, cues=_cues(_project(ctx)))
+            from refinery.rules import load_rules
+            cues = load_rules(_project(ctx).rules_dir).cues()
+            table = review.pattern_history(store, cues=cues)
             return _print_json(table.to_dicts()) if as_json else _print_history(table)
         patterns = review.list_patterns(store, round=round)
     if as_json:
@@ -202,13 +204,6 @@ def _print_pattern(p) -> None:
     for m in p.members:
         console.print(f"   {m['example_id']}  input    {m['input']}\n"
                       f"   {' ' * 16}  output   {m['output']}\n   {' ' * 16}  expected {m['expected']}", markup=False)
-
-
-def _cues(project) -> list:
-    import re
-
-    from refinery.rules import load_rules
-    return [(c.name, re.compile(c.when)) for c in load_rules(project.rules_dir).checks if c.when]
 
 
 def _print_history(table) -> None:

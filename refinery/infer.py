@@ -10,7 +10,7 @@ import polars as pl
 
 from refinery.config import InferSettings
 from refinery.device import load_model, pick_device, pick_dtype
-from refinery.prompts import fit_shots, render_prompt
+from refinery.prompts import render_prompt
 
 
 def generate(inputs: list[str], *, base_model: str, settings: InferSettings, adapter: str | None = None,
@@ -19,7 +19,7 @@ def generate(inputs: list[str], *, base_model: str, settings: InferSettings, ada
     """One row per input: prompt, output (special tokens removed), tokens generated, latency in ms.
 
     Latency is the batch's wall time divided by its size: what one example costs when served in batches. With
-    `shots`, each prompt starts with as many of those worked examples as fit the model's context.
+    `shots`, every prompt starts with those worked examples (the caller makes them fit the model's context).
     """
     device = pick_device()
     model, tokenizer = load_model(base_model, device=device, dtype=pick_dtype(device), adapter=adapter)
@@ -32,9 +32,7 @@ def generate_with(model: Any, tokenizer: Any, inputs: list[str], *, settings: In
     """`generate` for a model already loaded."""
     import torch
 
-    room = getattr(model.config, "max_position_embeddings", 10**9) - settings.max_new_tokens
-    prompts = [render_prompt(tokenizer, text, shots=fit_shots(tokenizer, text, shots, max_tokens=room) if shots
-                             else ()) for text in inputs]
+    prompts = [render_prompt(tokenizer, text, shots=shots) for text in inputs]
     stop_ids = _stop_ids(model, tokenizer)
     outputs, tokens, latency = [], [], []
     for start in range(0, len(prompts), settings.batch_size):

@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from refinery.errors import RefineryError
-from refinery.loop import STORE_WAIT, Reporter, RoundSummary, run_round
+from refinery.loop import Reporter, RoundSummary, run_round
 from refinery.measure import measure_production, production_is_current
 from refinery.plateau import main_metric, stop_reason
 from refinery.project import Project
+from refinery.store import ROUND_WAIT as STORE_WAIT
 from refinery.store import Store
 
 

@@ -23,13 +23,12 @@ import polars as pl
 
 from refinery.device import check_loadable
 from refinery.errors import RefineryError
-from refinery.measure import ask, references, versions
-from refinery.mix import cue_metrics, cue_variants
+from refinery.measure import ask, held_out, questions, references, score, versions
 from refinery.project import Project, resolve_base_model
-from refinery.store import Store, content_hash, detect_kind
+from refinery.store import ROUND_WAIT as STORE_WAIT
+from refinery.store import Store, content_hash, detect_kind, insert_frame
 
 STAGES = ("train", "infer", "evaluate", "analyze", "generate", "record")
-STORE_WAIT = 60.0  # seconds a stage waits for another process (`refinery status`, say) to let go of the store
 
 
 class Reporter(Protocol):
@@ -105,7 +104,7 @@ def run_round(project: Project, *, reporter: Reporter | None = None) -> RoundSum
 
 def _run_stages(project, number, train_rows, rules, env, base_model, embedder, round_dir, timer,
                 resume: bool) -> RoundSummary:
-    from refinery import analyze, evaluate, infer, train
+    from refinery import analyze, infer, train
 
     config = project.config
     if resume:  # an interrupted attempt finished training on this same set: its adapter is reused
@@ -121,12 +120,7 @@ def _run_stages(project, number, train_rows, rules, env, base_model, embedder, r
     weights = result.weights_path
     model_path, adapter = (weights, None) if result.method == "full" else (base_model, weights)
     with Store(project.store_path, wait=STORE_WAIT) as store:
-        held_out = store.frame("SELECT id AS example_id, input, output AS expected, fields, split FROM examples "
-                               "WHERE status = 'active' AND split <> 'train' ORDER BY id")
-    # The test split is also asked with the thinking cue added and removed, to measure both modes every round.
-    variants = cue_variants(held_out.filter(pl.col("split") == "test"), cue=config.mix.cue,
-                            cue_pattern=config.mix.cue_pattern)
-    asked = pl.concat([held_out.with_columns(pl.lit("").alias("variant")), variants])
+        asked = questions(project, held_out(store))  # the test split also with the thinking cue added and removed
     with timer.stage("infer") as note:
         outputs = infer.generate(asked["input"].to_list(), base_model=model_path, settings=config.infer,
                                  adapter=adapter, on_batch=timer.progress)
@@ -135,15 +129,10 @@ def _run_stages(project, number, train_rows, rules, env, base_model, embedder, r
         _write(project, "predictions", predictions)
         note(f"{outputs.height} outputs, {outputs['tokens'].mean() or 0:.1f} tokens each")
     with timer.stage("evaluate") as note:
-        every = asked.with_columns(predictions["output"].alias("prediction"))
-        all_results = evaluate.run_checks(rules, every)
+        all_results, metrics = score(project, rules, asked, predictions)
         _write(project, "rule_results", all_results.with_columns(pl.lit(number).alias("round")))
-        rows = every.filter(pl.col("variant") == "")
+        rows = asked.with_columns(predictions["output"].alias("prediction")).filter(pl.col("variant") == "")
         results = all_results.filter(pl.col("variant") == "")
-        metrics = evaluate.summarize(results, held_out)
-        if variants.height:
-            metrics["mix"] = cue_metrics(all_results, predictions, answer_check=config.mix.answer_check,
-                                         think_pattern=config.data.think_pattern)
         note(_metric_note(metrics))
     with timer.stage("analyze") as note:
         failures, passing = _failures(rows, results)
@@ -153,7 +142,7 @@ def _run_stages(project, number, train_rows, rules, env, base_model, embedder, r
             with Store(project.store_path, wait=STORE_WAIT) as store:
                 vectors = analyze.embed_examples(store, failures.select("example_id", pl.col("input").alias("text")),
                                                  embedder=embedder)
-        cues = [(c.name, re.compile(c.when)) for c in rules.checks if c.when]
+        cues = rules.cues()
         clusterer = analyze.make_clusterer(settings.clusterer, max_clusters=settings.max_clusters,
                                            min_cluster_size=settings.min_cluster_size, seed=config.core.seed)
         clusters = analyze.analyze(failures, passing, embeddings=vectors, seed=config.core.seed, cues=cues,
@@ -281,9 +270,8 @@ def _begin(store: Store, project: Project, toggles: list) -> tuple[int, pl.DataF
         else:
             con.execute("INSERT INTO rounds (number, status, config, versions, train_set_hash, pid) "
                         "VALUES (?, 'running', ?, ?, ?, ?)", [number, config, runtime, digest, os.getpid()])
-        con.register("chosen", chosen.select("id"))
-        con.execute("INSERT INTO round_examples SELECT ?, id FROM chosen", [number])
-        con.unregister("chosen")
+        insert_frame(con, "round_examples",
+                     chosen.select(pl.lit(number).alias("round"), pl.col("id").alias("example_id")))
     return number, chosen, resume
 
 
@@ -493,10 +481,7 @@ def _summary(project, number, result, metrics, clusters, candidates, rows, stage
 
 def _write(project: Project, table: str, frame: pl.DataFrame) -> None:
     with Store(project.store_path, wait=STORE_WAIT) as store, store.transaction() as con:
-        con.register("incoming", frame)
-        columns = ", ".join(frame.columns)
-        con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM incoming")
-        con.unregister("incoming")
+        insert_frame(con, table, frame)
 
 
 def _fail(project: Project, number: int, reason: str) -> None:

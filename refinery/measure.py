@@ -22,9 +22,9 @@ import polars as pl
 from refinery.errors import RefineryError
 from refinery.mix import cue_metrics, cue_variants
 from refinery.project import Project, resolve_base_model
-from refinery.store import Store
+from refinery.store import ROUND_WAIT as STORE_WAIT
+from refinery.store import Store, insert_frame
 
-STORE_WAIT = 60.0
 KINDS = {0: "baseline", -1: "production"}
 
 
@@ -43,23 +43,39 @@ def held_out(store: Store, *, splits: tuple[str, ...] = ("analysis", "test", "co
                        "WHERE status = 'active' AND split IN (SELECT unnest(?)) ORDER BY id", [list(splits)])
 
 
-def ask(project: Project, rules, rows: pl.DataFrame, *, model_path: str, adapter: str | None,
-        shots: list[tuple[str, str]] | None = None, on_batch=None) -> Asked:
-    """Ask `rows` (and their test examples with the cue on and off) and check every output."""
-    from refinery import evaluate, infer
-
+def questions(project: Project, rows: pl.DataFrame) -> pl.DataFrame:
+    """What the evals ask: `rows` as stored (variant ''), and their test examples again with the thinking cue
+    added and removed, to measure both modes."""
     config = project.config
     variants = cue_variants(rows.filter(pl.col("split") == "test"), cue=config.mix.cue,
                             cue_pattern=config.mix.cue_pattern)
-    asked = pl.concat([rows.with_columns(pl.lit("").alias("variant")), variants])
-    outputs = infer.generate(asked["input"].to_list(), base_model=model_path, settings=config.infer,
-                             adapter=adapter, shots=shots or (), on_batch=on_batch)
-    predictions = pl.concat([asked.select("example_id", "variant"), outputs], how="horizontal")
-    results = evaluate.run_checks(rules, asked.with_columns(outputs["output"].alias("prediction")))
-    metrics = evaluate.summarize(results.filter(pl.col("variant") == ""), rows)
-    if variants.height:
+    return pl.concat([rows.with_columns(pl.lit("").alias("variant")), variants])
+
+
+def score(project: Project, rules, asked: pl.DataFrame, predictions: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
+    """Check every output of `asked`: rule results of every variant, and the metrics per split (stored variant)
+    with the figures of both cue modes under "mix"."""
+    from refinery import evaluate
+
+    config = project.config
+    results = evaluate.run_checks(rules, asked.with_columns(predictions["output"].alias("prediction")))
+    metrics = evaluate.summarize(results.filter(pl.col("variant") == ""), asked.filter(pl.col("variant") == ""))
+    if (asked["variant"] != "").any():
         metrics["mix"] = cue_metrics(results, predictions, answer_check=config.mix.answer_check,
                                      think_pattern=config.data.think_pattern)
+    return results, metrics
+
+
+def ask(project: Project, rules, rows: pl.DataFrame, *, model_path: str, adapter: str | None,
+        shots: list[tuple[str, str]] | None = None, on_batch=None) -> Asked:
+    """Ask `rows` (and their test examples with the cue on and off) and check every output."""
+    from refinery import infer
+
+    asked = questions(project, rows)
+    outputs = infer.generate(asked["input"].to_list(), base_model=model_path, settings=project.config.infer,
+                             adapter=adapter, shots=shots or (), on_batch=on_batch)
+    predictions = pl.concat([asked.select("example_id", "variant"), outputs], how="horizontal")
+    results, metrics = score(project, rules, asked, predictions)
     return Asked(predictions, results, metrics)
 
 
@@ -73,8 +89,8 @@ def choose_shots(train: pl.DataFrame, count: int, *, seed: int) -> list[tuple[st
 
 
 def _fitting(base_model: str, inputs: list[str], shots: list, *, max_new_tokens: int) -> list:
-    """The first shots that fit every prompt (with the cue added) and its answer into the model's context: every
-    prompt gets the same worked examples."""
+    """The first shots that fit the longest prompt and its answer into the model's context: every prompt gets the
+    same worked examples."""
     from transformers import AutoConfig
 
     from refinery.device import load_tokenizer
@@ -85,7 +101,7 @@ def _fitting(base_model: str, inputs: list[str], shots: list, *, max_new_tokens:
     tokenizer = load_tokenizer(base_model)
     room = getattr(AutoConfig.from_pretrained(base_model), "max_position_embeddings", 10**9) - max_new_tokens
     longest = max(inputs, key=len) if inputs else ""
-    return fit_shots(tokenizer, "use thinking. " + longest, shots, max_tokens=room)
+    return fit_shots(tokenizer, longest, shots, max_tokens=room)
 
 
 def run_baseline(project: Project, *, on_batch=None) -> dict[str, Any]:
@@ -102,7 +118,8 @@ def run_baseline(project: Project, *, on_batch=None) -> dict[str, Any]:
     if rows.filter(pl.col("split") == "test").height == 0:
         raise RefineryError("a baseline needs test examples: ingest some with `--split holdout` or `--split test`.")
     wanted = choose_shots(train, project.config.baseline.shots, seed=project.config.core.seed)
-    shots = _fitting(base_model, rows["input"].to_list(), wanted, max_new_tokens=project.config.infer.max_new_tokens)
+    shots = _fitting(base_model, questions(project, rows)["input"].to_list(), wanted,
+                     max_new_tokens=project.config.infer.max_new_tokens)
     began = time.perf_counter()
     asked = ask(project, rules, rows, model_path=base_model, adapter=None, shots=shots, on_batch=on_batch)
     asked.metrics["shots"] = len(shots)
@@ -172,11 +189,7 @@ def record_reference(project: Project, number: int, asked: Asked, *, detail: dic
         con.execute("INSERT INTO round_stages (round, stage, status, seconds, finished_at) "
                     "VALUES (?, 'measure', 'done', ?, current_timestamp)", [number, round(seconds, 3)])
         for table, frame in (("predictions", asked.predictions), ("rule_results", asked.results)):
-            frame = frame.with_columns(pl.lit(number).alias("round"))
-            con.register("incoming", frame)
-            columns = ", ".join(frame.columns)
-            con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM incoming")
-            con.unregister("incoming")
+            insert_frame(con, table, frame.with_columns(pl.lit(number).alias("round")))
 
 
 def references(store: Store) -> dict[str, dict[str, Any]]:

@@ -149,7 +149,9 @@ def _patterns(store: Store, project: Project) -> list[dict[str, Any]]:
         SELECT c.round, c.id AS pattern, c.rank, coalesce(c.label, c.id) AS label, c.statement, c.size, c.score,
                c.status, c.merged_into, c.checks
         FROM clusters c JOIN rounds r ON r.number = c.round WHERE r.status = 'done' ORDER BY c.round, c.rank""")
-    history = {h["pattern"]: h for h in pattern_history(store, cues=_cues(project)).iter_rows(named=True)}
+    from refinery.rules import load_rules
+    cues = load_rules(project.rules_dir).cues()
+    history = {h["pattern"]: h for h in pattern_history(store, cues=cues).iter_rows(named=True)}
     rows = []
     for c in clusters.iter_rows(named=True):
         h = history.get(c["pattern"], {})
@@ -162,11 +164,6 @@ def _patterns(store: Store, project: Project) -> list[dict[str, Any]]:
                      "feature_failing_after": h.get("feature_failing_after"),
                      "regressions": h.get("regressions") or ""})
     return rows
-
-
-def _cues(project: Project) -> list[tuple[str, re.Pattern]]:
-    from refinery.rules import load_rules
-    return [(c.name, re.compile(c.when)) for c in load_rules(project.rules_dir).checks if c.when]
 
 
 def _added(store: Store) -> list[dict[str, Any]]:

@@ -78,10 +78,12 @@ def decide(store: Store, cluster_id: str, decision: str) -> dict[str, Any]:
     with store.transaction() as con:
         con.execute("UPDATE clusters SET status = ? WHERE id = ?", [status, cluster_id])
         # Accepting restores withdrawn counterexamples; ones pending review stay pending (a person decides those).
-        old_status, new_status = ("rejected", "active") if decision == "accept" else ("%", "rejected")
+        # Rejecting withdraws active and pending ones alike.
+        new_status, from_statuses = (("active", ["rejected"]) if decision == "accept"
+                                     else ("rejected", ["active", "pending"]))
         changed = con.execute("UPDATE examples SET status = ? WHERE cluster_id = ? AND source = 'generated' "
-                              "AND status LIKE ? AND status <> ? RETURNING id",
-                              [new_status, cluster_id, old_status, new_status]).fetchall()
+                              "AND status IN (SELECT unnest(?)) RETURNING id",
+                              [new_status, cluster_id, from_statuses]).fetchall()
     return {"id": cluster_id, "status": status, "examples_" + ("restored" if decision == "accept" else "withdrawn"):
             len(changed)}
 

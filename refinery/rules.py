@@ -82,6 +82,10 @@ class RuleSet:
     def check(self, name: str) -> Check:
         return next(c for c in self.checks if c.name == name)
 
+    def cues(self) -> list[tuple[str, re.Pattern]]:
+        """(check name, compiled `when`) of every conditional check: the input cues hypotheses may name."""
+        return [(c.name, re.compile(c.when)) for c in self.checks if c.when]
+
     def templates_for(self, failing: list[str]) -> list[str]:
         """Templates that answer any of the failing checks, in the order the rules name them."""
         out: list[str] = []

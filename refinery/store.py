@@ -17,6 +17,7 @@ from refinery.errors import StoreError
 from refinery.migrations import MIGRATIONS
 
 SPLITS = ("train", "analysis", "test", "corner")
+ROUND_WAIT = 60.0  # seconds work inside a round waits for another process (`refinery status`, say) to let go
 
 
 class Store:
@@ -112,6 +113,14 @@ def _connect(path: Path, *, wait: float) -> duckdb.DuckDBPyConnection:
     holder = f" (PID {pid.group(1)})" if pid else ""
     raise StoreError(f"{path}: the store is in use by another process{holder}. Wait for it to finish "
                      f"or stop it, then run the command again.") from None
+
+
+def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> None:
+    """Insert every row of `frame` into `table`, matching columns by name (Arrow, no Python row loop)."""
+    con.register("incoming_frame", frame)
+    columns = ", ".join(frame.columns)
+    con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM incoming_frame")
+    con.unregister("incoming_frame")
 
 
 def content_hash(input_text: str, output_text: str) -> str:
