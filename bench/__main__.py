@@ -3,6 +3,7 @@
     bench/run                      # the full setting (about 25 minutes on a quiet 2-core CPU machine)
     bench/run --quick              # a tiny setting, to check it all runs (about a minute); writes to bench/out/quick
     bench/run --parts efficiency --seeds 5 --rounds 3
+    bench/run --parts ceiling      # the recipe on oracle data alone (a few minutes)
     bench/run --report-only        # re-render the markdown and plots from the last results JSON
 """
 
@@ -26,7 +27,7 @@ from typing import Any  # noqa: E402
 
 from bench.demo import REPO  # noqa: E402
 
-PARTS = ("efficiency", "stages", "scale")
+PARTS = ("ceiling", "demo", "efficiency", "stages", "scale")
 FULL = {"seeds": 3, "rounds": 4, "steps": None, "eval_rows": None, "analysis_sizes": [1000, 10000, 100000],
         "clusterers": ["silhouette", "kmeans-fixed"], "ingest_sizes": [10000, 100000, 1000000],
         "embed_texts": 2000, "scale_timeout": 150.0}
@@ -42,8 +43,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of: {', '.join(PARTS)}")
     parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (full: 3)")
     parser.add_argument("--rounds", type=int, help="rounds per arm (full: 4)")
-    parser.add_argument("--steps", type=int, help="[train] steps of a round (full: the demo's, 300)")
-    parser.add_argument("--eval-rows", type=int, help="first N rows of the demo's eval set (full: all 600)")
+    parser.add_argument("--steps", type=int, help="fixed [train] steps of a round (full: unset, the demo's step rule)")
+    parser.add_argument("--eval-rows", type=int,
+                        help="first N rows of the demo's eval and test sets (full: all, 600 and 500)")
+    parser.add_argument("--train", action="append", default=[], metavar="KEY=VALUE", type=_setting,
+                        help="a [train] setting for the ceiling and demo parts, e.g. --train rank=64 --train "
+                             "steps=1000 (TOML values; repeatable): how the recipe's defaults were compared")
+    parser.add_argument("--from-project", type=Path, metavar="DIR",
+                        help="ceiling and demo parts: read the figures a finished project recorded (after `make "
+                             "demo` and `refinery ceiling` there) instead of running them again")
     parser.add_argument("--target", type=float, help="test pass rate to reach (default: auto, halfway from the "
                                                        "seed-only rate to the best median any arm reached)")
     parser.add_argument("--analysis-sizes", type=_ints, help="failures to analyse (full: 1000,10000,100000)")
@@ -95,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         results_path.write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
 
-    if "efficiency" in args.parts or "stages" in args.parts:
+    fresh = {"efficiency", "stages"} | (set() if args.from_project else {"ceiling", "demo"})
+    if set(args.parts) & fresh:
         from bench.stages import warm_up
 
         log("warming up: a one-step training, a generation and an embedding on a toy input")
@@ -157,7 +166,30 @@ def _scale(args, work: Path, log, results: dict[str, Any], save) -> dict[str, An
     return out
 
 
-RUNNERS = {"efficiency": _efficiency, "stages": _stages, "scale": _scale}
+def _ceiling(args, work: Path, log, results: dict[str, Any], save) -> dict[str, Any]:
+    from bench.ceiling import read_ceiling, run_ceiling
+
+    if args.from_project:
+        return read_ceiling(args.from_project)
+    return run_ceiling(seed=0, eval_rows=args.eval_rows, train=_train(args), work=work, log=log)
+
+
+def _demo(args, work: Path, log, results: dict[str, Any], save) -> dict[str, Any]:
+    from bench.ceiling import read_demo, run_demo
+
+    if args.from_project:
+        return read_demo(args.from_project)
+
+    def partial(document: dict[str, Any]) -> None:
+        results["demo"] = document
+        save()
+
+    # the quick setting caps the demo at --rounds; the full one lets the demo's plateau rule stop it
+    return run_demo(seed=0, eval_rows=args.eval_rows, train=_train(args), work=work, log=log, on_round=partial,
+                    max_rounds=args.rounds if args.quick else None)
+
+
+RUNNERS = {"ceiling": _ceiling, "demo": _demo, "efficiency": _efficiency, "stages": _stages, "scale": _scale}
 
 
 def _logger(started: float):
@@ -165,6 +197,25 @@ def _logger(started: float):
         elapsed = time.perf_counter() - started
         print(f"[{int(elapsed // 60):3d}:{int(elapsed % 60):02d}] {message}", file=sys.stderr, flush=True)
     return log
+
+
+def _train(args) -> dict[str, Any]:
+    """The [train] overrides: --steps, then every --train KEY=VALUE."""
+    values: dict[str, Any] = {} if args.steps is None else {"steps": args.steps}
+    values.update(dict(args.train))
+    return values
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    import tomllib
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. rank=64")
+    try:
+        return key.strip(), tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key.strip(), value.strip()  # a bare word: a string
 
 
 def _ints(text: str) -> list[int]:

@@ -1,5 +1,5 @@
 """Fresh copies of the bundled demo for the benchmarks: the demo's settings, data, rules and templates in a
-temp folder, ingested the way `make demo` does (seed -> train, eval -> holdout, corner -> corner)."""
+temp folder, ingested the way `make demo` does (seed -> train, eval -> analysis, test -> test, corner -> corner)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "data" / "demo"
+SPLITS = {"seed": "train", "eval": "analysis", "test": "test", "corner": "corner"}  # file -> split, as `make demo`
 
 
 def demo_settings() -> dict[str, Any]:
@@ -42,16 +43,16 @@ def make_project(root: Path, *, overrides: dict[str, dict[str, Any]], eval_rows:
     (root / "refinery.toml").write_text(to_toml(settings), encoding="utf-8")
     data = root / "data"
     data.mkdir()
-    for name in ("seed", "eval", "corner"):
+    for name in SPLITS:
         lines = (DEMO_DATA / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
-        if name == "eval" and eval_rows is not None:
+        if name in ("eval", "test") and eval_rows is not None:
             lines = lines[:eval_rows]
         (data / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     project = load_project(root, environ={})
     with Store(project.store_path) as store:
-        ingest_files(store, [data / "seed.jsonl"], config=project.config, split="train", source="seed")
-        ingest_files(store, [data / "eval.jsonl"], config=project.config, split="holdout")
-        ingest_files(store, [data / "corner.jsonl"], config=project.config, split="corner")
+        for name, split in SPLITS.items():
+            ingest_files(store, [data / f"{name}.jsonl"], config=project.config, split=split,
+                         source="seed" if name == "seed" else "import")
     return project
 
 

@@ -4,7 +4,8 @@ Per seed, three fresh copies of the demo (same seed set, base model, split deal 
 - targeted: `[generate] targeting = "patterns"`, the demo's settings;
 - random:   `targeting = "random"` (the same templates on random analysis examples, not aimed at any failure),
             with `per_round` set, round by round, to what the targeted arm stored in that round;
-- steps:    `targeting = "off"` (no new data), round r training `r x steps` steps on the seed set.
+- steps:    `targeting = "off"` (no new data), round r training as many steps as the targeted arm's rounds 1..r
+            together, on the seed set.
 Round r's model is trained on the seed set plus what rounds 1..r-1 added, so round 1 is the same seed-only model
 in every arm. The steps arm's rounds do not depend on each other, so its round 1 is not trained again: it is the
 targeted arm's round 1 (the random arm's round 1, trained anew, checks that the arms start level).
@@ -38,7 +39,8 @@ def run_efficiency(*, seeds: list[int], rounds: int, steps: int | None, eval_row
         _run_arm("random", seed, rounds, steps, eval_rows, work, log, keep,
                  wanted=[row["added"] for row in targeted])
         keep({**targeted[0], "arm": "steps", "added": 0, "by_template": {}, "shared_with": "targeted"})
-        _run_arm("steps", seed, rounds, steps, eval_rows, work, log, keep, wanted=None, first=2)
+        _run_arm("steps", seed, rounds, steps, eval_rows, work, log, keep, wanted=None, first=2,
+                 compute=[row["steps"] for row in targeted])
         per_seed = (time.perf_counter() - began) / (done + 1)
         if done + 1 < len(seeds):
             log(f"{per_seed / 60:.1f} min per seed; about {per_seed * (len(seeds) - done - 1) / 60:.0f} min to go "
@@ -56,7 +58,8 @@ def arm_overrides(arm: str, seed: int, steps: int | None) -> dict[str, dict[str,
 
 
 def _run_arm(arm: str, seed: int, rounds: int, steps: int | None, eval_rows: int | None, work: Path, log, keep,
-             *, wanted: list[int] | None, first: int = 1) -> list[dict[str, Any]]:
+             *, wanted: list[int] | None, first: int = 1, compute: list[int] | None = None
+             ) -> list[dict[str, Any]]:
     from refinery.loop import run_round
 
     project = make_project(work / f"seed-{seed}" / arm, overrides=arm_overrides(arm, seed, steps),
@@ -70,8 +73,8 @@ def _run_arm(arm: str, seed: int, rounds: int, steps: int | None, eval_rows: int
             want = wanted[number - 1]
             config = (base.override("generate", per_round=want) if want > 0
                       else base.override("generate", targeting="off"))
-        if arm == "steps":
-            config = base.override("train", steps=base.train.steps * number)
+        if arm == "steps":  # the steps the targeted arm has trained by this round, in one model
+            config = base.override("train", steps=sum(compute[:number]))
         began = time.perf_counter()
         summary = run_round(project.with_config(config))
         seconds = time.perf_counter() - began

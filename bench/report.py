@@ -33,6 +33,10 @@ def render(results: dict[str, Any], *, target: float | None = None) -> str:
     if results.get("efficiency"):
         lines += ["## The answer", "", statement(results["efficiency"], target), ""]
     lines += _machine(results)
+    if results.get("ceiling"):
+        lines += _ceiling(results["ceiling"])
+    if results.get("demo"):
+        lines += _demo(results["demo"], results.get("ceiling"))
     if results.get("efficiency"):
         lines += _efficiency(results["efficiency"], s, target)
     if results.get("stages"):
@@ -146,8 +150,8 @@ def _efficiency(rows: list[dict[str, Any]], s: dict[str, Any], target: float | N
            f"`[core] seed` (the deal of the held-out rows into analysis and test, and generation) and "
            f"`[train] seed`; the three arms of a seed share both, so they start from the same model on the same "
            f"split.",
-           f"- {rounds} rounds per arm, {first['steps']} training steps a round (batch "
-           f"{first.get('batch_size', '?')}), each round a fresh LoRA "
+           f"- {rounds} rounds per arm, training steps by the project's `[train]` settings (round 1: "
+           f"{first['steps']}; batch {first.get('batch_size', '?')}; every run's steps below), each round a fresh LoRA "
            f"adapter from the base model. Round r's model is trained on the seed set plus what rounds 1..r-1 "
            f"added, so round 1 is the same seed-only model in every arm.",
            "- **targeted**: refinery as shipped (`[generate] targeting = \"patterns\"`): counterexamples for the "
@@ -156,8 +160,9 @@ def _efficiency(rows: list[dict[str, Any]], s: dict[str, Any], target: float | N
            "random, one template per example in turn, not aimed at any failure, with the same vetting (rules, "
            "duplicates, test leaks). Its `per_round` is set, round by round, to the number the targeted arm of the "
            "same seed stored in that round, so both arms hold the same number of added examples every round.",
-           "- **steps**: `targeting = \"off\"` (no new data), round r training r times the steps: the compute the "
-           "targeted arm has spent by round r, put into one model on the seed set. Its rounds do not depend on each "
+           "- **steps**: `targeting = \"off\"` (no new data), round r training as many steps as the targeted arm's "
+           "rounds 1..r together: the compute the targeted arm has spent by round r, put into one model on the seed "
+           "set. Its rounds do not depend on each "
            "other, so its round 1 (the same seed-only model) is the targeted arm's, not trained a third time.",
            f"- Figures are the test split's pass rate (an example passes when every check that applies to it "
            f"passes; {_test_size(rows)} test examples per seed), never mined. Spread: min-max over seeds "
@@ -254,6 +259,50 @@ def _template_lines(rows: list[dict[str, Any]]) -> list[str]:
            "|---|---|---|"]
     for template in sorted(totals):
         out.append(f"| {template} | {totals[template].get('targeted', 0)} | {totals[template].get('random', 0)} |")
+    return out + [""]
+
+
+def _ceiling(c: dict[str, Any]) -> list[str]:
+    t = c["settings"]
+    rule = (f"a fixed {t['steps']} steps" if t.get("steps") else
+            f"the step rule: {t['epochs']:g} epochs at batch {t['batch_size']}, at least {t['min_steps']} and at most "
+            f"{t['max_steps']} steps, {t['lr_schedule']} schedule")
+    failed = ", ".join(f"{name} {n}" for name, n in c["failures"].items() if n) or "none"
+    where = f"the demo project in {c['from_project']}" if c.get("from_project") else "a fresh copy of the demo"
+    return ["## The ceiling: the per-round recipe on oracle data", "",
+            f"`refinery ceiling` on {where}: the demo's own `[train]` settings ({t['method']}, "
+            f"{t['target_modules']}, rank {t['rank']}, lr {t['learning_rate']:g}; {rule}) trained on the seed set plus "
+            f"every analysis example ({c['examples']} examples: the best data the loop could ever add), measured on "
+            f"the test split, which is never trained on.", "",
+            "| oracle examples | steps | test examples | test pass rate | weighted score | corner | failures by check "
+            "| training s | total s |", "|---|---|---|---|---|---|---|---|---|",
+            f"| {c['examples']} | {c['steps']} | {c['test_examples']} | {_pct(c['test_pass_rate'])} | "
+            f"{c['test_weighted_score']:.3f} | {_pct(c['corner_pass_rate'])} | {failed} | {c['train_seconds']:.0f} | "
+            f"{c['seconds']:.0f} |", ""]
+
+
+def _demo(d: dict[str, Any], ceiling: dict[str, Any] | None) -> list[str]:
+    top = ceiling["test_pass_rate"] if ceiling else None
+    where = (f"The demo as `make demo` ran it, read from its project ({d['from_project']})" if d.get("from_project")
+             else "A fresh copy of the demo run as `make demo` runs it")
+    out = ["## The demo, round by round", "",
+           f"{where}: the few-shot baseline ({_pct(d['baseline_test_pass_rate'])} of the test split, "
+           f"{d['baseline_seconds']:.0f} s), then `refinery iterate --until-plateau`, which stopped: "
+           f"{d.get('stop_reason') or 'not recorded (the run did not finish)'}.", "",
+           "| round | trained on | steps | test pass rate | of the ceiling | weighted score | analysis | corner "
+           "| test failures by check | added | train s | round s |", "|---" * 12 + "|"]
+    for r in d["rounds"]:
+        reached = _pct(r["test_pass_rate"] / top) if top else "n/a"
+        failed = ", ".join(f"{k} {v}" for k, v in r["failures"].items()) or "none"
+        out.append(f"| {r['round']} | {r['train_examples']} | {r['steps']} | {_pct(r['test_pass_rate'])} | "
+                   f"{reached} | {r['test_weighted_score']:.3f} | {_pct(r['analysis_pass_rate'])} | "
+                   f"{_pct(r['corner_pass_rate'])} | {failed} | {r['added']} | {r['stages'].get('train', 0):.0f} | "
+                   f"{r['seconds']:.0f} |")
+    if d["rounds"]:
+        seconds = sorted(r["seconds"] for r in d["rounds"])
+        out += ["", f"Seconds per round: median {seconds[len(seconds) // 2]:.0f}, from {seconds[0]:.0f} to "
+                    f"{seconds[-1]:.0f} (wall time of each round in a warm process; the first includes loading the "
+                    f"embedder). Whole demo: {_minutes(d.get('seconds'))}."]
     return out + [""]
 
 

@@ -131,7 +131,7 @@ def _bare_train(project, rows) -> dict[str, Any]:
 
     from refinery.device import load_tokenizer
     from refinery.project import resolve_base_model
-    from refinery.train import lora_config, sft_config, training_pairs
+    from refinery.train import lora_config, sft_config, step_budget, training_pairs
 
     settings = project.config.train
     base = resolve_base_model(project)
@@ -142,7 +142,9 @@ def _bare_train(project, rows) -> dict[str, Any]:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         dataset = Dataset.from_dict(training_pairs(rows, tokenizer))
         trainer_began = time.perf_counter()
-        trainer = SFTTrainer(model=model, args=sft_config(settings, Path(folder), device="cpu", dtype=torch.float32),
+        args = sft_config(settings, Path(folder), steps=step_budget(settings, rows.height), device="cpu",
+                          dtype=torch.float32)
+        trainer = SFTTrainer(model=model, args=args,
                              train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config(settings))
         trainer.remove_callback(PrinterCallback)  # refinery does the same: no log lines on the terminal
         trainer.train()

@@ -230,6 +230,29 @@ def baseline(ctx: typer.Context,
 
 
 @app.command()
+def ceiling(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Train with the project's [train] settings on oracle data, the train split plus every analysis example (the
+    best data the loop could ever add), and measure the test split: recorded as round -2, the reference every
+    round's figures are set against. Adds no training data."""
+    from refinery.measure import run_ceiling
+    with _StageReporter() as reporter:
+        document = run_ceiling(_project(ctx), on_step=reporter.progress, on_start=lambda examples: reporter.begin(
+            f"Ceiling: the project's recipe on {examples} oracle examples (train + analysis)", "train"))
+    if as_json:
+        return _print_json(document)
+    test = document["metrics"]["test"]
+    table = Table("check", "applies", "failed", "pass rate",
+                  title=f"Ceiling (round -2): {document['steps']} steps on {document['examples']} examples "
+                        f"({document['train']} train + {document['analysis']} analysis), "
+                        f"{document['train_seconds']:.0f} s training")
+    for name, c in test["checks"].items():
+        table.add_row(name, str(c["applies"]), str(c["applies"] - c["passed"]), _pct(c["rate"]))
+    console.print(table)
+    console.print(f"Test pass rate at the ceiling: {_pct(test['pass_rate'])} of {test['examples']} examples "
+                  f"(weighted score {test['weighted_score']:.3f}).")
+
+
+@app.command()
 def rerun(ctx: typer.Context,
           number: Annotated[int, typer.Argument(metavar="N", help="The round to train again.")],
           as_json: JsonOption = False) -> None:
@@ -332,9 +355,11 @@ def _print_round(summary) -> None:
         checks.add_row(name, f"{c['rate']:.1%} ({c['passed']}/{c['applies']})", delta)
     console.print(checks)
     mix = summary.metrics.get("mix")
-    if mix:
-        console.print(f"Thinking cue on the test split: answer accuracy {_pct(mix['answer_accuracy_cue_on'])} with "
-                      f"the cue, {_pct(mix['answer_accuracy_cue_off'])} without; <think> without the cue "
+    if mix:  # only when the project sets a thinking cue ([mix] cue, cue_pattern)
+        answers = (f"answer accuracy {_pct(mix['answer_accuracy_cue_on'])} with the cue, "
+                   f"{_pct(mix['answer_accuracy_cue_off'])} without; "
+                   if mix["answer_accuracy_cue_on"] is not None or mix["answer_accuracy_cue_off"] is not None else "")
+        console.print(f"Thinking cue on the test split: {answers}<think> without the cue "
                       f"{_pct(mix['think_leakage_cue_off'])}; mean output tokens {mix['mean_tokens_cue_on']} with, "
                       f"{mix['mean_tokens_cue_off']} without.")
     console.print("Top failure patterns (analysis split)")
@@ -361,7 +386,8 @@ def mix(ctx: typer.Context,
                  "file).", show_default=False)] = None,
         sweep: Annotated[str | None, typer.Option(
             "--sweep", metavar="SHARES", help="Comma-separated shares, e.g. 0.2,0.4,0.6,0.8: train one adapter per "
-            "share on the same data and compare them on the test split, with and without the thinking cue.",
+            "share on the same data and compare them on the test split (with and without the thinking cue, when "
+            "[mix] cue is set).",
             show_default=False)] = None,
         steps: Annotated[int | None, typer.Option(metavar="N", help="Training steps per adapter in a sweep.",
                                                   show_default=False)] = None,
@@ -407,18 +433,23 @@ def _sweep(project, sweep: str, steps: int | None, as_json: bool) -> None:
         document = run_sweep(project, shares, reporter=reporter)
     if as_json:
         return _print_json(document)
-    table = Table("share", "trained on (r/d)", "test pass", "answer acc. cue on", "cue off", "<think> w/o cue",
-                  "tokens cue on", "cue off", title=f"Mix sweep: {document['train_examples']} train examples, "
+    cue = project.config.mix.cue is not None  # cue modes are asked only with [mix] cue set
+    modes = ("answer acc. cue on", "cue off", "<think> w/o cue", "tokens cue on", "cue off") if cue else ()
+    table = Table("share", "trained on (r/d)", "test pass", *modes,
+                  title=f"Mix sweep: {document['train_examples']} train examples, "
                   f"{document['test_examples']} test examples, {document['steps']} steps each")
     for r in document["rows"]:
         if "error" in r:
-            table.add_row(f"{r['share']:g}", "0", r["error"], "", "", "", "", "")
+            table.add_row(f"{r['share']:g}", "0", r["error"], *[""] * len(modes))
             continue
+        figures = (_pct(r["answer_accuracy_cue_on"]), _pct(r["answer_accuracy_cue_off"]),
+                   _pct(r["think_leakage_cue_off"]), _num(r["mean_tokens_cue_on"]), _num(r["mean_tokens_cue_off"]))
         table.add_row(f"{r['share']:g}", f"{r['examples']} ({r['reasoning']}/{r['direct']})",
-                      _pct(r["test_pass_rate"]), _pct(r["answer_accuracy_cue_on"]),
-                      _pct(r["answer_accuracy_cue_off"]), _pct(r["think_leakage_cue_off"]),
-                      f"{r['mean_tokens_cue_on']:.1f}", f"{r['mean_tokens_cue_off']:.1f}")
+                      _pct(r["test_pass_rate"]), *(figures if cue else ()))
     console.print(table)
+    if not cue:
+        console.print("No thinking cue set ([mix] cue and cue_pattern), so the test split was asked as stored only.",
+                      markup=False)
     console.print(f"Adapters and sweep.json in {document['dir']}")
 
 
@@ -450,6 +481,10 @@ def _choice(flag: str, value: str | None, allowed: tuple[str, ...]) -> None:
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _counts(counts: dict[str, int]) -> str:

@@ -62,6 +62,10 @@ class DataSettings:
                              "Regular expression that marks an output as a reasoning example.")
 
 
+# The step rule's defaults, chosen by measurement on the demo (docs/benchmarks.md, "The per-round recipe").
+EPOCHS, MIN_STEPS, MAX_STEPS = 30.0, 300, 1000
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """The training run of each round (LoRA through peft and trl, or a full fine-tune)."""
@@ -76,7 +80,17 @@ class TrainSettings:
     learning_rate: float = opt(3e-3, "Peak learning rate. 3e-3 suits the bundled tiny model (1e-2 broke its "
                                "arithmetic); about 1e-4 suits a 1B model.",
                                min=0.0, max=1.0)
-    steps: int = opt(300, "Optimizer steps per round.", min=1)
+    epochs: float = opt(EPOCHS, "Passes over the training set per round: steps = ceil(epochs x examples / "
+                        "batch_size), kept between min_steps and max_steps, so the budget grows with the set.",
+                        min=0.01)
+    min_steps: int = opt(MIN_STEPS, "Fewest optimizer steps a round takes (a small set needs many passes).", min=1)
+    max_steps: int = opt(MAX_STEPS, "Most optimizer steps a round takes (bounds a round's time as the set grows).",
+                         min=1)
+    steps: int | None = opt(None, "Fixed optimizer steps per round, replacing the epochs rule.", min=1, example=300)
+    lr_schedule: str = opt("cosine", "Learning-rate schedule after warmup: cosine or linear decay to zero, or "
+                           "constant.", choices=("cosine", "linear", "constant"))
+    warmup: float = opt(0.05, "Share of a round's steps spent warming the learning rate up from zero.",
+                        min=0.0, max=0.5)
     batch_size: int = opt(16, "Examples per optimizer step.", min=1)
     max_length: int = opt(256, "Longest tokenized prompt + completion; longer ones are truncated.", min=8)
     precision: str = opt("auto", "auto uses bf16 on a GPU that supports it and fp32 elsewhere.",
@@ -131,14 +145,19 @@ class MixSettings:
     reasoning_share: float | None = opt(
         None, "Share of reasoning examples in the training set; unset keeps the data as it is.",
         min=0.0, max=1.0, example=0.4)
-    cue: str = opt("use thinking.", "Text put before an input to ask for reasoning, for the cue-on evaluation.")
-    cue_pattern: str = opt(r"(?i)(please )?use thinking[.!]?|think it through[.!]?",
-                           "Regular expression that finds the thinking cue in an input, removed for the cue-off "
-                           "evaluation.")
-    answer_check: str = opt("answer_correct", "The check whose pass rate is the answer accuracy in mix figures.")
-    toggle_template: str = opt("think_toggle.jinja", "Template that turns a reasoning example into a direct one and "
-                               "back; used to make up the short kind when the share asks for more than the data "
-                               "holds. Empty: sample only.")
+    cue: str | None = opt(
+        None, "Text put before an input to ask for reasoning. With cue_pattern set too, the test split is also "
+        "asked with the cue added and removed, and both modes are reported; unset: no cue-mode figures.",
+        example="use thinking.")
+    cue_pattern: str | None = opt(
+        None, "Regular expression that finds the thinking cue in an input, removed for the cue-off evaluation "
+        "(set it with cue).", example=r"(?i)(please )?use thinking[.!]?|think it through[.!]?")
+    answer_check: str | None = opt(
+        None, "The check whose pass rate is the answer accuracy in the cue-mode figures; unset: those figures give "
+        "leakage and tokens only.", example="answer_correct")
+    toggle_template: str | None = opt(
+        None, "Template that turns a reasoning example into a direct one and back; used to make up the short kind "
+        "when reasoning_share asks for more than the data holds. Unset: sample only.", example="think_toggle.jinja")
 
 
 @dataclass(frozen=True)
@@ -291,7 +310,13 @@ def _check_section(cls: type, values: dict[str, Any], where: _Where, *, extra_na
             raise ConfigError(f"{where.at(key)} unknown key '{key}' (expected one of: {', '.join(known)}).{hint}")
     checked = {key: _check_value(key, value, hints[key], fields[key].metadata, where)
                for key, value in values.items()}
-    return cls(**checked)
+    settings = cls(**checked)
+    if isinstance(settings, TrainSettings) and settings.min_steps > settings.max_steps:
+        key = "min_steps" if "min_steps" in values else "max_steps"
+        raise ConfigError(f"{where.at(key)} min_steps = {settings.min_steps} is above max_steps = "
+                          f"{settings.max_steps}: expected min_steps <= max_steps. Lower min_steps or raise "
+                          f"max_steps.")
+    return settings
 
 
 def _check_value(key: str, value: Any, hint: Any, meta: dict, where: _Where) -> Any:

@@ -17,7 +17,8 @@ def run_checks(rules: RuleSet, rows: pl.DataFrame) -> pl.DataFrame:
     """One result per example, variant and check.
 
     `rows` has example_id, variant, input, expected (the stored output), fields (JSON text) and prediction.
-    A check that does not apply to an example (its `when`/`unless` on the input) has passed = null.
+    A check that does not apply to an example (its `when`/`unless` on the input, or nothing to compare with) has
+    passed = null; a lookup check whose key is missing from the input or its table says so in the detail.
     """
     records: dict[str, list] = {name: [] for name in RESULT_SCHEMA}
     fields = [json.loads(f) if f else {} for f in rows["fields"]]
@@ -26,7 +27,7 @@ def run_checks(rules: RuleSet, rows: pl.DataFrame) -> pl.DataFrame:
         for i, (example_id, variant, text, expected, prediction) in enumerate(rows.select(
                 "example_id", "variant", "input", "expected", "prediction").iter_rows()):
             applies = run.applies(text)
-            passed, detail = run.verdict(prediction, expected, fields[i]) if applies else (None, None)
+            passed, detail = run.verdict(prediction, expected, fields[i], input=text) if applies else (None, None)
             if passed is None:
                 applies = False
             for name, value in zip(RESULT_SCHEMA, (example_id, variant, check.file, check.name, applies, passed,

@@ -76,6 +76,9 @@ def vet_candidates(candidates: list[Candidate], rules: RuleSet, *, known_hashes:
                    held_out_inputs: set[str]) -> list[Candidate]:
     """Mark each candidate stored, duplicate, leak or failed_checks; every applicable check must pass.
 
+    A candidate's expected output is what is checked, so a check that compares it with the same extract of
+    itself cannot catch it; a lookup check compares it with the value its input's key gives, and a candidate whose
+    key is missing from the table fails (what cannot be checked is not kept).
     `held_out_inputs` are the inputs of test and corner examples: a candidate with the same input would leak.
     """
     seen = set(known_hashes)
@@ -83,10 +86,9 @@ def vet_candidates(candidates: list[Candidate], rules: RuleSet, *, known_hashes:
     candidates = [dataclasses.replace(c, outcome="stored", detail="") for c in candidates]
     for candidate in candidates:
         digest = content_hash(candidate.input, candidate.output)
-        failing = [run.check.name for run in compiled if run.applies(candidate.input) and
-                   run.verdict(candidate.output, candidate.output, candidate.fields)[0] is False]
+        failing = _failing(compiled, candidate)
         if failing:
-            candidate.outcome, candidate.detail = "failed_checks", "fails " + ", ".join(failing)
+            candidate.outcome, candidate.detail = "failed_checks", "fails " + "; ".join(failing)
         elif candidate.kind == "INV" and candidate.output != candidate.parent_output:
             candidate.outcome = "failed_checks"
             candidate.detail = f"INV template {candidate.template} changed the expected output"
@@ -96,6 +98,18 @@ def vet_candidates(candidates: list[Candidate], rules: RuleSet, *, known_hashes:
             candidate.outcome, candidate.detail = "duplicate", "already in the store or generated twice"
         seen.add(digest)
     return candidates
+
+
+def _failing(compiled: list[CompiledCheck], candidate: Candidate) -> list[str]:
+    """'check: why' for each applicable check the candidate's expected output fails."""
+    out = []
+    for run in compiled:
+        if run.applies(candidate.input):
+            passed, why = run.verdict(candidate.output, candidate.output, candidate.fields, input=candidate.input,
+                                      strict=True)
+            if passed is False:
+                out.append(f"{run.check.name}: {why}")
+    return out
 
 
 def drop_near_duplicates(candidates: list[Candidate], vectors: Any, held_out: Any, held_out_ids: list[str], *,

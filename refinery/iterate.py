@@ -76,7 +76,7 @@ def _history(project: Project) -> tuple[list[dict[str, Any]], float | None]:
     history, production = [], None
     for number, kind, metrics in rows.iter_rows():
         value = main_metric(json.loads(metrics), project.config.plateau.metric)
-        if value is None:
+        if value is None or kind == "ceiling":  # oracle data: a reference to read against, not a round to beat
             continue
         if kind == "production":
             production = value

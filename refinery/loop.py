@@ -23,7 +23,7 @@ import polars as pl
 
 from refinery.device import check_loadable
 from refinery.errors import RefineryError
-from refinery.measure import ask, held_out, questions, references, score, versions
+from refinery.measure import ask, check_mix_settings, held_out, questions, references, score, versions
 from refinery.project import Project, resolve_base_model
 from refinery.store import ROUND_WAIT as STORE_WAIT
 from refinery.store import Store, content_hash, detect_kind, insert_frame
@@ -76,10 +76,7 @@ def run_round(project: Project, *, reporter: Reporter | None = None) -> RoundSum
     rules = load_rules(project.rules_dir)  # bad rules or templates stop the round before it starts
     env = template_environment(project.templates_dir)
     _check_templates(env, rules, project)
-    if project.config.mix.answer_check not in {c.name for c in rules.checks}:
-        raise RefineryError(f"[mix] answer_check = \"{project.config.mix.answer_check}\": no such check in "
-                            f"{project.config.core.rules_dir}/ (checks: {', '.join(c.name for c in rules.checks)}). "
-                            f"Name the check that tells whether the answer is right.")
+    check_mix_settings(project, rules)
     base_model = resolve_base_model(project)
     check_loadable(base_model)
     from refinery.analyze import make_embedder
@@ -120,7 +117,7 @@ def _run_stages(project, number, train_rows, rules, env, base_model, embedder, r
     weights = result.weights_path
     model_path, adapter = (weights, None) if result.method == "full" else (base_model, weights)
     with Store(project.store_path, wait=STORE_WAIT) as store:
-        asked = questions(project, held_out(store))  # the test split also with the thinking cue added and removed
+        asked = questions(project, held_out(store))  # with a cue set, the test split also with it added and removed
     with timer.stage("infer") as note:
         outputs = infer.generate(asked["input"].to_list(), base_model=model_path, settings=config.infer,
                                  adapter=adapter, on_batch=timer.progress)
@@ -165,17 +162,19 @@ def _run_stages(project, number, train_rows, rules, env, base_model, embedder, r
 
 def run_sweep(project: Project, shares: list[float], *, reporter: Reporter | None = None) -> dict[str, Any]:
     """Train one adapter per reasoning share on the same training data and measure each on the test split, with
-    the thinking cue and without. Nothing is added to the training data; results go to runs/sweep-*/sweep.json."""
+    the thinking cue and without when `[mix] cue` is set (else the test split as stored: the cue-mode figures are
+    None). Nothing is added to the training data; results go to runs/sweep-*/sweep.json."""
     from refinery import train
     from refinery.analyze import make_embedder
     from refinery.generate import template_environment
-    from refinery.mix import training_set
+    from refinery.mix import CUE_FIGURES, training_set
     from refinery.rules import load_rules
 
     reporter = reporter or _Quiet()
     rules = load_rules(project.rules_dir)
     env = template_environment(project.templates_dir)
     _check_templates(env, rules, project)
+    check_mix_settings(project, rules)
     base_model = resolve_base_model(project)
     check_loadable(base_model)
     config = project.config
@@ -210,16 +209,23 @@ def run_sweep(project: Project, shares: list[float], *, reporter: Reporter | Non
         model_path, adapter = ((result.weights_path, None) if result.method == "full"
                                else (base_model, result.weights_path))
         measured = ask(project, rules, test, model_path=model_path, adapter=adapter)
+        mix = measured.metrics.get("mix") or dict.fromkeys(CUE_FIGURES)  # no cue set: not measured
         row.update(test_pass_rate=measured.metrics["test"]["pass_rate"],
-                   test_weighted_score=measured.metrics["test"]["weighted_score"], **measured.metrics["mix"],
-                   seconds=round(time.perf_counter() - began, 1))
+                   test_weighted_score=measured.metrics["test"]["weighted_score"], **mix,
+                   steps=result.steps, seconds=round(time.perf_counter() - began, 1))
         reporter.stage_done(f"share {share}", row["seconds"], f"test pass {row['test_pass_rate']:.0%}")
         rows.append(row)
     document = {"dir": str(sweep_dir), "train_examples": examples.height, "test_examples": test.height,
-                "steps": config.train.steps, "rows": rows}
+                "steps": _span([r["steps"] for r in rows if "steps" in r]), "rows": rows}
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "sweep.json").write_text(json.dumps(document, indent=2))
     return document
+
+
+def _span(values: list[int]) -> str:
+    """"600", or "300-600" when the step rule gave the shares' sets different budgets."""
+    low, high = min(values, default=0), max(values, default=0)
+    return f"{low}" if low == high else f"{low}-{high}"
 
 
 def _begin(store: Store, project: Project, toggles: list) -> tuple[int, pl.DataFrame, bool]:
@@ -341,16 +347,19 @@ def _vet(project, rules, candidates: list, embedder) -> list:
 
 def _toggles(project, env, rules, embedder, *, share: float | None) -> list:
     """Toggled variants (`[mix] toggle_template`) of the kind in surplus, enough to make up the kind the share is
-    short of; vetted like every counterexample. Empty when sampling alone meets the share."""
+    short of; vetted like every counterexample. Empty when sampling alone meets the share, or when no toggle
+    template is set (the share is then met by sampling only)."""
     from refinery.generate import render_candidates
     from refinery.mix import shortfall
 
     name = project.config.mix.toggle_template
+    if name is None:
+        return []
     with Store(project.store_path, wait=STORE_WAIT) as store:
         examples = store.frame("SELECT id, input, output, fields, kind FROM examples WHERE status = 'active' "
                                "AND split = 'train' ORDER BY id")
     short, missing = shortfall(examples, reasoning_share=share)
-    if not short or not name or missing <= 0:
+    if not short or missing <= 0:
         return []
     think = re.compile(project.config.data.think_pattern, re.DOTALL)
     parents = examples.filter(pl.col("kind") != short).sample(fraction=1.0, shuffle=True,
@@ -453,7 +462,7 @@ def _summary(project, number, result, metrics, clusters, candidates, rows, stage
     by_id = {r["example_id"]: r for r in rows.iter_rows(named=True)}
     with Store(project.store_path, wait=STORE_WAIT) as store:
         previous = store.one("SELECT number, metrics FROM rounds WHERE status = 'done' AND number < ? "
-                             "AND kind <> 'production' ORDER BY number DESC LIMIT 1", [number])
+                             "AND kind IN ('round', 'baseline') ORDER BY number DESC LIMIT 1", [number])
         compared = references(store)
     shown = []
     for cluster in clusters[:5]:
@@ -504,7 +513,7 @@ def _check_templates(env, rules, project: Project) -> None:
     from refinery.generate import load_template
 
     names = {t for target in rules.targets for t in target.templates} | {s.file for s in rules.templates}
-    for name in sorted(names | ({project.config.mix.toggle_template} - {""})):
+    for name in sorted(names | ({project.config.mix.toggle_template} - {None})):
         load_template(env, name)
 
 

@@ -1,9 +1,10 @@
 """Measure a model against the evals without adding data: the few-shot baseline (round 0), the production model
-(round -1), and a re-run of a recorded round from its snapshot.
+(round -1), the ceiling of the project's recipe on oracle data (round -2), and a re-run of a recorded round from
+its snapshot.
 
-Each asks the held-out splits (and the test split with the thinking cue added and removed) and checks the
-outputs with the project's rules, like a round does; baselines are written to the store as rounds of their own
-kind, so every comparison can be traced with SQL.
+Each asks the held-out splits (and, when `[mix] cue` is set, the test split with the cue added and removed) and
+checks the outputs with the project's rules, like a round does; baselines are written to the store as rounds of
+their own kind, so every comparison can be traced with SQL.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from refinery.project import Project, resolve_base_model
 from refinery.store import ROUND_WAIT as STORE_WAIT
 from refinery.store import Store, insert_frame
 
-KINDS = {0: "baseline", -1: "production"}
+KINDS = {0: "baseline", -1: "production", -2: "ceiling"}
+REFERENCE_KINDS = tuple(KINDS.values())
 
 
 @dataclass
@@ -44,17 +46,40 @@ def held_out(store: Store, *, splits: tuple[str, ...] = ("analysis", "test", "co
 
 
 def questions(project: Project, rows: pl.DataFrame) -> pl.DataFrame:
-    """What the evals ask: `rows` as stored (variant ''), and their test examples again with the thinking cue
-    added and removed, to measure both modes."""
-    config = project.config
-    variants = cue_variants(rows.filter(pl.col("split") == "test"), cue=config.mix.cue,
-                            cue_pattern=config.mix.cue_pattern)
-    return pl.concat([rows.with_columns(pl.lit("").alias("variant")), variants])
+    """What the evals ask: `rows` as stored (variant ''), and, when the project sets a thinking cue (`[mix] cue`
+    and `cue_pattern`), their test examples again with the cue added and removed, to measure both modes."""
+    stored = rows.with_columns(pl.lit("").alias("variant"))
+    mix = project.config.mix
+    if not measures_cue(project):
+        return stored
+    variants = cue_variants(rows.filter(pl.col("split") == "test"), cue=mix.cue, cue_pattern=mix.cue_pattern)
+    return pl.concat([stored, variants])
+
+
+def measures_cue(project: Project) -> bool:
+    """Whether the evals ask the cue-on and cue-off variants: `[mix] cue` and `cue_pattern` set, both or neither."""
+    mix = project.config.mix
+    if (mix.cue is None) != (mix.cue_pattern is None):
+        given, missing = ("cue", "cue_pattern") if mix.cue is not None else ("cue_pattern", "cue")
+        raise RefineryError(f"[mix] {given} is set but {missing} is not: set both (cue is added to an input for the "
+                            f"cue-on evaluation, cue_pattern finds and removes it for the cue-off one), or neither.")
+    return mix.cue is not None
+
+
+def check_mix_settings(project: Project, rules) -> None:
+    """Stop before any work when the `[mix]` cue settings do not fit together or name a check that does not exist."""
+    measures_cue(project)
+    name = project.config.mix.answer_check
+    if name is not None and name not in {c.name for c in rules.checks}:
+        raise RefineryError(f"[mix] answer_check = \"{name}\": no such check in {project.config.core.rules_dir}/ "
+                            f"(checks: {', '.join(c.name for c in rules.checks)}). Name the check that tells whether "
+                            f"the answer is right, or leave it unset.")
 
 
 def score(project: Project, rules, asked: pl.DataFrame, predictions: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
-    """Check every output of `asked`: rule results of every variant, and the metrics per split (stored variant)
-    with the figures of both cue modes under "mix"."""
+    """Check every output of `asked`: rule results of every variant, and the metrics per split (stored variant),
+    with the figures of both cue modes under "mix" when cue variants were asked (answer accuracy needs
+    `[mix] answer_check`)."""
     from refinery import evaluate
 
     config = project.config
@@ -104,13 +129,19 @@ def _fitting(base_model: str, inputs: list[str], shots: list, *, max_new_tokens:
     return fit_shots(tokenizer, longest, shots, max_tokens=room)
 
 
-def run_baseline(project: Project, *, on_batch=None) -> dict[str, Any]:
-    """Ask the base model with a few-shot prompt of training examples and record it as round 0 (replacing an
-    earlier baseline). Also measures the production model when `[baseline] production` names one."""
+def _rules_and_base(project: Project) -> tuple[Any, str]:
+    """The project's rules (with its [mix] settings checked against them) and its base model's path."""
     from refinery.rules import load_rules
 
     rules = load_rules(project.rules_dir)
-    base_model = resolve_base_model(project)
+    check_mix_settings(project, rules)
+    return rules, resolve_base_model(project)
+
+
+def run_baseline(project: Project, *, on_batch=None) -> dict[str, Any]:
+    """Ask the base model with a few-shot prompt of training examples and record it as round 0 (replacing an
+    earlier baseline). Also measures the production model when `[baseline] production` names one."""
+    rules, base_model = _rules_and_base(project)
     with Store(project.store_path, wait=STORE_WAIT) as store:
         train = store.frame("SELECT input, output, kind FROM examples WHERE status = 'active' AND split = 'train' "
                             "ORDER BY id")
@@ -156,6 +187,7 @@ def measure_production(project: Project, *, on_batch=None) -> dict[str, Any]:
 
     model_path, adapter, fingerprint = production_model(project)
     rules = load_rules(project.rules_dir)
+    check_mix_settings(project, rules)
     with Store(project.store_path, wait=STORE_WAIT) as store:
         rows = held_out(store)
     began = time.perf_counter()
@@ -193,10 +225,43 @@ def record_reference(project: Project, number: int, asked: Asked, *, detail: dic
 
 
 def references(store: Store) -> dict[str, dict[str, Any]]:
-    """The metrics of the baseline and the production model, where measured: {"baseline": {...}, ...}."""
-    rows = store.frame("SELECT kind, metrics FROM rounds WHERE kind IN ('baseline', 'production') "
-                       "AND status = 'done'")
+    """The metrics of the baseline, the production model and the ceiling, where measured: {"baseline": {...}}."""
+    rows = store.frame("SELECT kind, metrics FROM rounds WHERE kind IN (SELECT unnest(?)) AND status = 'done'",
+                       [list(REFERENCE_KINDS)])
     return {kind: json.loads(metrics) for kind, metrics in rows.iter_rows()}
+
+
+def run_ceiling(project: Project, *, on_start=None, on_step=None) -> dict[str, Any]:
+    """Train with the project's `[train]` settings on oracle data, the train split plus every analysis example
+    (the best data the loop could ever add), and measure the test and corner splits; recorded as round -2.
+
+    This is the reference a round's figures are set against: where the recipe, not the data, is what holds a
+    project back, the rounds plateau well below it."""
+    from refinery import train
+
+    rules, base_model = _rules_and_base(project)
+    with Store(project.store_path, wait=STORE_WAIT) as store:
+        oracle = store.frame("SELECT id, input, output, kind, split FROM examples WHERE status = 'active' "
+                             "AND split IN ('train', 'analysis') ORDER BY id")
+        rows = held_out(store, splits=("test", "corner"))
+    if rows.filter(pl.col("split") == "test").height == 0 or oracle.height == 0:
+        raise RefineryError("a ceiling needs training or analysis examples and test examples: ingest some first.")
+    if on_start:
+        on_start(oracle.height)
+    out_dir = project.runs_dir / "ceiling"
+    began = time.perf_counter()
+    result = train.train(oracle, base_model=base_model, settings=project.config.train, out_dir=out_dir,
+                         on_step=on_step)
+    model_path, adapter = ((result.weights_path, None) if result.method == "full"
+                           else (base_model, result.weights_path))
+    asked = ask(project, rules, rows, model_path=model_path, adapter=adapter)
+    counts = dict(oracle.group_by("split").len().iter_rows())
+    detail = {"examples": oracle.height, "train": counts.get("train", 0), "analysis": counts.get("analysis", 0),
+              "steps": result.steps, "train_seconds": result.seconds, "method": result.method,
+              "model": model_path, "adapter": adapter}
+    asked.metrics["ceiling"] = detail
+    record_reference(project, -2, asked, detail=detail, seconds=time.perf_counter() - began)
+    return {"round": -2, "kind": "ceiling", **detail, "metrics": asked.metrics}
 
 
 def rerun_round(project: Project, number: int, *, on_start=None, on_step=None) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from typing import Any
 import polars as pl
 
 CUE_MODES = ("cue-on", "cue-off")
+CUE_FIGURES = ("answer_accuracy_cue_on", "mean_tokens_cue_on", "answer_accuracy_cue_off", "mean_tokens_cue_off",
+               "think_leakage_cue_off", "examples_per_mode")  # what `cue_metrics` gives
 
 
 def training_set(examples: pl.DataFrame, *, reasoning_share: float | None, seed: int = 0) -> pl.DataFrame:
@@ -63,16 +65,18 @@ def cue_variants(rows: pl.DataFrame, *, cue: str, cue_pattern: str) -> pl.DataFr
                       rows.with_columns(pl.Series("input", off), pl.lit("cue-off").alias("variant"))])
 
 
-def cue_metrics(results: pl.DataFrame, outputs: pl.DataFrame, *, answer_check: str,
+def cue_metrics(results: pl.DataFrame, outputs: pl.DataFrame, *, answer_check: str | None,
                 think_pattern: str) -> dict[str, Any]:
     """Answer accuracy with and without the cue, <think> leakage without it, and mean output tokens per mode.
 
-    `results` are rule results of the cue variants; `outputs` has variant, output and tokens.
+    `results` are rule results of the cue variants; `outputs` has variant, output and tokens. Without an
+    `answer_check` the accuracies are None.
     """
     think = re.compile(think_pattern, re.DOTALL)
     figures: dict[str, Any] = {}
     for mode in CUE_MODES:
-        answers = results.filter(pl.col("variant") == mode, pl.col("check_name") == answer_check, pl.col("applies"))
+        answers = results.filter(pl.col("variant") == mode, pl.col("check_name") == answer_check,
+                                 pl.col("applies")) if answer_check else results.clear()
         produced = outputs.filter(pl.col("variant") == mode)
         key = mode.replace("-", "_")
         figures[f"answer_accuracy_{key}"] = round(float(answers["passed"].mean()), 4) if answers.height else None

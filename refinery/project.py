@@ -215,8 +215,9 @@ def _has_refinery_table(pyproject: Path) -> bool:
 _RULES_EXAMPLE = """\
 # Checks: what a correct output must satisfy. `refinery iterate` reads every *.toml file in this folder.
 # type: regex (pattern must match the output), absent (pattern must not), contains (literal text),
-#       equals (extract's first group must equal the example field `field`, or the same extract of the expected
-#       output when no field is named), json_schema (the output, or extract's group, must validate).
+#       equals (extract's first group must equal the example field `field`, or the value `lookup` gives: a
+#       [[lookup]] table keyed by a regex group of the input, or else the same extract of the expected output),
+#       json_schema (the output, or extract's group, must validate).
 # when / unless: regular expressions on the input that decide whether the check applies.
 # severity: the weight of a failure in the weighted score and in ranking failure patterns.
 
@@ -236,6 +237,13 @@ severity = 1
 # [[target]]
 # checks = ["matches_expected"]
 # templates = ["paraphrase.jinja"]
+
+# Lookups: the expected value from the input, through a table (a check names it with lookup = "city_code"), e.g.
+# [[lookup]]
+# name = "city_code"
+# key = '<city>\\s*(.*?)\\s*</city>'   # group 1 is the key; whitespace is collapsed
+# ignore_case = true
+# table = { oslo = "OSL", "new york" = "NYC" }
 """
 
 _RULES_README = """\

@@ -38,6 +38,7 @@ class Report:
     outcomes: list[dict[str, Any]]  # round, outcome, candidates (every rendered counterexample)
     mix: list[dict[str, Any]]  # round, answer accuracy with/without the cue, <think> leakage, mean tokens
     sweep: dict[str, Any] | None  # the latest runs/sweep-*/sweep.json
+    mix_section: bool  # whether the reasoning/direct mix section is shown (see `_has_mix`)
     failure_map: list[dict[str, Any]]  # round, pattern, rank, label, example_id, x, y (PCA of input embeddings)
     map_variance: list[float]  # variance explained by the map's two components
 
@@ -69,11 +70,13 @@ def build_report(project: Project) -> Report:
         metrics = {r["number"]: r.pop("metrics") for r in rounds}
         done = [r["number"] for r in rounds if r["status"] == "done"]
         failure_map, variance = _failure_map(store)
+        mix, sweep = _mix(metrics, done), latest_sweep(project.runs_dir)
         return Report(project=str(project.root), store=str(project.store_path),
                       created_at=datetime.now().isoformat(timespec="seconds"), rounds=rounds,
                       checks=_checks(metrics, done), patterns=_patterns(store, project), added=_added(store),
-                      outcomes=_outcomes(store), mix=_mix(metrics, done), sweep=latest_sweep(project.runs_dir),
-                      failure_map=failure_map, map_variance=variance)
+                      outcomes=_outcomes(store), mix=mix, sweep=sweep,
+                      mix_section=_has_mix(store, project, mix, sweep), failure_map=failure_map,
+                      map_variance=variance)
 
 
 def write_report(project: Project, *, out: str | Path | None = None, report: Report | None = None) -> Path:
@@ -139,6 +142,15 @@ def _checks(metrics: dict[int, dict], done: list[int]) -> list[dict[str, Any]]:
 def _mix(metrics: dict[int, dict], done: list[int]) -> list[dict[str, Any]]:
     return [{"round": n, **{k: metrics[n]["mix"].get(k) for k in (*MIX_FIGURES, "examples_per_mode")}}
             for n in done if metrics[n].get("mix")]
+
+
+def _has_mix(store: Store, project: Project, mix: list, sweep: dict | None) -> bool:
+    """Whether the mix section has anything to say: cue-mode figures or a sweep recorded, a thinking cue or a
+    reasoning share set, or reasoning examples in the store. A task without reasoning gets no such section."""
+    settings = project.config.mix
+    if mix or sweep is not None or settings.cue is not None or settings.reasoning_share is not None:
+        return True
+    return bool(store.scalar("SELECT count(*) FROM examples WHERE kind = 'reasoning' AND status = 'active'"))
 
 
 def _patterns(store: Store, project: Project) -> list[dict[str, Any]]:
@@ -239,6 +251,7 @@ def views(report: Report) -> dict[str, Any]:
                      for n in sorted({p["round"] for p in report.patterns})},
         "regressions": {p["round"]: (p["next_round"], p["regressions"]) for p in report.patterns if p["regressions"]},
         "map": _map_summary(report),
+        "map_section": 6 if report.mix_section else 5,  # the failure map's number: 5 when there is no mix section
     }
 
 
@@ -247,9 +260,12 @@ def headline(report: Report) -> dict[str, Any]:
     trained = report.trained
     now = trained[-1] if trained else report.done[-1]
     first = trained[0] if trained else None
-    base, prod = report.reference("baseline"), report.reference("production")
+    base, prod, top = report.reference("baseline"), report.reference("production"), report.reference("ceiling")
     versus = next((r for r in (base, first) if r is not None and r is not now), None)
-    return {"now": now, "first": first, "baseline": base, "production": prod, "versus": versus,
+    reached = (now["pass_rate"] / top["pass_rate"] if top and top["pass_rate"] and now["pass_rate"] is not None
+               else None)
+    return {"now": now, "first": first, "baseline": base, "production": prod, "ceiling": top,
+            "of_ceiling": reached, "versus": versus,
             "gain": None if versus is None or now["pass_rate"] is None or versus["pass_rate"] is None
             else now["pass_rate"] - versus["pass_rate"],
             "rounds": len(trained), "failed": sum(r["status"] == "failed" for r in report.rounds),
@@ -313,7 +329,8 @@ def num(value: float | int | None, digits: int = 0) -> str:
 
 def round_name(number: int, kinds: dict[int, str] | str | None = None) -> str:
     kind = kinds.get(number) if isinstance(kinds, dict) else kinds
-    return {"baseline": "baseline", "production": "production"}.get(kind or "", f"round {number}")
+    return {"baseline": "baseline", "production": "production", "ceiling": "ceiling"}.get(kind or "",
+                                                                                         f"round {number}")
 
 
 # ---- terminal summary ------------------------------------------------------------------------------------------
@@ -344,6 +361,9 @@ def _headline_text(h: dict[str, Any]) -> str:
     line += f", {h['failed']} failed" if h["failed"] else ""
     if h["production"]:
         line += f"; production {pct(h['production']['pass_rate'])}"
+    if h["ceiling"]:
+        line += (f"; ceiling {pct(h['ceiling']['pass_rate'])} (oracle data), so the loop reached "
+                 f"{pct(h['of_ceiling'], 0)} of it")
     return line + ("" if h["baseline"] else "; baseline not measured") + "."
 
 
@@ -418,6 +438,8 @@ def _added_text(report: Report, v: dict[str, Any]) -> list:
 
 
 def _mix_text(report: Report, v: dict[str, Any]) -> list:
+    if not report.mix_section:
+        return []
     parts: list = []
     if report.mix:
         parts.append(_table("5. Reasoning/direct mix: the test split with the thinking cue on and off",
@@ -428,7 +450,7 @@ def _mix_text(report: Report, v: dict[str, Any]) -> list:
                               num(m["mean_tokens_cue_on"], 1), num(m["mean_tokens_cue_off"], 1),
                               num(m["examples_per_mode"])] for m in report.mix]))
     else:
-        parts.append("5. Reasoning/direct mix: no cue-mode figures recorded.")
+        parts.append("5. Reasoning/direct mix: no cue-mode figures recorded (they need [mix] cue and cue_pattern).")
     sweep = report.sweep
     if sweep is None:
         return parts + ["   No sweep yet (`refinery mix --sweep 0.2,0.4,0.6,0.8`)."]
@@ -442,9 +464,10 @@ def _mix_text(report: Report, v: dict[str, Any]) -> list:
 
 
 def _map_text(report: Report, v: dict[str, Any]) -> list:
+    n = v["map_section"]
     if not v["map"]:
-        return ["6. Failure map: no embedded failures to map yet."]
-    lines = [f"6. Failure map: PCA of the failing cases' input embeddings, two components explaining "
+        return [f"{n}. Failure map: no embedded failures to map yet."]
+    lines = [f"{n}. Failure map: PCA of the failing cases' input embeddings, two components explaining "
              f"{pct(report.map_variance[0])} and {pct(report.map_variance[1])} of the variance"]
     for panel in v["map"]:
         clusters = ", ".join(f"c{c['rank']:02d} {c['label']} {c['points']}" for c in panel["clusters"])

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 PASS = "#2563eb"  # the main metric: test pass rate
 SCORE = "#0d9488"  # severity-weighted score
 LEAK = "#db2777"  # <think> leakage without the cue
-REFERENCE = {"baseline": ("#6b7280", (0, (1.5, 2))), "production": ("#b45309", (0, (5, 3)))}
+REFERENCE = {"baseline": ("#6b7280", (0, (1.5, 2))), "production": ("#b45309", (0, (5, 3))),
+             "ceiling": ("#15803d", (0, (6, 2, 1, 2)))}
 PALETTE = ["#2563eb", "#f59e0b", "#0d9488", "#db2777", "#7c3aed", "#65a30d", "#ea580c", "#0891b2", "#64748b",
            "#be123c", "#a16207", "#4f46e5"]
 STYLE = {
@@ -70,7 +71,8 @@ def _percent_axis(ax: Any, *, top: float = 1.0) -> None:
 
 def metric_plot(report: Report) -> Figure | None:
     rounds = [r for r in report.trained if r["pass_rate"] is not None]
-    references = [r for r in (report.reference("production"), report.reference("baseline"))
+    references = [r for r in (report.reference("ceiling"), report.reference("production"),
+                              report.reference("baseline"))
                   if r and r["pass_rate"] is not None]
     if not rounds and not references:
         return None
@@ -153,7 +155,7 @@ def added_plot(report: Report) -> Figure | None:
 
 
 def mix_plot(report: Report) -> Figure | None:
-    rows = [m for m in report.mix if m["answer_accuracy_cue_on"] is not None]
+    rows = [m for m in report.mix if m["think_leakage_cue_off"] is not None]  # accuracy needs [mix] answer_check
     if not rows:
         return None
     kinds = {r["number"]: r["kind"] for r in report.rounds}
@@ -171,6 +173,13 @@ def sweep_plot(report: Report) -> Figure | None:
     if not rows:
         return None
     xs = [r["share"] for r in rows]
+    if all(r.get("examples_per_mode") is None for r in rows):  # no thinking cue set: the test pass rate alone
+        figure, left = _figure(6, 2.9)
+        left.plot(xs, [r["test_pass_rate"] for r in rows], color=SCORE, marker="s", label="test pass rate")
+        _percent_axis(left)
+        left.set_xlabel("reasoning share of the training set")
+        left.set_xticks(xs, [f"{x:g}" for x in xs])
+        return figure
     figure, (left, right) = _figure(10, 2.9, ncols=2, width_ratios=[1.4, 1])
     left.plot(xs, [r["test_pass_rate"] for r in rows], color=SCORE, marker="s", label="test pass rate")
     _mode_panels(left, right, xs, rows, xlabel="reasoning share of the training set")
@@ -229,4 +238,4 @@ def map_plot(report: Report) -> Figure | None:
 
 
 def _short(row: dict[str, Any]) -> str:
-    return {"baseline": "base", "production": "prod"}.get(row["kind"], str(row["number"]))
+    return {"baseline": "base", "production": "prod", "ceiling": "ceil"}.get(row["kind"], str(row["number"]))

@@ -1,12 +1,15 @@
 """Rules as data: the checks a correct output must satisfy and the templates that answer each failing check.
 
-A rules file is TOML with `[[check]]` and `[[target]]` tables; every `*.toml` under `rules/` is read. A problem
+A rules file is TOML with `[[check]]`, `[[target]]`, `[[template]]` and `[[lookup]]` tables; every `*.toml` under
+`rules/` is read. A lookup is a table that gives an equals check its expected value from the input (the emoji of
+the weather word, say), so that a generated example is checked against the task, not against itself. A problem
 in a file is an error naming the file, the line and the fix, e.g.
 `rules/weather.toml:12: check 'emoji': unknown type 'regexx' (expected one of: regex, contains, absent, ...)`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import re
@@ -20,11 +23,42 @@ from refinery.errors import ConfigError
 CHECK_TYPES = ("regex", "contains", "absent", "json_schema", "equals")
 NEEDS = {"regex": ("pattern",), "contains": ("text",), "absent": ("pattern",), "json_schema": ("schema",),
          "equals": ("extract",)}
-CHECK_KEYS = ("name", "type", "description", "when", "unless", "pattern", "text", "extract", "field", "schema",
-              "severity")
+CHECK_KEYS = ("name", "type", "description", "when", "unless", "pattern", "text", "extract", "field", "lookup",
+              "schema", "severity")
 TARGET_KEYS = ("checks", "templates")
 TEMPLATE_KEYS = ("file", "kind", "description", "params")
 TEMPLATE_KINDS = ("INV", "DIR")
+LOOKUP_KEYS = ("name", "description", "key", "ignore_case", "table")
+TABLES = ("check", "target", "template", "lookup")
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A table that gives an equals check its expected value from the input: the first group of `key` (a regular
+    expression on the input), normalised, is looked up in `table`."""
+
+    name: str
+    key: str
+    table: dict[str, str]  # normalised keys
+    source: str
+    ignore_case: bool = False
+    description: str = ""
+
+    def normalise(self, key: str) -> str:
+        """A key as the table holds it: whitespace collapsed and trimmed; case folded with ignore_case."""
+        key = " ".join(key.split())
+        return key.casefold() if self.ignore_case else key
+
+    def look_up(self, text: str) -> tuple[str | None, str]:
+        """(value, normalised key) for an input, or (None, why there is none): it has no key, or the table lacks
+        it."""
+        found = re.search(self.key, text)
+        key = self.normalise(found.group(1) or "") if found else ""
+        if not key:
+            return None, f"no key for lookup {self.name}: /{self.key}/ found none in the input"
+        if key not in self.table:
+            return None, f"key {key!r} is not in lookup {self.name} ({self.source}); add it there"
+        return self.table[key], key
 
 
 @dataclass(frozen=True)
@@ -41,8 +75,10 @@ class Check:
     text: str | None = None  # contains: must appear literally
     extract: str | None = None  # equals / json_schema: a regex whose first group is the value
     field: str | None = None  # equals: the example field to compare with; unset: the same extract of the expected
+    lookup: str | None = None  # equals: the [[lookup]] that gives the expected value from the input (not with field)
     schema: dict[str, Any] | None = None
     severity: float = 1.0
+    lookup_table: Lookup | None = dataclasses.field(default=None, repr=False)  # the lookup named, set by load_rules
 
     @property
     def file(self) -> str:
@@ -74,6 +110,7 @@ class RuleSet:
     checks: tuple[Check, ...]
     targets: tuple[Target, ...] = field(default=())
     templates: tuple[TemplateSpec, ...] = field(default=())
+    lookups: tuple[Lookup, ...] = field(default=())
 
     def template(self, file: str) -> TemplateSpec:
         """The declaration of a template; an undeclared one is DIR with no parameters."""
@@ -96,7 +133,8 @@ class RuleSet:
 
 
 def load_rules(rules_dir: Path) -> RuleSet:
-    """Read every `*.toml` file in `rules_dir`; check names must be unique across files."""
+    """Read every `*.toml` file in `rules_dir`; check and lookup names must be unique across files, and a check's
+    lookup may be declared in any of them."""
     files = sorted(rules_dir.glob("*.toml")) if rules_dir.is_dir() else []
     if not files:
         raise ConfigError(f"{display_path(rules_dir)}: no rules files (*.toml). Add checks there; "
@@ -104,8 +142,9 @@ def load_rules(rules_dir: Path) -> RuleSet:
     checks: list[Check] = []
     targets: list[Target] = []
     specs: list[TemplateSpec] = []
+    lookups: dict[str, Lookup] = {}
     for path in files:
-        file_checks, file_targets, file_specs = parse_rules(read_text(path), path)
+        file_checks, file_targets, file_specs, file_lookups = parse_rules(read_text(path), path)
         specs += file_specs
         for check in file_checks:
             clash = next((c for c in checks if c.name == check.name), None)
@@ -113,6 +152,11 @@ def load_rules(rules_dir: Path) -> RuleSet:
                 raise ConfigError(f"{check.source}: check '{check.name}' is already defined at {clash.source}. "
                                   f"Give each check its own name.")
             checks.append(check)
+        for lookup in file_lookups:
+            if lookup.name in lookups:
+                raise ConfigError(f"{lookup.source}: lookup '{lookup.name}' is already declared at "
+                                  f"{lookups[lookup.name].source}. Give each lookup its own name.")
+            lookups[lookup.name] = lookup
         targets += file_targets
     known = {c.name for c in checks}
     for target in targets:
@@ -120,31 +164,43 @@ def load_rules(rules_dir: Path) -> RuleSet:
             if name not in known:
                 raise ConfigError(f"{target.source}: target names check '{name}', which no rules file "
                                   f"defines.{_suggest(name, known)}")
-    return RuleSet(tuple(checks), tuple(targets), tuple(specs))
+    checks = [_resolve_lookup(c, lookups) for c in checks]
+    return RuleSet(tuple(checks), tuple(targets), tuple(specs), tuple(lookups.values()))
 
 
-def parse_rules(text: str, path: Path) -> tuple[list[Check], list[Target], list[TemplateSpec]]:
-    """Parse one rules file; every problem names its line."""
+def _resolve_lookup(check: Check, lookups: dict[str, Lookup]) -> Check:
+    if check.lookup is None:
+        return check
+    if check.lookup not in lookups:
+        raise ConfigError(f"{check.source}: check '{check.name}': lookup '{check.lookup}' names a table that no "
+                          f"rules file declares. Declare it under [[lookup]] with name = \"{check.lookup}\", or fix "
+                          f"the name.{_suggest(check.lookup, lookups)}")
+    return dataclasses.replace(check, lookup_table=lookups[check.lookup])
+
+
+def parse_rules(text: str, path: Path) -> tuple[list[Check], list[Target], list[TemplateSpec], list[Lookup]]:
+    """Parse one rules file; every problem names its line. A check's lookup is resolved by `load_rules`."""
     shown = display_path(path)
     data = parse_toml(path, text)
-    unknown = [k for k in data if k not in ("check", "target", "template")]
+    unknown = [k for k in data if k not in TABLES]
     if unknown:
-        raise ConfigError(f"{shown}: unknown table '{unknown[0]}' (expected [[check]], [[target]] or [[template]]).")
-    for name in ("check", "target", "template"):
+        raise ConfigError(f"{shown}: unknown table '{unknown[0]}' (expected [[check]], [[target]], [[template]] or "
+                          f"[[lookup]]).")
+    for name in TABLES:
         value = data.get(name, [])
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise ConfigError(f"{shown}: '{name}' must be an array of tables: write each one under its own "
                               f"[[{name}]] header (not [{name}] or {name} = ...).")
-    check_lines, target_lines = _table_lines(text, "check"), _table_lines(text, "target")
-    if len(check_lines) != len(data.get("check", [])) or len(target_lines) != len(data.get("target", [])):
-        raise ConfigError(f"{shown}: write each check and target under its own [[check]] or [[target]] header "
-                          f"line (inline arrays of tables are not supported).")
-    checks = [_parse_check(raw, shown, text, check_lines[i]) for i, raw in enumerate(data.get("check", []))]
-    targets = [_parse_target(raw, shown, text, target_lines[i]) for i, raw in enumerate(data.get("target", []))]
-    template_lines = _table_lines(text, "template")
-    specs = [_parse_template(raw, shown, text, template_lines[i] if i < len(template_lines) else 0)
+    lines = {name: _table_lines(text, name) for name in TABLES}
+    if any(len(lines[name]) != len(data.get(name, [])) for name in ("check", "target", "lookup")):
+        raise ConfigError(f"{shown}: write each check, target and lookup under its own [[check]], [[target]] or "
+                          f"[[lookup]] header line (inline arrays of tables are not supported).")
+    checks = [_parse_check(raw, shown, text, lines["check"][i]) for i, raw in enumerate(data.get("check", []))]
+    targets = [_parse_target(raw, shown, text, lines["target"][i]) for i, raw in enumerate(data.get("target", []))]
+    specs = [_parse_template(raw, shown, text, lines["template"][i] if i < len(lines["template"]) else 0)
              for i, raw in enumerate(data.get("template", []))]
-    return checks, targets, specs
+    lookups = [_parse_lookup(raw, shown, text, lines["lookup"][i]) for i, raw in enumerate(data.get("lookup", []))]
+    return checks, targets, specs, lookups
 
 
 def _parse_check(raw: dict[str, Any], shown: str, text: str, line: int) -> Check:
@@ -169,9 +225,15 @@ def _parse_check(raw: dict[str, Any], shown: str, text: str, line: int) -> Check
     for key in ("when", "unless", "pattern", "extract"):
         if key in raw:
             _check_regex(raw[key], f"{where(key)}: {label}: {key}")
-    for key in ("name", "description", "text", "field"):
+    for key in ("name", "description", "text", "field", "lookup"):
         if key in raw and not isinstance(raw[key], str):
             raise ConfigError(f"{where(key)}: {label}: {key} must be a string.")
+    if "lookup" in raw and kind != "equals":
+        raise ConfigError(f"{where('lookup')}: {label}: lookup gives the expected value of an equals check; this is "
+                          f"a {kind} check. Remove lookup, or make it type = \"equals\".")
+    if "lookup" in raw and "field" in raw:
+        raise ConfigError(f"{where('lookup')}: {label}: lookup and field both say where the expected value comes "
+                          f"from. Keep one: lookup (from the input, through a table) or field (from the example).")
     if "schema" in raw and not isinstance(raw["schema"], dict):
         raise ConfigError(f"{where('schema')}: {label}: schema must be a table (a JSON schema written in TOML).")
     if "schema" in raw:
@@ -213,6 +275,67 @@ def _parse_template(raw: dict[str, Any], shown: str, text: str, line: int) -> Te
         raise ConfigError(f"{where('params')}: template '{raw['file']}': params must be a table.")
     return TemplateSpec(file=raw["file"], kind=raw["kind"], source=f"{shown}:{line}",
                         description=str(raw.get("description", "")), params=raw.get("params", {}))
+
+
+def _parse_lookup(raw: dict[str, Any], shown: str, text: str, line: int) -> Lookup:
+    def where(key: str | None = None) -> str:
+        return f"{shown}:{_key_line(text, line, key) if key else line}"
+
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where('name')}: lookup without a name. Add name = \"...\" and give that name to a "
+                          f"check's lookup.")
+    label = f"lookup '{name}'"
+    for key in raw:
+        if key not in LOOKUP_KEYS:
+            raise ConfigError(f"{where(key)}: {label}: unknown key '{key}' (expected one of: "
+                              f"{', '.join(LOOKUP_KEYS)}).{_suggest(key, LOOKUP_KEYS)}")
+    if "key" not in raw:
+        raise ConfigError(f"{where()}: {label} needs 'key': a regular expression on the input whose first group is "
+                          f"the key, e.g. key = '<city>(.*?)</city>'.")
+    _check_regex(raw["key"], f"{where('key')}: {label}: key")
+    if not re.compile(raw["key"]).groups:
+        raise ConfigError(f"{where('key')}: {label}: key = {_quote(raw['key'])} has no group. Put the part of the "
+                          f"input that is the key in parentheses, e.g. '<city>(.*?)</city>'.")
+    ignore_case = raw.get("ignore_case", False)
+    if not isinstance(ignore_case, bool):
+        raise ConfigError(f"{where('ignore_case')}: {label}: ignore_case = {ignore_case!r}: expected true or false.")
+    if not isinstance(raw.get("description", ""), str):
+        raise ConfigError(f"{where('description')}: {label}: description must be a string.")
+    table = raw.get("table")
+    if not isinstance(table, dict) or not table:
+        raise ConfigError(f"{where('table') if 'table' in raw else where()}: {label} needs a table of keys and the "
+                          f"values they give: table = {{ key = \"value\", ... }}, or a [lookup.table] section below "
+                          f"[[lookup]] with one key = \"value\" per line.")
+    lookup = Lookup(name=name, key=raw["key"], table={}, source=f"{shown}:{line}", ignore_case=ignore_case,
+                    description=raw.get("description", ""))
+    written: dict[str, str] = {}
+    for key, value in table.items():
+        at = f"{shown}:{_entry_line(text, line, key)}"
+        if not isinstance(value, str):
+            raise ConfigError(f"{at}: {label}: {_quote(key)} = {value!r}: expected a string (the value the check "
+                              f"expects for that key).")
+        normal = lookup.normalise(key)
+        if normal in lookup.table and lookup.table[normal] != value:
+            raise ConfigError(f"{at}: {label}: keys {_quote(written[normal])} and {_quote(key)} are the same key "
+                              f"{_quote(normal)} once normalised (whitespace collapsed"
+                              f"{', case ignored' if ignore_case else ''}) but give different values "
+                              f"({_quote(lookup.table[normal])}, {_quote(value)}). Keep one.")
+        lookup.table[normal], written[normal] = value, key
+    return lookup
+
+
+def _entry_line(text: str, start: int, key: str) -> int:
+    """The line of `key = ...` in a lookup's table (inline, dotted or a [lookup.table] section), else its header."""
+    lines = text.splitlines()
+    quoted = "|".join(re.escape(k) for k in (f'"{key}"', f"'{key}'", key))
+    entry = re.compile(rf"^\s*(table\s*\.\s*)?({quoted})\s*=")
+    for number in range(start + 1, len(lines) + 1):
+        if re.match(r"^\s*\[\[", lines[number - 1]):
+            break
+        if entry.match(lines[number - 1]):
+            return number
+    return _key_line(text, start, "table")
 
 
 def _check_regex(value: Any, where: str) -> None:
@@ -260,30 +383,39 @@ def _suggest(word: str, options: Any) -> str:
 
 
 def check_one(check: Check, *, input: str, prediction: str, expected: str = "",
-              fields: dict[str, Any] | None = None) -> bool | None:
+              fields: dict[str, Any] | None = None, strict: bool = False) -> bool | None:
     """Whether one output passes one check (None when the check does not apply): for one-off checks."""
     run = CompiledCheck(check)
     if not run.applies(input):
         return None
-    return run.verdict(prediction, expected, fields or {})[0]
+    return run.verdict(prediction, expected, fields or {}, input=input, strict=strict)[0]
 
 
 class CompiledCheck:
     """A check with its regular expressions compiled once, ready to judge outputs."""
 
     def __init__(self, check: Check):
+        assert check.lookup is None or check.lookup_table is not None, "load_rules resolves a check's lookup"
         self.check = check
         self.when = re.compile(check.when) if check.when else None
         self.unless = re.compile(check.unless) if check.unless else None
         self.pattern = re.compile(check.pattern) if check.pattern else None
         self.extract = re.compile(check.extract) if check.extract else None
+        self.lookup = check.lookup_table
 
     def applies(self, text: str) -> bool:
         if self.when and not self.when.search(text):
             return False
         return not (self.unless and self.unless.search(text))
 
-    def verdict(self, prediction: str, expected: str, fields: dict[str, Any]) -> tuple[bool | None, str]:
+    def verdict(self, prediction: str, expected: str, fields: dict[str, Any], *, input: str = "",
+                strict: bool = False) -> tuple[bool | None, str]:
+        """(passed, detail) of one output; passed is None when there is nothing to compare with.
+
+        A lookup check takes its expected value from `input`. When the input has no key, or one the table lacks,
+        the check does not apply (the detail says why), unless `strict`: then it fails, since what cannot be
+        checked must not be kept (vetting generated examples).
+        """
         kind = self.check.type
         if kind == "regex":
             return (True, "") if self.pattern.search(prediction) else (False, f"no match for /{self.pattern.pattern}/")
@@ -293,7 +425,7 @@ class CompiledCheck:
         if kind == "contains":
             return (True, "") if self.check.text in prediction else (False, f"missing {self.check.text!r}")
         if kind == "equals":
-            return self._equals(prediction, expected, fields)
+            return self._equals(prediction, expected, fields, input, strict)
         return self._json_schema(prediction)
 
     def _value(self, text: str) -> str | None:
@@ -302,8 +434,15 @@ class CompiledCheck:
             return None
         return (found.group(1) if found.re.groups else found.group(0)).strip()
 
-    def _equals(self, prediction: str, expected: str, fields: dict[str, Any]) -> tuple[bool | None, str]:
-        if self.check.field:
+    def _equals(self, prediction: str, expected: str, fields: dict[str, Any], input: str,
+                strict: bool) -> tuple[bool | None, str]:
+        source = ""
+        if self.lookup is not None:
+            want, key = self.lookup.look_up(input)
+            if want is None:  # `key` says why: the input has no key, or the table lacks it
+                return (False if strict else None), key
+            source = f" for {key!r} (lookup {self.lookup.name})"
+        elif self.check.field:
             want = fields.get(self.check.field)
             want = None if want is None else (json.dumps(want) if isinstance(want, bool) else str(want)).strip()
         else:
@@ -313,7 +452,7 @@ class CompiledCheck:
         got = self._value(prediction)
         if got is None:
             return False, f"no value: /{self.extract.pattern}/ did not match"
-        return (True, "") if got == want else (False, f"got {got!r}, expected {want!r}")
+        return (True, "") if got == want else (False, f"got {got!r}, expected {want!r}{source}")
 
     def _json_schema(self, prediction: str) -> tuple[bool, str]:
         import jsonschema

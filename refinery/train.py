@@ -7,6 +7,7 @@ here into `LoraConfig` and `SFTConfig`.
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -25,6 +26,8 @@ TARGETS = {
     "attention-mlp": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "all-linear": "all-linear",
 }
+
+SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}  # refinery's -> transformers'
 
 
 @dataclass
@@ -68,7 +71,8 @@ def train(rows: pl.DataFrame, *, base_model: str, settings: TrainSettings, out_d
                 on_step(state.global_step, state.max_steps)
 
     started = time.perf_counter()
-    trainer = SFTTrainer(model=model, args=sft_config(settings, out_dir, device=device, dtype=dtype),
+    steps = step_budget(settings, rows.height)
+    trainer = SFTTrainer(model=model, args=sft_config(settings, out_dir, steps=steps, device=device, dtype=dtype),
                          train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config(settings),
                          callbacks=[Progress()])
     trainer.remove_callback(PrinterCallback)  # the log goes to train_log.json, progress to on_step
@@ -86,6 +90,16 @@ def train(rows: pl.DataFrame, *, base_model: str, settings: TrainSettings, out_d
                        log=log)
 
 
+def step_budget(settings: TrainSettings, examples: int) -> int:
+    """Optimizer steps of a round on `examples` examples: `[train] steps` when set, else `epochs` passes over the
+    set at `batch_size`, kept within [min_steps, max_steps]. A fixed budget cannot learn from what the loop adds:
+    on the demo, 300 steps on every analysis example reached 40 % of the test split, 1,000 steps 98 %."""
+    if settings.steps is not None:
+        return settings.steps
+    wanted = math.ceil(settings.epochs * examples / settings.batch_size)
+    return max(settings.min_steps, min(settings.max_steps, wanted))
+
+
 def training_pairs(rows: pl.DataFrame, tokenizer: Any) -> dict[str, list[str]]:
     """prompt/completion columns: the rendered prompt, and the expected output (trl appends the EOS token)."""
     return {"prompt": [render_prompt(tokenizer, text) for text in rows["input"]],
@@ -101,18 +115,18 @@ def lora_config(settings: TrainSettings) -> Any:
                       target_modules=TARGETS[settings.target_modules], task_type="CAUSAL_LM")
 
 
-def sft_config(settings: TrainSettings, out_dir: Path, *, device: str, dtype: Any) -> Any:
+def sft_config(settings: TrainSettings, out_dir: Path, *, steps: int, device: str, dtype: Any) -> Any:
     import torch
     from trl import SFTConfig
 
     # trl's defaults are GPU-minded (bf16 on, activation checkpointing on, lr 2e-5, max_length 1024): set them all.
     return SFTConfig(
         output_dir=str(out_dir / "trainer"),
-        max_steps=settings.steps,
+        max_steps=steps,
         per_device_train_batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=max(1, settings.steps // 20),
+        lr_scheduler_type=SCHEDULES[settings.lr_schedule],
+        warmup_steps=max(1, round(steps * settings.warmup)) if settings.warmup else 0,
         weight_decay=0.0,
         max_length=settings.max_length,
         completion_only_loss=True,
@@ -122,7 +136,7 @@ def sft_config(settings: TrainSettings, out_dir: Path, *, device: str, dtype: An
         use_cpu=device == "cpu",
         seed=settings.seed,
         data_seed=settings.seed,
-        logging_steps=max(1, settings.steps // 20),
+        logging_steps=max(1, steps // 20),
         save_strategy="no",
         report_to=[],
         disable_tqdm=True,

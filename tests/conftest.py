@@ -78,6 +78,12 @@ max_new_tokens = 40
 [generate]
 clusters = 2
 per_cluster = 4
+
+[mix]
+cue = "use thinking."
+cue_pattern = '(?i)(please )?use thinking[.!]?|think it through[.!]?'
+answer_check = "answer_correct"
+toggle_template = "think_toggle.jinja"
 """
 
 

@@ -31,6 +31,21 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, Path]:
     return results, page, out
 
 
+def test_quick_run_measures_the_ceiling_and_the_demo_per_round(quick) -> None:
+    results, page, out = quick
+    ceiling, demo = results["ceiling"], results["demo"]
+    # the ceiling trains on the seed set plus every analysis row the quick setting keeps (40), 4 steps
+    assert (ceiling["examples"], ceiling["steps"], ceiling["test_examples"]) == (60, 4, 40)
+    assert 0.0 <= ceiling["test_pass_rate"] <= 1.0 and sum(ceiling["failures"].values()) >= 0
+    assert f"| 60 | 4 | 40 | {100 * ceiling['test_pass_rate']:.1f} % |" in page
+    assert [r["round"] for r in demo["rounds"]] == [1, 2] and demo["stop_reason"]
+    for r in demo["rounds"]:
+        assert r["seconds"] > 0 and r["steps"] == 4 and 0.0 <= r["test_pass_rate"] <= 1.0
+        assert re.search(rf"\| {r['round']} \| {r['train_examples']} \| 4 \| {100 * r['test_pass_rate']:.1f} % \| ",
+                         page)
+    assert demo["rounds"][1]["train_examples"] == demo["rounds"][0]["train_examples"] + demo["rounds"][0]["added"]
+
+
 def test_quick_run_compares_the_three_arms_with_equal_data(quick) -> None:
     results, page, out = quick
     rows = results["efficiency"]
@@ -49,7 +64,8 @@ def test_quick_run_compares_the_three_arms_with_equal_data(quick) -> None:
     # random gets, round by round, the count the targeted arm stored; the steps arm adds nothing but steps
     for n in (1, 2):
         assert by[("random", n)]["wanted"] == by[("targeted", n)]["added"]
-        assert by[("steps", n)]["added"] == 0 and by[("steps", n)]["steps"] == n * by[("targeted", n)]["steps"]
+        assert by[("steps", n)]["added"] == 0
+        assert by[("steps", n)]["steps"] == sum(by[("targeted", k)]["steps"] for k in range(1, n + 1))
     assert by[("targeted", 1)]["added"] > 0
     assert by[("targeted", 2)]["added_before"] == by[("targeted", 1)]["added"]
     assert by[("random", 2)]["added_before"] == by[("random", 1)]["added"]

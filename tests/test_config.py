@@ -92,7 +92,13 @@ def test_explicit_folder_without_project(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "message"), [
     ("[tool.refinery.train]\nrank = 8\nrnak = 4\n",
      "pyproject.toml:3: [tool.refinery.train] unknown key 'rnak' (expected one of: alpha, batch_size, dropout, "
-     "learning_rate, max_length, method, precision, rank, seed, steps, target_modules). Did you mean 'rank'?"),
+     "epochs, learning_rate, lr_schedule, max_length, max_steps, method, min_steps, precision, rank, seed, steps, "
+     "target_modules, warmup). Did you mean 'rank'?"),
+    ("[tool.refinery.train]\nmin_steps = 500\nmax_steps = 400\n",
+     "pyproject.toml:2: [tool.refinery.train] min_steps = 500 is above max_steps = 400: expected min_steps <= "
+     "max_steps. Lower min_steps or raise max_steps."),
+    ("[tool.refinery.train]\nlr_schedule = \"step\"\n",
+     "pyproject.toml:2: [tool.refinery.train] lr_schedule = \"step\": expected one of: cosine, linear, constant."),
     ("[tool.refinery]\nbase_model = 'x'\nflavour = 'mild'\n",
      "pyproject.toml:3: [tool.refinery] unknown key 'flavour' (expected one of: base_model, rules_dir, runs_dir, "
      "seed, store, templates_dir, [data], [train], [infer], [analyze], [generate], [mix], [plateau], [baseline]). "
@@ -157,10 +163,39 @@ def test_init_scaffolds_a_project_whose_commented_defaults_are_the_defaults(tmp_
     # Uncommenting every setting must give a valid file with the same values: the comments tell the truth.
     uncommented = re.sub(r"^# (\w+ = .*)$", r"\1", config_file.read_text(), flags=re.MULTILINE)
     config_file.write_text(uncommented)
-    expected = (Config().override("mix", reasoning_share=0.4).override("plateau", target=0.95)
-                .override("baseline", production="runs/production-adapter"))
+    expected = (Config().override("mix", reasoning_share=0.4, cue="use thinking.",
+                                  cue_pattern=r"(?i)(please )?use thinking[.!]?|think it through[.!]?",
+                                  answer_check="answer_correct", toggle_template="think_toggle.jinja")
+                .override("train", steps=300)
+                .override("plateau", target=0.95).override("baseline", production="runs/production-adapter"))
     assert read_config(config_file) == expected
     assert uncommented.count("\n# ") > 30  # the help text stays as comments
+
+
+def test_the_thinking_cue_settings_are_optional_and_a_new_project_sets_none(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing demo-specific by default: a project from `refinery init` has no cue, no cue pattern, no answer
+    check and no toggle template; the file documents each, commented out, with an example."""
+    mix = Config().mix
+    assert (mix.cue, mix.cue_pattern, mix.answer_check, mix.toggle_template) == (None, None, None, None)
+    init_project(tmp_path / "new")
+    text = (tmp_path / "new" / "refinery.toml").read_text()
+    mix = load_project(tmp_path / "new", environ={}).config.mix
+    assert (mix.cue, mix.cue_pattern, mix.answer_check, mix.toggle_template) == (None, None, None, None)
+    section = text[text.index("[mix]"):text.index("[plateau]")]
+    for line in ('# cue = "use thinking."', '# answer_check = "answer_correct"',
+                 '# toggle_template = "think_toggle.jinja"',
+                 '# cue_pattern = "(?i)(please )?use thinking[.!]?|think it through[.!]?"'):
+        assert line in section.splitlines()
+    assert not re.search(r"^(cue|cue_pattern|answer_check|toggle_template) =", section, flags=re.MULTILINE)
+    assert "use thinking" not in text.replace("# cue = \"use thinking.\"", "").replace(
+        '# cue_pattern = "(?i)(please )?use thinking[.!]?|think it through[.!]?"', "")  # only as examples
+    # an empty value is no way to unset a key: leave it out (or commented out)
+    monkeypatch.chdir(tmp_path / "new")
+    write(tmp_path / "new" / "refinery.toml", '[mix]\ntoggle_template = ""\n')
+    with pytest.raises(ConfigError) as err:
+        load_project(tmp_path / "new", environ={})
+    assert str(err.value) == 'refinery.toml:2: [mix] toggle_template = "": expected a non-empty string.'
 
 
 def test_init_refuses_an_existing_project_unless_forced(tmp_path: Path) -> None:
@@ -211,3 +246,6 @@ def test_the_repository_is_itself_a_project() -> None:
     project = load_project(REPO, environ={})
     assert project.config_file == REPO / "pyproject.toml"
     assert Path(resolve_base_model(project)) == REPO / "data" / "tiny-base"
+    mix = project.config.mix  # the demo's thinking cue is the demo's setting, not the engine's default
+    assert (mix.cue, mix.answer_check, mix.toggle_template) == ("use thinking.", "answer_correct", "think_toggle.jinja")
+    assert re.fullmatch(mix.cue_pattern, "Please use thinking!") and re.fullmatch(mix.cue_pattern, "think it through.")

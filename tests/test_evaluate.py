@@ -11,7 +11,7 @@ from conftest import REPO, write
 
 from refinery.errors import ConfigError
 from refinery.evaluate import run_checks, summarize
-from refinery.rules import check_one, load_rules, parse_rules
+from refinery.rules import CompiledCheck, check_one, load_rules, parse_rules
 
 RULES = """\
 [[check]]
@@ -143,6 +143,10 @@ def test_the_demo_rules_agree_with_the_demo_data() -> None:
                      "</display_weather>", fields={"emoji": "🌧️"}) is False
 
 
+LOOKUP_CHECK = '[[check]]\nname = "emoji"\ntype = "equals"\nextract = "<e>(.*)</e>"\nlookup = "weather_emoji"\n\n'
+LOOKUP = '[[lookup]]\nname = "weather_emoji"\nkey = \'<weather>(.*?)</weather>\'\n'
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ('[[check]]\nname = "a"\ntype = "regexx"\npattern = "x"\n',
      "rules/bad.toml:3: check 'a': unknown type 'regexx' (expected one of: regex, contains, absent, json_schema, "
@@ -155,7 +159,7 @@ def test_the_demo_rules_agree_with_the_demo_data() -> None:
      "rules/bad.toml:1: check 'a': a equals check needs 'extract'."),
     ('[[check]]\nname = "a"\ntype = "regex"\npatern = "x"\n',
      "rules/bad.toml:4: check 'a': unknown key 'patern' (expected one of: name, type, description, when, unless, "
-     "pattern, text, extract, field, schema, severity). Did you mean 'pattern'?"),
+     "pattern, text, extract, field, lookup, schema, severity). Did you mean 'pattern'?"),
     ('[[check]]\ntype = "regex"\npattern = "x"\n',
      "rules/bad.toml:1: check without a name. Add name = \"...\"."),
     ('[[check]]\nname = "a"\ntype = "regex"\npattern = "x"\nseverity = 0\n',
@@ -168,13 +172,37 @@ def test_the_demo_rules_agree_with_the_demo_data() -> None:
     ('[[check]]\nname = "a"\ntype = "regex"\npattern = "x\n',
      "rules/bad.toml:4: invalid TOML: Illegal character '\\n'. Fix the syntax on that line."),
     ('[[checks]]\nname = "a"\n',
-     "rules/bad.toml: unknown table 'checks' (expected [[check]], [[target]] or [[template]])."),
+     "rules/bad.toml: unknown table 'checks' (expected [[check]], [[target]], [[template]] or [[lookup]])."),
     ('[[template]]\nfile = "a.jinja"\nkind = "SAME"\n',
      "rules/bad.toml:3: template 'a.jinja': kind = 'SAME': expected INV (keeps the parent's expected output) or DIR "
      "(changes it as the template declares)."),
     ('[check]\nname = "a"\ntype = "regex"\npattern = "x"\n',
      "rules/bad.toml: 'check' must be an array of tables: write each one under its own [[check]] header (not "
      "[check] or check = ...)."),
+    (LOOKUP_CHECK.replace('"weather_emoji"', '"weather_emoj"') + LOOKUP + 'table = { sunny = "s" }\n',
+     "rules/bad.toml:1: check 'emoji': lookup 'weather_emoj' names a table that no rules file declares. Declare it "
+     "under [[lookup]] with name = \"weather_emoj\", or fix the name. Did you mean 'weather_emoji'?"),
+    (LOOKUP_CHECK + '[[lookup]]\nname = "weather_emoji"\nkey = \'<weather>.*?</weather>\'\ntable = { sunny = "s" }\n',
+     "rules/bad.toml:9: lookup 'weather_emoji': key = '<weather>.*?</weather>' has no group. Put the part of the "
+     "input that is the key in parentheses, e.g. '<city>(.*?)</city>'."),
+    (LOOKUP_CHECK + LOOKUP + '\n[lookup.table]\nsunny = "s"\n"clear skies" = 3\n',
+     "rules/bad.toml:13: lookup 'weather_emoji': 'clear skies' = 3: expected a string (the value the check expects "
+     "for that key)."),
+    (LOOKUP_CHECK.replace('lookup = ', 'field = "emoji"\nlookup = ') + LOOKUP + 'table = { sunny = "s" }\n',
+     "rules/bad.toml:6: check 'emoji': lookup and field both say where the expected value comes from. Keep one: "
+     "lookup (from the input, through a table) or field (from the example)."),
+    ('[[check]]\nname = "emoji"\ntype = "regex"\npattern = "x"\nlookup = "weather_emoji"\n',
+     "rules/bad.toml:5: check 'emoji': lookup gives the expected value of an equals check; this is a regex check. "
+     "Remove lookup, or make it type = \"equals\"."),
+    (LOOKUP_CHECK + LOOKUP,
+     "rules/bad.toml:7: lookup 'weather_emoji' needs a table of keys and the values they give: table = { key = "
+     "\"value\", ... }, or a [lookup.table] section below [[lookup]] with one key = \"value\" per line."),
+    (LOOKUP_CHECK + LOOKUP + 'ignore_case = true\n\n[lookup.table]\nSunny = "s"\n"sunny " = "t"\n',
+     "rules/bad.toml:14: lookup 'weather_emoji': keys 'Sunny' and 'sunny ' are the same key 'sunny' once "
+     "normalised (whitespace collapsed, case ignored) but give different values ('s', 't'). Keep one."),
+    (LOOKUP_CHECK + '[[lookup]]\nname = "weather_emoji"\ntable = { sunny = "s" }\n',
+     "rules/bad.toml:7: lookup 'weather_emoji' needs 'key': a regular expression on the input whose first group is "
+     "the key, e.g. key = '<city>(.*?)</city>'."),
 ])
 def test_bad_rules_files_name_file_line_and_problem(tmp_path: Path, monkeypatch, text: str, message: str) -> None:
     monkeypatch.chdir(tmp_path)
@@ -182,6 +210,105 @@ def test_bad_rules_files_name_file_line_and_problem(tmp_path: Path, monkeypatch,
     with pytest.raises(ConfigError) as err:
         load_rules(tmp_path / "rules")
     assert str(err.value) == message
+
+
+EMOJI_RULES = """\
+[[check]]
+name = "emoji"
+when = '<weather>'
+type = "equals"
+extract = '<display_weather>(.*?)</display_weather>'
+lookup = "weather_emoji"
+
+[[check]]
+name = "emoji_cased"
+when = '<weather>'
+type = "equals"
+extract = '<display_weather>(.*?)</display_weather>'
+lookup = "cased"
+
+[[lookup]]
+name = "weather_emoji"
+key = '<weather>\\W*(.*?)\\W*</weather>'
+ignore_case = true
+table = { sunny = "☀️", "clear skies" = "☀️", fog = "🌫️" }
+
+[[lookup]]
+name = "cased"
+key = '<weather>\\W*(.*?)\\W*</weather>'
+table = { Sunny = "☀️" }
+"""
+SUN, FOG = "Answer: 1<display_weather>☀️</display_weather>", "Answer: 1<display_weather>🌫️</display_weather>"
+
+
+@pytest.mark.parametrize(("check", "text", "prediction", "verdict", "detail"), [
+    ("emoji", "<weather>Sunny!</weather> q", SUN, True, ""),
+    ("emoji", "q <weather>  CLEAR   Skies... </weather>", SUN, True, ""),  # case and spaces normalised
+    ("emoji", "<weather>fog</weather> q", SUN, False,
+     "got '☀️', expected '🌫️' for 'fog' (lookup weather_emoji)"),
+    ("emoji", "<weather>fog</weather> q", "Answer: 1", False,
+     "no value: /<display_weather>(.*?)</display_weather>/ did not match"),
+    ("emoji", "<weather>Foggy</weather> q", FOG, None,  # a key the table lacks: nothing to compare with
+     "key 'foggy' is not in lookup weather_emoji (rules/r.toml:15); add it there"),
+    ("emoji", "<weather>?!</weather> q", FOG, None,
+     "no key for lookup weather_emoji: /<weather>\\W*(.*?)\\W*</weather>/ found none in the input"),
+    ("emoji", "no tag", SUN, None, None),  # `when` does not match: the check does not apply
+    ("emoji_cased", "<weather>Sunny</weather> q", SUN, True, ""),
+    ("emoji_cased", "<weather>sunny</weather> q", SUN, None,
+     "key 'sunny' is not in lookup cased (rules/r.toml:21); add it there"),
+])
+def test_a_lookup_check_takes_its_expected_value_from_the_input(tmp_path: Path, monkeypatch, check, text,
+                                                               prediction, verdict, detail) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "rules" / "r.toml", EMOJI_RULES)
+    rules = load_rules(Path("rules"))
+    # the example's own emoji field plays no part: the table says what the emoji must be
+    rows = pl.DataFrame({"example_id": ["a"], "variant": [""], "input": [text], "expected": [prediction],
+                         "fields": [json.dumps({"emoji": "☀️"})], "prediction": [prediction]})
+    results = run_checks(rules, rows).filter(pl.col("check_name") == check)
+    assert (results["passed"][0], results["detail"][0]) == (verdict, detail)
+    assert results["applies"][0] is (verdict is not None)
+    # vetting a generated example is strict: an input whose key cannot be looked up fails, it is not kept
+    run = CompiledCheck(rules.check(check))
+    strict = run.verdict(prediction, prediction, {}, input=text, strict=True) if run.applies(text) else (None, None)
+    assert strict == (False if verdict is None and detail else verdict, detail)
+
+
+def test_lookup_names_are_unique_across_files(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "rules" / "a.toml", LOOKUP + 'table = { sunny = "s" }\n')
+    write(tmp_path / "rules" / "b.toml", LOOKUP_CHECK + LOOKUP + 'table = { sunny = "s" }\n')
+    with pytest.raises(ConfigError) as err:
+        load_rules(tmp_path / "rules")
+    assert str(err.value) == ("rules/b.toml:7: lookup 'weather_emoji' is already declared at rules/a.toml:1. "
+                              "Give each lookup its own name.")
+    (tmp_path / "rules" / "a.toml").unlink()  # a check may name a lookup of another file
+    write(tmp_path / "rules" / "b.toml", LOOKUP_CHECK)
+    write(tmp_path / "rules" / "c.toml", LOOKUP + 'table = { sunny = "s" }\n')
+    assert load_rules(tmp_path / "rules").check("emoji").lookup_table.source == "rules/c.toml:1"
+
+
+def test_the_demo_emoji_table_gives_every_emoji_of_the_demo_data_and_templates() -> None:
+    """The weather_emoji lookup agrees with the emoji field of every seed, eval and corner row, and gives each
+    weather word of the templates' params (in any case) its condition's emoji."""
+    rules = load_rules(REPO / "rules")
+    lookup = rules.check("emoji_correct").lookup_table
+    tagged = 0
+    for name in ("seed", "eval", "corner"):
+        for line in (REPO / "data" / "demo" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if row["weather"] is None:
+                assert row["emoji"] is None and "<weather>" not in row["input"]
+                continue
+            tagged += 1
+            assert lookup.look_up(row["input"])[0] == row["emoji"], (name, row["input"], lookup.look_up(row["input"]))
+    assert tagged > 400
+    conditions = rules.template("category_mapping.jinja").params["conditions"]
+    synonyms = rules.template("synonyms.jinja").params["synonyms"]
+    for condition, spec in conditions.items():
+        for word in spec["phrases"] + synonyms[condition]:
+            for cased in (word, word.upper(), word.title(), word.swapcase()):
+                assert lookup.look_up(f"<weather>{cased}!</weather> q")[0] == spec["emoji"], (condition, cased)
 
 
 def test_check_names_are_unique_across_files(tmp_path: Path, monkeypatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -212,7 +213,47 @@ def test_a_wrong_template_output_is_reported_not_kept(tmp_path: Path, demo_rules
     [candidate] = vet_candidates(render_candidates(env, "wrong.jinja", demo_parents(n=1)[0], count=1, seed=0),
                                  demo_rules, known_hashes=set(), held_out_inputs=set())
     assert candidate.outcome == "failed_checks"
-    assert candidate.detail == "fails display_weather_present"  # emoji_correct needs an emoji field to apply
+    assert candidate.detail == ("fails display_weather_present: no match for /<display_weather>[^<]+"
+                                "</display_weather>/; emoji_correct: no value: /<display_weather>(.*?)"
+                                "</display_weather>/ did not match")
+
+
+def test_a_wrong_emoji_mapping_is_rejected_when_vetted(demo_rules) -> None:
+    """The emoji is checked against the rules' weather_emoji table, not against the candidate itself: with fog
+    mapped to ☀️ in category_mapping's params, the fog renders agree with themselves (output and emoji field) and
+    every one is rejected; the other conditions are kept."""
+    spec = demo_rules.template("category_mapping.jinja")
+    conditions = {**spec.params["conditions"], "fog": {**spec.params["conditions"]["fog"], "emoji": "☀️"}}
+    wrong = dataclasses.replace(spec, params={**spec.params, "conditions": conditions})
+    env = template_environment(REPO / "templates")
+    candidates = [c for p in demo_parents(n=20) for c in render_candidates(env, "category_mapping.jinja", p, count=4,
+                                                                           seed=0, spec=wrong)]
+    vetted = vet_candidates(candidates, demo_rules, known_hashes=set(), held_out_inputs=set())
+    fog = [c for c in vetted if c.fields["condition"] == "fog"]
+    assert len(fog) >= 5
+    for c in fog:
+        assert c.fields["emoji"] == "☀️" and c.output.endswith("<display_weather>☀️</display_weather>")
+        key = c.fields["weather"].rstrip("!.").lower()
+        assert (c.outcome, c.detail) == ("failed_checks", f"fails emoji_correct: got '☀️', expected '🌫️' for "
+                                                          f"{key!r} (lookup weather_emoji)")
+    assert {c.outcome for c in vetted if c.fields["condition"] != "fog"} <= {"stored", "duplicate"}
+
+
+def test_a_weather_word_missing_from_the_table_is_rejected_when_vetted(tmp_path: Path, demo_rules) -> None:
+    """What the rules cannot check is not kept: a candidate whose weather word has no entry in the table."""
+    write(tmp_path / "hail.jinja", "{% set input %}<weather>Hail!</weather> {{ parent.fields.problem }}{% endset %}"
+                                   "{% set output %}Answer: {{ parent.fields.answer }}<display_weather>🧊"
+                                   "</display_weather>{% endset %}")
+    parent = demo_parents(n=1)[0]
+    assert parent["fields"]["cue"] is None and parent["fields"]["weather"] is None
+    [candidate] = vet_candidates(render_candidates(template_environment(tmp_path), "hail.jinja", parent, count=1,
+                                                   seed=0), demo_rules, known_hashes=set(), held_out_inputs=set())
+    table = demo_rules.check("emoji_correct").lookup_table
+    assert (candidate.outcome, candidate.detail) == (
+        "failed_checks", f"fails emoji_correct: key 'hail' is not in lookup weather_emoji ({table.source}); add it "
+                         f"there")
+    # judging a model's output, the same input leaves the check unapplied (the rule result names the key)
+    assert check_one(demo_rules.check("emoji_correct"), input=candidate.input, prediction=candidate.output) is None
 
 
 @pytest.mark.parametrize(("text", "message"), [

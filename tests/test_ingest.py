@@ -261,18 +261,30 @@ def test_every_command_explains_itself(cli, command: str) -> None:
     assert len(result.out.splitlines()) > 5
 
 
-def test_the_bundled_demo_ingests(tmp_path: Path, cli) -> None:
+def test_the_bundled_demo_ingests_as_make_demo_does(tmp_path: Path, cli) -> None:
     result = cli("--project", str(tmp_path / "nowhere"), "status")
     assert result.code == 1
     demo = tmp_path / "demo"
     cli("init", str(demo))
-    for name, split, source in [("seed", "train", "seed"), ("eval", "holdout", "import"),
-                                ("corner", "corner", "import")]:
+    for name, split, source in [("seed", "train", "seed"), ("eval", "analysis", "import"),
+                                ("test", "test", "import"), ("corner", "corner", "import")]:
         result = cli("--project", str(demo), "ingest", str(REPO / "data" / "demo" / f"{name}.jsonl"),
                      "--split", split, "--source", source)
         assert result.code == 0, result.err
     status = json.loads(cli("--project", str(demo), "status", "--json").out)
-    assert status["by_split"]["train"] == 20
-    assert status["by_split"]["corner"] == 14
-    assert 0.05 <= status["by_split"]["test"] / 600 <= 0.10
-    assert status["by_split"]["analysis"] + status["by_split"]["test"] == 600
+    # The split sizes the README states: none of the files share an input, so nothing is dropped as a duplicate.
+    assert status["by_split"] == {"train": 20, "analysis": 600, "test": 500, "corner": 14}
+
+
+def test_the_demo_generator_makes_the_files_and_sizes_the_readme_states(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, str(REPO / "data" / "demo" / "make_demo.py"), "--out", str(tmp_path)],
+                         capture_output=True, text=True, check=True)
+    counts = {path.stem: len(path.read_text(encoding="utf-8").splitlines()) for path in tmp_path.glob("*.jsonl")}
+    assert counts == {"seed": 20, "eval": 600, "test": 500, "corner": 14}, run.stdout
+    for name in counts:  # the committed files are what the generator makes
+        assert (tmp_path / f"{name}.jsonl").read_bytes() == (REPO / "data" / "demo" / f"{name}.jsonl").read_bytes()
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    assert "20 narrow seed examples, 600 broad analysis examples, 500 test examples and 14 corner cases" in readme

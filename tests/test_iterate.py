@@ -76,6 +76,36 @@ def test_baseline_is_round_zero_and_iterate_stops_on_a_plateau(demo_project, cli
     assert "Stopped: plateau: " in printed.out and "vs baseline: test pass rate" in printed.out
 
 
+def test_the_ceiling_trains_on_oracle_data_and_is_a_reference_not_a_round(demo_project, cli) -> None:
+    """`refinery ceiling`: the project's recipe on train + every analysis example, measured on test and corner,
+    recorded as round -2; the plateau rule and the next round's comparison ignore it; the report reads rounds
+    against it."""
+    config = demo_project.root / "refinery.toml"
+    config.write_text(config.read_text().replace("steps = 16\n", "steps = 6\n"))
+    result = cli("ceiling", "--json")
+    assert result.code == 0, result.err
+    document = json.loads(result.out)
+    with Store(demo_project.store_path) as store:
+        train, analysis = (store.scalar(f"SELECT count(*) FROM examples WHERE split = '{s}' AND status = 'active'")
+                           for s in ("train", "analysis"))
+        kind, metrics, adapter = store.one("SELECT kind, metrics, adapter_path FROM rounds WHERE number = -2")
+        asked = store.scalar("SELECT count(DISTINCT example_id) FROM predictions WHERE round = -2 AND variant = ''")
+        held = store.scalar("SELECT count(*) FROM examples WHERE split IN ('test', 'corner')")
+    assert (document["examples"], document["train"], document["analysis"]) == (train + analysis, train, analysis)
+    assert document["steps"] == 6 and kind == "ceiling" and Path(adapter).name == "adapter"
+    assert json.loads(metrics)["test"] == document["metrics"]["test"] and asked == held  # analysis is not asked
+    printed = cli("ceiling")
+    assert f"Ceiling (round -2): 6 steps on {train + analysis} examples ({train} train + {analysis} analysis)" \
+        in printed.out
+    assert "Test pass rate at the ceiling: " in printed.out
+    result = cli("iterate", "--until-plateau", "--rounds", "1", "--json")
+    rounds = json.loads(result.out)
+    assert [h["round"] for h in rounds["history"]] == [1] and rounds["rounds"][0]["previous"] is None
+    text = cli("report", "--text").out
+    ceiling = document["metrics"]["test"]["pass_rate"]
+    assert f"; ceiling {ceiling:.1%} (oracle data), so the loop reached " in text
+
+
 def test_a_production_adapter_is_measured_once_and_compared(demo_project, cli) -> None:
     first = run_round(demo_project)
     shutil.copytree(Path(first.train["weights"]), demo_project.root / "prod")

@@ -217,3 +217,22 @@ def test_random_targeting_renders_every_family_untargeted_within_the_budget(demo
     assert sum(g["over_cap"] for g in summary.generated) == over.height
     off = project.with_config(project.config.override("generate", targeting="off"))
     assert run_round(off).generated == []
+
+
+def test_a_project_made_by_init_runs_a_round_with_no_demo_settings(project_dir: Path, cli) -> None:
+    """A task with no thinking cue and no weather: `init`'s files as written, a tiny sentiment task, the bundled
+    model (`bundled:tiny-base`, init's default). The round finishes, asks no cue variants and prints no cue line."""
+    words = ["great", "awful", "fine", "bad", "lovely", "poor", "superb", "dull", "nice", "grim"]
+    rows = [{"input": f"Review {i}: the film was {w}.", "output": "positive" if i % 2 == 0 else "negative"}
+            for i, w in enumerate(words * 3)]
+    (project_dir / "data" / "reviews.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert cli("ingest", "data/reviews.jsonl").code == 0
+    result = cli("iterate", "--steps", "2")
+    assert result.code == 0, result.err
+    assert "Round 1 done in" in result.out
+    assert "Thinking cue" not in result.out and "cue" not in result.out.lower()
+    with Store(project_dir / "runs" / "refinery.duckdb") as store:
+        assert store.scalar("SELECT count(*) FROM predictions WHERE variant <> ''") == 0
+        metrics = json.loads(store.scalar("SELECT metrics FROM rounds WHERE number = 1"))
+    assert "mix" not in metrics

@@ -67,7 +67,7 @@ def test_the_page_renders_its_plots_and_tables_in_chromium(reported, cli, tmp_pa
         passing = _test_pass_rates(store)
         checks = _check_counts(store)
     assert dom.plots["map"]["points"] == members > 0  # one dot per failing case in the map
-    assert {colour for colour, _ in REFERENCE.values()} <= dom.plots["metric"]["strokes"]  # baseline, production
+    assert {REFERENCE[kind][0] for kind in ("baseline", "production")} <= dom.plots["metric"]["strokes"]
     rounds = {row[0]: row for row in dom.tables["rounds-table"]}
     assert list(rounds) == [NAMES[n] for n in ROUNDS]
     assert {n: rounds[NAMES[n]][4] for n in ROUNDS} == {n: f"{rate:.1%}" for n, rate in passing.items()}
@@ -162,6 +162,44 @@ def test_no_finished_round_is_an_error_that_says_what_to_do(project_dir, cli) ->
     assert result.err == ("Error: no finished round yet, so nothing to report: run `refinery iterate` first, then "
                           "`refinery report`.\n")
     assert not (project_dir / "runs" / "report.html").exists()
+
+
+def test_a_task_without_reasoning_gets_no_mix_section(project, cli) -> None:
+    """A project from `refinery init` (no thinking cue, no reasoning share) with one finished round, recorded by
+    hand: the report leaves the reasoning/direct mix section out, and numbers the failure map 5. Once the store
+    holds a reasoning example the section is back, saying why it has no figures."""
+    metrics = {"test": {"examples": 2, "pass_rate": 0.5, "weighted_score": 0.5,
+                        "checks": {"not_empty": {"applies": 2, "passed": 1, "rate": 0.5}}}}
+    with Store(project.store_path) as store:
+        store.con.execute("INSERT INTO rounds (number, kind, status, config, metrics, finished_at) VALUES "
+                          "(1, 'round', 'done', '{}', ?, current_timestamp)", [json.dumps(metrics)])
+    text = cli("report", "--text")
+    assert text.code == 0, text.err
+    assert "Reasoning/direct mix" not in text.out and "sweep" not in text.out
+    assert "5. Failure map: no embedded failures to map yet." in text.out
+    assert cli("report").code == 0
+    html = (project.runs_dir / "report.html").read_text(encoding="utf-8")
+    assert 'id="mix"' not in html and 'href="#mix"' not in html and "Reasoning / direct mix" not in html
+    assert '<a href="#map"><b>5</b>Failure map</a>' in html and '<span class="n">5</span>Failure map' in html
+
+    write(project.root / "data" / "r.jsonl", json.dumps({"input": "q", "output": "<think>1</think>1"}) + "\n")
+    assert cli("ingest", "data/r.jsonl", "--split", "train").code == 0
+    text = cli("report", "--text").out
+    assert "5. Reasoning/direct mix: no cue-mode figures recorded (they need [mix] cue and cue_pattern)." in text
+    assert "6. Failure map: no embedded failures to map yet." in text
+    # a sweep run without a cue has no cue-mode figures: the page shows its test pass rates alone
+    from refinery.mix import CUE_FIGURES
+    rows = [{"share": s, "examples": 10, "reasoning": r, "direct": 10 - r, "toggled": 0, "test_pass_rate": rate,
+             "test_weighted_score": rate, **dict.fromkeys(CUE_FIGURES), "seconds": 1.0}
+            for s, r, rate in ((0.2, 2, 0.25), (0.6, 6, 0.5))]
+    write(project.runs_dir / "sweep-20250101-000000" / "sweep.json",
+          json.dumps({"dir": "runs/sweep-20250101-000000", "train_examples": 10, "test_examples": 4, "steps": 2,
+                      "rows": rows}))
+    shares = _rows(cli("report", "--text").out, "   latest sweep")
+    assert shares["0.2"][1:] == ["10 (2/8)", "25.0%", "-", "-", "-", "-", "-"]
+    assert cli("report").code == 0
+    html = (project.runs_dir / "report.html").read_text(encoding="utf-8")
+    assert 'data-plot="sweep"' in html and 'data-plot="mix"' not in html
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------

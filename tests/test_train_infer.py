@@ -41,7 +41,7 @@ def test_training_and_inference_render_the_same_prompt(tmp_path: Path) -> None:
     rows = seed_rows().head(4)
     settings = TrainSettings(steps=1, batch_size=2)
     trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(BASE),
-                         args=sft_config(settings, tmp_path, device="cpu", dtype=torch.float32),
+                         args=sft_config(settings, tmp_path, steps=1, device="cpu", dtype=torch.float32),
                          train_dataset=Dataset.from_dict(training_pairs(rows, tokenizer)),
                          processing_class=tokenizer, peft_config=lora_config(settings))
     for i, text in enumerate(rows["input"]):
@@ -115,3 +115,37 @@ def test_full_fine_tuning_updates_the_weights(tmp_path: Path) -> None:
     outputs = generate(["Bob has 3 coins and finds 2 more. How many coins now?"], base_model=result.weights_path,
                        settings=InferSettings(max_new_tokens=16))
     assert outputs.height == 1
+
+
+@pytest.mark.parametrize(("examples", "steps"), [
+    (1, 300),      # the floor: a tiny set still gets min_steps
+    (20, 300),     # the demo's seed set: 30 epochs would be 38 steps
+    (160, 300),    # 30 x 160 / 16 = 300 exactly
+    (200, 375),    # ceil(30 x 200 / 16)
+    (533, 1000),   # ceil(30 x 533 / 16) = 1,000 (999.4 rounded up)
+    (620, 1000),   # the cap: the demo's oracle set would be 1,163
+    (100_000, 1000),
+])
+def test_the_step_rule_gives_the_documented_steps(examples: int, steps: int) -> None:
+    from refinery.train import step_budget
+
+    assert step_budget(TrainSettings(), examples) == steps
+
+
+def test_a_fixed_step_count_replaces_the_rule_and_the_rule_follows_its_settings() -> None:
+    from refinery.train import step_budget
+
+    assert step_budget(TrainSettings(steps=7), 10_000) == 7
+    assert step_budget(TrainSettings(epochs=2, batch_size=8, min_steps=1, max_steps=50), 100) == 25
+    assert step_budget(TrainSettings(epochs=2, batch_size=8, min_steps=30, max_steps=50), 100) == 30
+    assert step_budget(TrainSettings(epochs=2, batch_size=8, min_steps=1, max_steps=20), 100) == 20
+
+
+def test_training_follows_the_step_rule_and_its_schedule(tmp_path: Path) -> None:
+    """A real run under the rule: ceil(3 epochs x 8 examples / batch 4) = 6 steps, linear decay to zero."""
+    settings = TrainSettings(epochs=3, min_steps=1, max_steps=100, batch_size=4, lr_schedule="linear", warmup=0.0,
+                             learning_rate=1e-2)
+    result = train(seed_rows().head(8), base_model=BASE, settings=settings, out_dir=tmp_path)
+    assert result.steps == 6
+    rates = [entry["learning_rate"] for entry in result.log]
+    assert rates == sorted(rates, reverse=True) and rates[0] <= 1e-2 and rates[-1] < rates[0]

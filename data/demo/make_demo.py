@@ -1,10 +1,16 @@
 """Generate the weather-tags demo data: a narrow seed set and broad evaluation and corner sets.
 
-    python data/demo/make_demo.py            # writes seed.jsonl, eval.jsonl, corner.jsonl beside this file
+    python data/demo/make_demo.py    # writes seed.jsonl, eval.jsonl, test.jsonl, corner.jsonl beside this file
 
 Deterministic (seeded). The seed set is narrow on purpose (two conditions, one spelling, one cue), the way a real
-project starts; the evaluation set is broad (punctuation and case variants, synonyms, conditions the seed never
+project starts; the evaluation sets are broad (punctuation and case variants, synonyms, conditions the seed never
 shows, cues on and off), so the first rounds fail in patterns the engine has to find on its own.
+
+- seed.jsonl (20): the training split's start.
+- eval.jsonl (600): the analysis split, whose failures the engine mines.
+- test.jsonl (500): the test split, drawn from the same distribution as eval.jsonl by a stream of its own, so it
+  is a random sample never mined; 500 examples make one example 0.2 points, so arms 5 points apart separate.
+- corner.jsonl (14): hand-picked hard cases, reported apart.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ SEED_CONDITIONS = {"sunny": ["Sunny"], "rain": ["Rainy"]}
 PUNCTUATION = ["", "!", ".", "!!", ",", "?", "...", " :)"]
 CUES = ["use thinking.", "Use thinking.", "use thinking!", "please use thinking.", "USE THINKING.", "think it through."]
 SEED_CUES = ["use thinking."]
+SIZES = {"seed": 20, "eval": 600, "test": 500, "corner": 14}  # README.md states these
 NAMES = ["Alice", "Bob", "Chen", "Dana", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jo", "Kemal", "Lena"]
 OBJECTS = ["apples", "books", "coins", "pencils", "stickers", "marbles", "cookies", "stamps", "shells", "cards"]
 
@@ -101,6 +108,15 @@ def corner_set(rng: random.Random) -> list[dict]:
     return rows
 
 
+def make_sets(*, seed: int = 7, eval_size: int = 600, test_size: int = 500) -> dict[str, list[dict]]:
+    """Every set of the demo; the test set has a random stream of its own, so its size leaves the others as
+    they are."""
+    rng = random.Random(seed)
+    sets = {"seed": seed_set(rng, SIZES["seed"]), "eval": eval_set(rng, eval_size), "corner": corner_set(rng)}
+    sets["test"] = eval_set(random.Random(f"{seed}-test"), test_size)
+    return sets
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
@@ -109,11 +125,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--eval-size", type=int, default=600)
+    parser.add_argument("--eval-size", type=int, default=SIZES["eval"])
+    parser.add_argument("--test-size", type=int, default=SIZES["test"])
     args = parser.parse_args()
-    rng = random.Random(args.seed)
-    sets = {"seed": seed_set(rng, 20), "eval": eval_set(rng, args.eval_size), "corner": corner_set(rng)}
-    for name, rows in sets.items():
+    for name, rows in make_sets(seed=args.seed, eval_size=args.eval_size, test_size=args.test_size).items():
         write_jsonl(args.out / f"{name}.jsonl", rows)
         print(f"{name}.jsonl: {len(rows)} examples")
 
