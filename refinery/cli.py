@@ -231,13 +231,13 @@ def baseline(ctx: typer.Context,
 
 @app.command()
 def ceiling(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Train with the project's [train] settings on oracle data, the train split plus every analysis example (the
-    best data the loop could ever add), and measure the test split: recorded as round -2, the reference every
-    round's figures are set against. Adds no training data."""
+    """Train with the project's [train] settings on oracle data, the training examples you brought (not the
+    loop's counterexamples) plus every analysis example (the best data the loop could ever add), and measure the
+    test split: recorded as round -2, the reference every round's figures are set against. Adds no data."""
     from refinery.measure import run_ceiling
     with _StageReporter() as reporter:
         document = run_ceiling(_project(ctx), on_step=reporter.progress, on_start=lambda examples: reporter.begin(
-            f"Ceiling: the project's recipe on {examples} oracle examples (train + analysis)", "train"))
+            f"Ceiling: the project's recipe on {examples} oracle examples (brought train + analysis)", "train"))
     if as_json:
         return _print_json(document)
     test = document["metrics"]["test"]

@@ -232,8 +232,9 @@ def references(store: Store) -> dict[str, dict[str, Any]]:
 
 
 def run_ceiling(project: Project, *, on_start=None, on_step=None) -> dict[str, Any]:
-    """Train with the project's `[train]` settings on oracle data, the train split plus every analysis example
-    (the best data the loop could ever add), and measure the test and corner splits; recorded as round -2.
+    """Train with the project's `[train]` settings on oracle data, the training examples the project brought
+    (seed, imported, relabelled; not the loop's counterexamples) plus every analysis example (the best data the
+    loop could ever add), and measure the test and corner splits; recorded as round -2.
 
     This is the reference a round's figures are set against: where the recipe, not the data, is what holds a
     project back, the rounds plateau well below it."""
@@ -241,8 +242,10 @@ def run_ceiling(project: Project, *, on_start=None, on_step=None) -> dict[str, A
 
     rules, base_model = _rules_and_base(project)
     with Store(project.store_path, wait=STORE_WAIT) as store:
-        oracle = store.frame("SELECT id, input, output, kind, split FROM examples WHERE status = 'active' "
-                             "AND split IN ('train', 'analysis') ORDER BY id")
+        # the training data as the project brought it (not the loop's counterexamples: the ceiling must not move
+        # with the rounds run) plus every analysis example
+        oracle = store.frame("SELECT id, input, output, kind, split FROM examples WHERE status = 'active' AND "
+                             "(split = 'analysis' OR (split = 'train' AND source <> 'generated')) ORDER BY id")
         rows = held_out(store, splits=("test", "corner"))
     if rows.filter(pl.col("split") == "test").height == 0 or oracle.height == 0:
         raise RefineryError("a ceiling needs training or analysis examples and test examples: ingest some first.")

@@ -101,8 +101,12 @@ def test_the_ceiling_trains_on_oracle_data_and_is_a_reference_not_a_round(demo_p
     result = cli("iterate", "--until-plateau", "--rounds", "1", "--json")
     rounds = json.loads(result.out)
     assert [h["round"] for h in rounds["history"]] == [1] and rounds["rounds"][0]["previous"] is None
+    with Store(demo_project.store_path) as store:  # the round added counterexamples to the train split...
+        assert store.scalar("SELECT count(*) FROM examples WHERE source = 'generated' AND status = 'active'") > 0
+    again = json.loads(cli("ceiling", "--json").out)  # ...which the ceiling leaves out: it does not move with rounds
+    assert (again["examples"], again["train"]) == (train + analysis, train)
     text = cli("report", "--text").out
-    ceiling = document["metrics"]["test"]["pass_rate"]
+    ceiling = again["metrics"]["test"]["pass_rate"]
     assert f"; ceiling {ceiling:.1%} (oracle data), so the loop reached " in text
 
 
