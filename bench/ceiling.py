@@ -109,7 +109,9 @@ def read_demo(root: Path) -> dict[str, Any]:
     for number, stop, seconds in rounds.iter_rows():
         summary = json.loads((project.runs_dir / f"round-{number:03d}" / "summary.json").read_text())
         out["rounds"].append(_round_row(summary, seconds))
-        out["stop_reason"] = stop or out.get("stop_reason")
+        if stop:  # one per `iterate` run
+            out.setdefault("stops", []).append({"round": number, "reason": stop})
+            out["stop_reason"] = stop
     out["seconds"] = round(sum(r["seconds"] for r in out["rounds"]) + out["baseline_seconds"], 1)
     return out
 

@@ -39,6 +39,11 @@ def render(results: dict[str, Any], *, target: float | None = None) -> str:
         lines += _demo(results["demo"], results.get("ceiling"))
     if results.get("efficiency"):
         lines += _efficiency(results["efficiency"], s, target)
+    else:
+        lines += ["## Sample efficiency", "", "Not run this time (`bench/run --parts efficiency`). The last verdict "
+                  "(2026-11-21, commit 29de123: targeted 26.4 % against random 30.2 % at round 4, McNemar p = 0.58) "
+                  "was measured under the old fixed 300 steps a round and a 53-example test split, so it no longer "
+                  "describes the engine; it is to be re-run on this demo.", ""]
     if results.get("stages"):
         lines += _stages(results["stages"])
     if results.get("scale"):
@@ -288,7 +293,7 @@ def _demo(d: dict[str, Any], ceiling: dict[str, Any] | None) -> list[str]:
     out = ["## The demo, round by round", "",
            f"{where}: the few-shot baseline ({_pct(d['baseline_test_pass_rate'])} of the test split, "
            f"{d['baseline_seconds']:.0f} s), then `refinery iterate --until-plateau`, which stopped: "
-           f"{d.get('stop_reason') or 'not recorded (the run did not finish)'}.", "",
+           + _stops(d) + ".", "",
            "| round | trained on | steps | test pass rate | of the ceiling | weighted score | analysis | corner "
            "| test failures by check | added | train s | round s |", "|---" * 12 + "|"]
     for r in d["rounds"]:
@@ -300,10 +305,22 @@ def _demo(d: dict[str, Any], ceiling: dict[str, Any] | None) -> list[str]:
                    f"{r['seconds']:.0f} |")
     if d["rounds"]:
         seconds = sorted(r["seconds"] for r in d["rounds"])
+        how = ("from each round's start to its end as the store recorded them" if d.get("from_project") else
+               "wall time of each round in a warm process; the first includes loading the embedder")
         out += ["", f"Seconds per round: median {seconds[len(seconds) // 2]:.0f}, from {seconds[0]:.0f} to "
-                    f"{seconds[-1]:.0f} (wall time of each round in a warm process; the first includes loading the "
-                    f"embedder). Whole demo: {_minutes(d.get('seconds'))}."]
+                    f"{seconds[-1]:.0f} ({how}). Baseline and rounds together: {_minutes(d.get('seconds'))}."]
     return out + [""]
+
+
+def _stops(d: dict[str, Any]) -> str:
+    """Why each `iterate` run stopped: one run in `make demo`, more where the project was iterated again."""
+    stops = d.get("stops") or ([{"round": d["rounds"][-1]["round"], "reason": d["stop_reason"]}]
+                               if d.get("stop_reason") and d["rounds"] else [])
+    if not stops:
+        return "not recorded (the run did not finish)"
+    parts = [f"{stops[0]['reason']} (after round {stops[0]['round']})"]
+    parts += [f"then another `iterate --until-plateau` went on to round {s['round']}: {s['reason']}" for s in stops[1:]]
+    return "; ".join(parts)
 
 
 def _stages(st: dict[str, Any]) -> list[str]:
