@@ -26,14 +26,7 @@ def run_ceiling(*, seed: int, eval_rows: int | None, train: dict[str, Any], work
     began = time.perf_counter()
     document = measure(project)
     seconds = time.perf_counter() - began
-    test = document["metrics"]["test"]
-    row = {"seed": seed, "examples": document["examples"], "steps": document["steps"],
-           "train_seconds": document["train_seconds"], "seconds": round(seconds, 1),
-           "test_examples": test["examples"], "test_pass_rate": test["pass_rate"],
-           "test_weighted_score": test["weighted_score"],
-           "corner_pass_rate": document["metrics"].get("corner", {}).get("pass_rate"),
-           "failures": {name: c["applies"] - c["passed"] for name, c in test["checks"].items()},
-           "settings": project.config.to_dict()["train"]}
+    row = _ceiling_row(document["metrics"], project.config.to_dict()["train"], seed=seed, seconds=seconds)
     log(f"ceiling: test pass {row['test_pass_rate']:.1%} of {row['test_examples']} after {row['steps']} steps on "
         f"{row['examples']} oracle examples; {seconds:.0f} s")
     return row
@@ -82,14 +75,24 @@ def read_ceiling(root: Path) -> dict[str, Any]:
     if row is None:
         raise SystemExit(f"{root}: no ceiling recorded; run `refinery ceiling` there first.")
     metrics, config = json.loads(row[0]), json.loads(row[1])
+    return {**_ceiling_row(metrics, config["train"], seed=config["seed"], seconds=seconds or 0),
+            "from_project": str(root)}
+
+
+def _ceiling_row(metrics: dict[str, Any], train: dict[str, Any], *, seed: int, seconds: float) -> dict[str, Any]:
+    """The ceiling's figures from its recorded metrics (`metrics["ceiling"]` holds what it trained on)."""
     detail, test = metrics["ceiling"], metrics["test"]
-    return {"seed": config["seed"], "examples": detail["examples"], "steps": detail["steps"],
-            "train_seconds": detail["train_seconds"], "seconds": round(seconds or 0, 1),
+    return {"seed": seed, "examples": detail["examples"], "steps": detail["steps"],
+            "train_seconds": detail["train_seconds"], "seconds": round(seconds, 1),
             "test_examples": test["examples"], "test_pass_rate": test["pass_rate"],
             "test_weighted_score": test["weighted_score"],
             "corner_pass_rate": metrics.get("corner", {}).get("pass_rate"),
-            "failures": {name: c["applies"] - c["passed"] for name, c in test["checks"].items()},
-            "settings": config["train"], "from_project": str(root)}
+            "failures": _failures(test["checks"]), "settings": train}
+
+
+def _failures(checks: dict[str, Any]) -> dict[str, int]:
+    """Failing outputs per check: applies - passed."""
+    return {name: c["applies"] - c["passed"] for name, c in checks.items()}
 
 
 def read_demo(root: Path) -> dict[str, Any]:
@@ -125,7 +128,6 @@ def _round_row(summary: Any, seconds: float) -> dict[str, Any]:
             "test_weighted_score": m["test"]["weighted_score"],
             "analysis_pass_rate": m.get("analysis", {}).get("pass_rate"),
             "corner_pass_rate": m.get("corner", {}).get("pass_rate"),
-            "failures": {name: c["applies"] - c["passed"] for name, c in m["test"]["checks"].items()
-                         if c["applies"] - c["passed"]},
+            "failures": {name: n for name, n in _failures(m["test"]["checks"]).items() if n},
             "added": sum(g.get("stored", 0) for g in s["generated"]),
             "stages": s["stages"], "seconds": round(seconds, 1)}

@@ -62,7 +62,7 @@ class DataSettings:
                              "Regular expression that marks an output as a reasoning example.")
 
 
-# The step rule's defaults, chosen by measurement on the demo (docs/benchmarks.md, "The per-round recipe").
+# The step rule's defaults, chosen by measurement on the demo (docs/recipe.md has the figures).
 EPOCHS, MIN_STEPS, MAX_STEPS = 30.0, 300, 1000
 
 

@@ -14,6 +14,7 @@ import polars as pl
 
 from refinery import __version__
 from refinery.errors import RefineryError
+from refinery.measure import REFERENCE_KINDS
 from refinery.project import Project
 from refinery.store import Store
 
@@ -329,8 +330,7 @@ def num(value: float | int | None, digits: int = 0) -> str:
 
 def round_name(number: int, kinds: dict[int, str] | str | None = None) -> str:
     kind = kinds.get(number) if isinstance(kinds, dict) else kinds
-    return {"baseline": "baseline", "production": "production", "ceiling": "ceiling"}.get(kind or "",
-                                                                                         f"round {number}")
+    return kind if kind in REFERENCE_KINDS else f"round {number}"  # baseline, production, ceiling
 
 
 # ---- terminal summary ------------------------------------------------------------------------------------------
