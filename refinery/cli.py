@@ -11,9 +11,41 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from refinery.errors import RefineryError
+from refinery.errors import Interrupted, RefineryError
+
+
+class _PlainArgument(typer.core.TyperArgument):
+    """An argument shown by its metavar alone (`FILE...`, not typer's `FILE <list[Path]>`), in click's usage style."""
+
+    def display_type_rich(self, ctx) -> None:
+        return None
+
+    def _rich_display_name(self) -> str:
+        return self.display_name_raw + ("..." if self.nargs != 1 else "")
+
+    def _usage_display_name(self) -> str:
+        name = self._rich_display_name()
+        return name if self.required else f"[{name}]"
+
+
+def _plain_arguments(command) -> None:
+    for param in command.params:
+        if isinstance(param, typer.core.TyperArgument) and param.metavar:
+            param.__class__ = _PlainArgument
+    for sub in getattr(command, "commands", {}).values():
+        _plain_arguments(sub)
+
+
+class _Group(typer.core.TyperGroup):
+    """The root command group: its arguments (and its subcommands') are shown by their metavars in --help."""
+
+    def main(self, *args, **kwargs):
+        _plain_arguments(self)
+        return super().main(*args, **kwargs)
+
 
 app = typer.Typer(
+    cls=_Group,
     help="Data-centric fine-tuning: train a LoRA adapter, find the patterns behind its failures, add examples "
          "that target them, and repeat until the evals plateau.",
     no_args_is_help=True,
@@ -88,7 +120,8 @@ def ingest(ctx: typer.Context,
         report = ingest_files(store, files, config=project.config, split=split, kind=kind, source=source)
     if as_json:
         return _print_json({"files": [vars(f) for f in report.files], "rows": report.rows,
-                            "inserted": report.inserted, "duplicates": report.duplicates})
+                            "inserted": report.inserted, "duplicates": report.duplicates,
+                            "warnings": report.warnings})
     table = Table("file", "rows", "stored", "duplicates", "splits", "kinds", title="Ingested")
     for f in report.files:
         table.add_row(f.path, str(f.rows), str(f.inserted), str(f.duplicates_in_file + f.duplicates_in_store),
@@ -97,6 +130,7 @@ def ingest(ctx: typer.Context,
     console.print(f"{report.inserted} new examples stored, {report.duplicates} duplicates skipped "
                   f"({sum(f.duplicates_in_file for f in report.files)} within this ingest, "
                   f"{sum(f.duplicates_in_store for f in report.files)} already in the store).")
+    _warn(report.warnings)
 
 
 @app.command()
@@ -105,7 +139,7 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
     from refinery.status import project_status
     from refinery.store import Store
     project = _project(ctx)
-    with Store(project.store_path) as store:
+    with Store(project.store_path, read_only=True) as store:
         result = project_status(store)
     if as_json:
         return _print_json(result.to_dict())
@@ -130,9 +164,8 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
         name = str(r["number"]) + ("" if r["kind"] == "round" else f" ({r['kind']})")
         rounds.add_row(name, r["status"], r["started_at"].replace("T", " ")[:16], seconds, *rates)
     console.print(rounds)
-    stopped = next((r["stop_reason"] for r in reversed(result.rounds) if r["stop_reason"]), None)
-    if stopped:
-        console.print(f"Last iterate stopped: {stopped}")
+    if result.last_iterate:
+        console.print(f"Last iterate: {result.last_iterate}", markup=False)
 
 
 @app.command()
@@ -144,13 +177,15 @@ def export(ctx: typer.Context,
            fmt: Annotated[str | None, typer.Option(
                "--format", metavar="FORMAT", help="jsonl or parquet. Default: from the file name, else jsonl.",
                show_default=False)] = None,
+           force: Annotated[bool, typer.Option("--force", help="Write over an existing file given with -o (never "
+                                                              "the store or a file refinery keeps in runs/).")] = False,
            as_json: JsonOption = False) -> None:
     """Write a split as prompt/completion pairs (trl's conversational format) to JSONL or Parquet."""
-    from refinery.export import export_split
+    from refinery.export import export_split, export_target
     from refinery.store import Store
     project = _project(ctx)
-    target = output or project.runs_dir / "export" / f"{split}.{'parquet' if fmt == 'parquet' else 'jsonl'}"
-    with Store(project.store_path) as store:
+    target = export_target(project, output, split=split, fmt=fmt, force=force)
+    with Store(project.store_path, read_only=True) as store:
         count = export_split(store, target, split=split, fmt=fmt)
     if as_json:
         return _print_json({"path": str(target), "split": split, "examples": count})
@@ -286,7 +321,7 @@ class _StageReporter:
 
     def __enter__(self) -> _StageReporter:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-        self.out = Console(stderr=True, highlight=False)
+        self.out = Console(stderr=True, highlight=False, soft_wrap=True)  # a long note stays one line in a log
         self.bar = Progress(TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=self.out, transient=True)
         self.task = None
@@ -302,6 +337,9 @@ class _StageReporter:
         self.bar.start()
         self.stage(stage)
 
+    def restarting(self, number: int, note: str) -> None:
+        self.out.print(note, markup=False)
+
     def started(self, number: int, examples: int) -> None:
         self.out.print(f"Round {number}: training on {examples} examples")
         self.bar.start()  # only now: an error before the round starts prints alone
@@ -316,7 +354,7 @@ class _StageReporter:
         if self.task is not None:
             self.bar.remove_task(self.task)
             self.task = None
-        self.out.print(f"  {name:<9} {seconds:6.1f} s  {note}")
+        self.out.print(f"  {name:<9} {seconds:6.1f} s  {note}", markup=False)
 
     def printing(self, show):
         """A round callback that prints the round's summary with the progress bar paused."""
@@ -340,6 +378,7 @@ def _print_round(summary) -> None:
         delta = f"{m['pass_rate'] - before:+.1%}" if before is not None else "-"
         table.add_row(split, str(m["examples"]), f"{m['pass_rate']:.1%}", delta, f"{m['weighted_score']:.3f}")
     console.print(table)
+    _warn(summary.warnings)
     now = summary.metrics.get("test", {})
     for kind, metrics in summary.references.items():
         ref = metrics.get("test")
@@ -370,9 +409,12 @@ def _print_round(summary) -> None:
     total = {k: sum(g[k] for g in summary.generated)
              for k in ("stored", "pending", "duplicate", "leak", "failed_checks", "over_cap")}
     held = (f", {total['pending']} held for review (`refinery examples --pending`)" if total["pending"] else "")
+    if summary.nothing_generated:
+        return console.print(f"Generated no counterexamples: {summary.nothing_generated}.", markup=False)
+    kept = total["stored"] + total["pending"]
     console.print(f"Generated {total['stored']} counterexamples{held} ({total['duplicate']} duplicates, "
                   f"{total['leak']} leaks, {total['failed_checks']} failing their checks and {total['over_cap']} "
-                  f"over budget were not stored):")
+                  f"over budget were not stored)" + (":" if kept else "."), markup=False)
     for g in summary.generated:
         if g["stored"] or g["pending"]:
             console.print(f"  {g['cluster'] or 'untargeted'}  {g['template']:<20} {g['stored'] + g['pending']}")
@@ -401,7 +443,7 @@ def mix(ctx: typer.Context,
         return _sweep(project, sweep, steps, as_json)
     if reasoning is not None:
         project = set_setting(project, "mix", "reasoning_share", reasoning)
-    with Store(project.store_path) as store:
+    with Store(project.store_path, read_only=True) as store:
         train = store.frame("SELECT id, kind FROM examples WHERE status = 'active' AND split = 'train' ORDER BY id")
     share = project.config.mix.reasoning_share
     chosen = training_set(train, reasoning_share=share, seed=project.config.core.seed)
@@ -474,6 +516,11 @@ def report(ctx: typer.Context,
     console.print(f"Wrote {write_report(project, out=out, report=result)}")
 
 
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"Warning: {warning}", file=sys.stderr)
+
+
 def _choice(flag: str, value: str | None, allowed: tuple[str, ...]) -> None:
     if value is not None and value not in allowed:
         raise RefineryError(f"{flag} {value}: expected one of: {', '.join(allowed)}.")
@@ -496,21 +543,25 @@ def _print_json(document: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; user errors print `Error: ...` and return 1, without a traceback."""
+    """Run the CLI; user errors print `Error: ...` and return 1, without a traceback; Ctrl-C returns 130."""
     try:
-        app(args=argv, prog_name="refinery", standalone_mode=False)
+        code = app(args=argv, prog_name="refinery", standalone_mode=False)
+    except Interrupted as exc:
+        print(f"Interrupted: {exc}", file=sys.stderr)
+        return exc.exit_code
     except RefineryError as exc:
         print(f"Error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
     except typer.TyperException as exc:  # usage errors: bad option, missing argument
         exc.show()
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
-        print("Aborted.", file=sys.stderr)
-        return 130
-    return 0
+        code = 130
+    if code == 130:  # typer turns a KeyboardInterrupt in a command into this exit code
+        print("Interrupted.", file=sys.stderr)
+    return code if isinstance(code, int) else 0
 
 
 # The review commands live in their own module; importing it registers them on `app`.

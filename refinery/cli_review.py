@@ -28,7 +28,7 @@ def clusters(ctx: typer.Context,
         return
     from refinery import review
     from refinery.store import Store
-    with Store(_project(ctx).store_path) as store:
+    with Store(_project(ctx).store_path, read_only=True) as store:
         if history:
             from refinery.rules import load_rules
             cues = load_rules(_project(ctx).rules_dir).cues()
@@ -48,7 +48,7 @@ def clusters_show(ctx: typer.Context, cluster_id: ClusterId, as_json: JsonOption
     """Show one pattern with every member: input, model output, expected output."""
     from refinery import review
     from refinery.store import Store
-    with Store(_project(ctx).store_path) as store:
+    with Store(_project(ctx).store_path, read_only=True) as store:
         pattern = review.show_pattern(store, cluster_id)
     if as_json:
         return _print_json(vars(pattern))
@@ -96,7 +96,7 @@ examples_app = typer.Typer(help="Generated examples and their lineage; with `[ge
                                 "counterexamples waiting for a person to accept or reject them.",
                            rich_markup_mode=None)
 app.add_typer(examples_app, name="examples")
-ExampleIds = Annotated[list[str] | None, typer.Argument(metavar="ID...", help="Example ids (from `refinery "
+ExampleIds = Annotated[list[str] | None, typer.Argument(metavar="ID", help="Example ids (from `refinery "
                                                         "examples --pending`).", show_default=False)]
 AllPending = Annotated[bool, typer.Option("--all-pending", help="Every pending example.")]
 
@@ -114,14 +114,14 @@ def examples(ctx: typer.Context,
         return
     from refinery import review
     from refinery.store import Store
-    with Store(_project(ctx).store_path) as store:
+    with Store(_project(ctx).store_path, read_only=True) as store:
         frame = review.list_examples(store, status="pending" if pending else None, round=round)
     if as_json:
         return _print_json(frame.to_dicts())
     what = "pending review" if pending else "generated"
     if frame.height == 0:
-        console.print(f"No examples {what}." + ("" if pending else " Run `refinery iterate` to generate some."))
-        return
+        with Store(_project(ctx).store_path, read_only=True) as store:
+            return console.print(review.no_examples_note(store, pending=pending, round=round), markup=False)
     table = Table("id", "status", "round", "pattern", "template", "input", "output",
                   title=f"{frame.height} examples {what}" + (f" (first {limit})" if frame.height > limit else ""))
     for r in frame.head(limit).iter_rows(named=True):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
 import tomllib
 import types
@@ -243,6 +244,17 @@ def config_from_table(table: dict[str, Any], *, path: Path, text: str, pyproject
     return Config(core=core, **sections)
 
 
+def check_folders(core: CoreSettings, *, path: Path, text: str, pyproject: bool) -> None:
+    """The project's folders, relative to the project file: each is a folder or not there yet (it is made when
+    needed), never a file."""
+    where = _Where(path, text, "tool.refinery" if pyproject else "", "")
+    for key in ("runs_dir", "rules_dir", "templates_dir"):
+        value = getattr(core, key)
+        if (path.parent / value).is_file():
+            raise ConfigError(f"{where.at(key)} {key} = {_show(value)}: that is a file, not a folder. Point {key} at "
+                              f"a folder (it is created when missing), or move the file.")
+
+
 def field_docs(cls: type) -> list[tuple[str, Any, str]]:
     """(name, default or example, help) for each field of a settings class, for `refinery init`."""
     rows = []
@@ -286,6 +298,17 @@ def read_text(path: Path) -> str:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{display_path(path)}: not UTF-8 text ({exc.reason} at byte {exc.start}). Save it as "
                           f"UTF-8.") from None
+    except OSError as exc:
+        raise ConfigError(f"{display_path(path)}: cannot read it: {not_a_file(path) or exc.strerror}.") from None
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why a path that should be a file is not one: a folder, or a link to nothing; None when neither."""
+    if path.is_dir():
+        return "it is a folder, not a file"
+    if path.is_symlink() and not path.exists():
+        return f"it is a link to {path.readlink()}, which does not exist"
+    return None
 
 
 def parse_toml(path: Path, text: str) -> dict:
@@ -345,7 +368,7 @@ def _coerce(value: Any, base: type) -> tuple[bool, Any]:
         return isinstance(value, int) and not isinstance(value, bool), value
     if base is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
+            return math.isfinite(value), float(value)  # nan and inf pass every bound check, so refuse them here
         return False, value
     if base is str:
         return isinstance(value, str) and value != "", value
@@ -394,17 +417,21 @@ _HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
 
 
 def _find_line(text: str, header: str, key: str | None) -> int | None:
-    """The 1-based line of `key` under `[header]` (or of the header when key is None), or None."""
+    """The 1-based line of `key` under `[header]` (or of the header when key is None), or None. A key that is a
+    table of its own (`[header.key]`, a misspelt section) is found at that table's header."""
     current = ""
-    header_line = None
+    header_line = section_line = None
     key_re = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=") if key else None
+    section = _header(header, key) if key else None
     for number, line in enumerate(text.splitlines(), start=1):
         match = _HEADER.match(line)
         if match:
             current = re.sub(r"[\s\"']", "", match.group(1))
             if current == header:
                 header_line = number
+            if section and section_line is None and (current == section or current.startswith(section + ".")):
+                section_line = number
             continue
         if current == header and key_re is not None and key_re.match(line):
             return number
-    return header_line
+    return section_line or header_line

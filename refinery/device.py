@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -34,8 +35,14 @@ def load_tokenizer(base_model: str) -> Any:
     return tokenizer
 
 
+# The weight files from_pretrained reads, in a model folder.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
 def check_loadable(base_model: str) -> None:
-    """Fail early, with the fix, when the base model is neither a local folder nor in the local cache."""
+    """Fail early, with the fix, when the base model is neither a local folder nor in the local cache, or its folder
+    lacks the weights or the tokenizer: before a round touches the store."""
     from transformers import AutoConfig
 
     from refinery.errors import ConfigError
@@ -47,6 +54,18 @@ def check_loadable(base_model: str) -> None:
         raise ConfigError(f"base_model = \"{base_model}\": cannot load it ({first[:200]}). It must be a model folder, "
                           f"or a hub id already in the local Hugging Face cache (nothing is downloaded here); "
                           f"bundled:tiny-base always works.") from None
+    folder = Path(base_model)
+    if folder.is_dir() and not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise ConfigError(f"base_model = \"{base_model}\": the folder has a config.json but no weights (expected one "
+                          f"of: {', '.join(WEIGHT_FILES)}). Save the model there with save_pretrained, or set "
+                          f"base_model to another model; bundled:tiny-base always works.")
+    try:
+        load_tokenizer(base_model)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds here; each means the same to a person
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"base_model = \"{base_model}\": cannot load its tokenizer ({first[:200]}). Save the "
+                          f"tokenizer beside the model (tokenizer.save_pretrained), or set base_model to another "
+                          f"model; bundled:tiny-base always works.") from None
 
 
 def load_model(base_model: str, *, device: str, dtype: Any, adapter: str | None = None) -> tuple[Any, Any]:

@@ -6,10 +6,36 @@ from pathlib import Path
 
 import polars as pl
 
+from refinery.config import display_path
 from refinery.errors import DataError
+from refinery.project import Project
 from refinery.store import SPLITS, Store
 
 EXPORT_FORMATS = ("jsonl", "parquet")
+
+
+def export_target(project: Project, output: str | Path | None, *, split: str, fmt: str | None = None,
+                  force: bool = False) -> Path:
+    """Where an export goes: `output`, else runs/export/SPLIT.jsonl (or .parquet: refinery's own file, rewritten
+    freely). Never the store, nor a file refinery keeps in the runs folder; another existing file only with
+    `force`."""
+    if output is None:
+        return project.runs_dir / "export" / f"{split}.{'parquet' if fmt == 'parquet' else 'jsonl'}"
+    path, shown = Path(output), str(output)  # as given: a link is named, not what it points to
+    resolved, store, runs = path.resolve(), project.store_path.resolve(), project.runs_dir.resolve()
+    there = path.exists() or path.is_symlink()
+    if resolved in (store, store.with_name(store.name + ".wal")):
+        raise DataError(f"{shown}: that is the project's store; an export there would destroy it. Give another "
+                        f"file with -o.")
+    if path.is_dir():
+        raise DataError(f"{shown}: that is a folder. Give a file path with -o.")
+    if there and resolved.is_relative_to(runs) and not resolved.is_relative_to(runs / "export"):
+        folder = display_path(project.runs_dir)
+        raise DataError(f"{shown}: refinery keeps this file in {folder}/, and an export over it would break the "
+                        f"project. Give a new file, outside {folder}/ or under {folder}/export/.")
+    if there and not force:
+        raise DataError(f"{shown}: the file exists. Pass --force to write over it, or give another file with -o.")
+    return path
 
 
 def export_split(store: Store, path: str | Path, *, split: str = "train", fmt: str | None = None) -> int:

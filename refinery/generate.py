@@ -65,16 +65,84 @@ def render_candidates(env, template: str, parent: dict[str, Any], *, count: int,
         context = {"parent": parent, "params": spec.params, "rng": rng, "choice": rng.choice,
                    "randint": rng.randint, "index": i}
         module = _render(env, compiled, template, context)
-        fields = {**parent.get("fields", {}), **dict(getattr(module, "fields", {}) or {})}
-        out.append(Candidate(input=str(module.input).strip(), output=str(module.output).strip(), fields=fields,
+        made = _rendered(env, compiled, template, module, parent["id"])
+        out.append(Candidate(input=made["input"], output=made["output"],
+                             fields={**parent.get("fields", {}), **made["fields"]},
                              template=template, parent_id=parent["id"], cluster_id=cluster_id,
                              targets=list(targets or []), kind=spec.kind, parent_output=parent.get("output", "")))
     return out
 
 
+def _rendered(env, compiled, template: str, module, parent_id: str) -> dict[str, Any]:
+    """input, output and fields of one render, checked: text that can be stored, fields a mapping of JSON values."""
+    from collections.abc import Mapping
+
+    site = f"(Rendering for parent {parent_id}.)"
+    fields = getattr(module, "fields", None)
+    if fields is not None and not isinstance(fields, Mapping):
+        raise ConfigError(f"{_set_site(env, compiled, template, 'fields')}: fields = {_short(fields)}: expected a "
+                          f"mapping like {{\"key\": value}}, or no fields at all. {site}")
+    made = {"input": str(module.input).strip(), "output": str(module.output).strip(), "fields": dict(fields or {})}
+    for name in made:
+        try:
+            json.dumps(made[name], ensure_ascii=False, allow_nan=False).encode("utf-8")
+        except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError: a lone surrogate
+            raise ConfigError(f"{_set_site(env, compiled, template, name)}: {name} cannot be stored: "
+                              f"{_why_not_json(exc)}. {site}") from None
+    return made
+
+
+def _why_not_json(exc: Exception) -> str:
+    if isinstance(exc, UnicodeEncodeError):
+        return f"it holds a lone surrogate (\\u{ord(exc.object[exc.start]):04x}), half of a UTF-16 pair"
+    if isinstance(exc, TypeError):
+        return f"a value is not text, a number, true/false, a list or a mapping ({exc})"
+    return f"a value is not a finite number ({exc})"
+
+
+def _set_site(env, compiled, template: str, name: str) -> str:
+    """file:line of the template's `{% set name ... %}`, or the file alone when it cannot be found."""
+    import re
+
+    shown = _shown(compiled.filename, env, template)
+    try:
+        source = env.loader.get_source(env, template)[0]
+    except Exception:  # noqa: BLE001 - only a nicer message is lost
+        return shown
+    pattern = re.compile(rf"{{%-?\s*set\s+{name}\b")
+    line = next((n for n, text in enumerate(source.splitlines(), start=1) if pattern.search(text)), None)
+    return f"{shown}:{line}" if line else shown
+
+
+def _short(value: Any) -> str:
+    shown = repr(str(value)) if isinstance(value, str) else repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def no_candidates_reason(*, targeting: str, patterns: list[list[str]], analysis: int, rules: RuleSet,
+                         rules_dir: str) -> str:
+    """Why a round rendered no counterexample at all, said so that a person knows what to change. `patterns`
+    holds the failing checks of each pattern the round targeted; `analysis` is the size of the analysis split."""
+    if targeting == "off":
+        return '[generate] targeting = "off" adds no data'
+    if targeting == "random":
+        return f"no template is declared in {rules_dir}/ ([[template]] or [[target]]) to render"
+    if analysis == 0:
+        return ("the analysis split is empty, so there are no failures to target: ingest held-out data with "
+                "`refinery ingest FILE --split holdout`")
+    if not patterns:
+        return "no analysis example failed a check, so there was no failure pattern to target"
+    failing = sorted({check for checks in patterns for check in checks})
+    if not rules.templates_for(failing):
+        return (f"no [[target]] in {rules_dir}/ names the failing checks ({', '.join(failing)}): add one with the "
+                f"templates that answer them (see {rules_dir}/checks.toml)")
+    return "the targeted patterns have no active members left to render from"
+
+
 def vet_candidates(candidates: list[Candidate], rules: RuleSet, *, known_hashes: set[str],
                    held_out_inputs: set[str]) -> list[Candidate]:
-    """Mark each candidate stored, duplicate, leak or failed_checks; every applicable check must pass.
+    """Mark each candidate stored, duplicate, leak or failed_checks; every applicable check must pass, and an
+    empty input or output fails.
 
     A candidate's expected output is what is checked, so a check that compares it with the same extract of
     itself cannot catch it; a lookup check compares it with the value its input's key gives, and a candidate whose
@@ -86,8 +154,12 @@ def vet_candidates(candidates: list[Candidate], rules: RuleSet, *, known_hashes:
     candidates = [dataclasses.replace(c, outcome="stored", detail="") for c in candidates]
     for candidate in candidates:
         digest = content_hash(candidate.input, candidate.output)
-        failing = _failing(compiled, candidate)
-        if failing:
+        empty = [name for name in ("input", "output") if not getattr(candidate, name)]
+        failing = [] if empty else _failing(compiled, candidate)
+        if empty:  # nothing to learn from, whatever the checks say
+            candidate.outcome = "failed_checks"
+            candidate.detail = f"template {candidate.template} rendered an empty {' and '.join(empty)}"
+        elif failing:
             candidate.outcome, candidate.detail = "failed_checks", "fails " + "; ".join(failing)
         elif candidate.kind == "INV" and candidate.output != candidate.parent_output:
             candidate.outcome = "failed_checks"
@@ -158,20 +230,27 @@ def load_template(env, template: str):
 
 
 def _render(env, compiled, template: str, context: dict[str, Any]):
-    from jinja2 import TemplateError
-
     try:
         module = compiled.make_module(context)
-    except TemplateError as exc:
+    except Exception as exc:  # noqa: BLE001 - a template is user code: what it raises is its own error
         where = _error_site(env, template)
-        reason = str(exc).rstrip(".")
-        raise ConfigError(f"{where}: template error: {reason}. (Rendering for parent {context['parent']['id']}.)") \
-            from None
+        raise ConfigError(f"{where}: template error: {_reason(exc)}. (Rendering for parent "
+                          f"{context['parent']['id']}.)") from None
     for name in ("input", "output"):
         if not hasattr(module, name):
             raise ConfigError(f"{_shown(compiled.filename, env, template)}: the template sets no '{name}'. "
                               f"Add {{% set {name} %}}...{{% endset %}} at its top level.")
     return module
+
+
+def _reason(exc: Exception) -> str:
+    from jinja2 import TemplateError
+
+    if isinstance(exc, RecursionError):
+        return ("it calls itself without end (a macro that recurses with no way out, or a template that includes "
+                "or imports itself)")
+    reason = str(exc).rstrip(".") or type(exc).__name__
+    return reason if isinstance(exc, TemplateError) else f"{reason} ({type(exc).__name__})"
 
 
 def _error_site(env, template: str) -> str:

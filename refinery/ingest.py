@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import polars as pl
 
 from refinery.config import Config, DataSettings
 from refinery.errors import DataError
-from refinery.store import SPLITS, Store, content_hash, detect_kind
+from refinery.store import SPLITS, Store, content_hash, detect_kind, small_splits
 
 DEALT = ("auto", "holdout")  # auto: test / analysis / train by the configured shares; holdout: test / analysis
 KINDS = ("reasoning", "direct")
@@ -40,6 +41,7 @@ class FileReport:
 @dataclass
 class IngestReport:
     files: list[FileReport]
+    warnings: list[str] = field(default_factory=list)  # held-out splits too small to measure
 
     @property
     def rows(self) -> int:
@@ -86,7 +88,7 @@ def ingest_files(store: Store, paths: list[str | Path], *, config: Config, split
                 FROM fresh WHERE file_index = ?""", [source, ingest_id, index])
             reports.append(report)
         con.execute("DROP TABLE fresh")
-    return IngestReport(files=reports)
+    return IngestReport(files=reports, warnings=small_splits(store, empty=False))
 
 
 def read_rows(path: Path, *, data: DataSettings) -> pl.DataFrame:
@@ -158,17 +160,40 @@ def _read_jsonl(path: Path, data: DataSettings) -> pl.DataFrame:
 
 def _parse_json_line(path: Path, number: int, raw: bytes) -> dict:
     try:
-        record = json.loads(raw.decode("utf-8"))
+        record = json.loads(raw.decode("utf-8").rstrip("\r\n"))  # an error at the end is on this line
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}:{number}: not UTF-8 text ({exc.reason} at byte {exc.start}). "
                         f"Save the file as UTF-8.") from None
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{number}: not valid JSON: {exc.msg} at column {exc.colno}. "
+        at = "at the end of the line" if exc.pos >= len(exc.doc) else f"at column {exc.colno}"
+        raise DataError(f"{path}:{number}: not valid JSON: {exc.msg} {at}. "
                         f"Each line must hold one JSON object.") from None
+    except RecursionError:
+        raise DataError(f"{path}:{number}: JSON nested too deeply to read (lists or objects inside each other "
+                        f"about a thousand levels or more). Flatten the row.") from None
+    except ValueError:  # the only other refusal: an integer of more than sys.get_int_max_str_digits() digits
+        raise DataError(f"{path}:{number}: a number has more than {sys.get_int_max_str_digits()} digits, more than "
+                        f"can be read. Write it as a JSON string.") from None
     if not isinstance(record, dict):
         raise DataError(f"{path}:{number}: expected a JSON object like {{\"input\": ..., \"output\": ...}}, "
                         f"got {_describe(record)}.")
+    _check_surrogates(path, number, record)
     return record
+
+
+def _check_surrogates(path: Path, number: int, record: dict) -> None:
+    """JSON escapes may spell half a UTF-16 pair ("\\ud800"), which is no character at all; refuse it with its
+    field rather than fail later, when the text is hashed or stored."""
+    for key, value in record.items():
+        for what, text in ((f"key {json.dumps(key)}", key),
+                           (f"field '{key}'", json.dumps(value, ensure_ascii=False))):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                bad = f"\\u{ord(exc.object[exc.start]):04x}"
+                raise DataError(f"{path}:{number}: {what}: holds a lone surrogate ({bad}), half of a UTF-16 pair "
+                                f"and not a character. Write the character itself, or both halves of its "
+                                f"pair.") from None
 
 
 def _read_table(path: Path, data: DataSettings, fmt: str) -> pl.DataFrame:

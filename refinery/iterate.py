@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from refinery.errors import RefineryError
+from refinery.errors import Interrupted, RefineryError
 from refinery.loop import Reporter, RoundSummary, run_round
 from refinery.measure import measure_production, production_is_current
 from refinery.plateau import main_metric, stop_reason
@@ -41,7 +41,33 @@ def iterate(project: Project, *, rounds: int | None = None, until_plateau: bool 
             reporter: Reporter | None = None,
             on_round: Callable[[RoundSummary], None] | None = None) -> IterateResult:
     """Run rounds: `rounds` of them, or until the `[plateau]` rule stops (budget: `rounds`, else
-    `[plateau] max_rounds`). The stop reason is recorded on the last round; `on_round` sees each summary."""
+    `[plateau] max_rounds`). The stop reason is recorded on the last round; `on_round` sees each summary.
+    Ctrl-C raises `Interrupted`, saying which round stopped and that the next `iterate` restarts it."""
+    try:
+        return _iterate(project, rounds=rounds, until_plateau=until_plateau, reporter=reporter, on_round=on_round)
+    except KeyboardInterrupt:
+        raise Interrupted(_interrupted(project)) from None
+
+
+def _interrupted(project: Project) -> str:
+    """What a Ctrl-C stopped: the unfinished round (marked failed by the round itself), or a start-up."""
+    last = None
+    try:
+        if project.store_path.is_file():
+            with Store(project.store_path, wait=5) as store:
+                last = store.one("SELECT number, status FROM rounds WHERE kind = 'round' ORDER BY number DESC "
+                                 "LIMIT 1")
+    except RefineryError:
+        pass  # the store is held elsewhere: the message does without the round's number
+    if last and last[1] != "done":
+        return (f"round {last[0]} was interrupted and is marked failed; the next `refinery iterate` restarts it "
+                f"(rounds that finished are kept).")
+    return ("the round was interrupted before it began; nothing of it was recorded, and the next `refinery "
+            "iterate` starts it.")
+
+
+def _iterate(project: Project, *, rounds: int | None, until_plateau: bool, reporter: Reporter | None,
+             on_round: Callable[[RoundSummary], None] | None) -> IterateResult:
     settings = project.config.plateau
     budget = rounds or (settings.max_rounds if until_plateau else 1)
     with project_lock(project) as note_round:

@@ -26,7 +26,7 @@ from refinery.errors import RefineryError
 from refinery.measure import ask, check_mix_settings, held_out, questions, references, score, versions
 from refinery.project import Project, resolve_base_model
 from refinery.store import ROUND_WAIT as STORE_WAIT
-from refinery.store import Store, content_hash, detect_kind, insert_frame
+from refinery.store import Store, content_hash, detect_kind, insert_frame, small_splits
 
 STAGES = ("train", "infer", "evaluate", "analyze", "generate", "record")
 
@@ -35,6 +35,7 @@ class Reporter(Protocol):
     """What a round tells the person watching it."""
 
     def started(self, number: int, examples: int) -> None: ...
+    def restarting(self, number: int, note: str) -> None: ...
     def stage(self, name: str) -> None: ...
     def progress(self, done: int, total: int) -> None: ...
     def stage_done(self, name: str, seconds: float, note: str) -> None: ...
@@ -62,6 +63,8 @@ class RoundSummary:
     stages: dict[str, float] = field(default_factory=dict)
     round_dir: str = ""
     references: dict[str, dict[str, Any]] = field(default_factory=dict)  # baseline / production metrics
+    nothing_generated: str = ""  # why the round rendered no counterexample, when it rendered none
+    warnings: list[str] = field(default_factory=list)  # splits too small to measure
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,17 +89,29 @@ def run_round(project: Project, *, reporter: Reporter | None = None) -> RoundSum
     toggles = _toggles(project, env, rules, embedder, share=project.config.mix.reasoning_share)
     with Store(project.store_path, wait=STORE_WAIT) as store:
         number, train_rows, resume = _begin(store, project, toggles)
+        attempt, error = store.one("SELECT attempts, error FROM rounds WHERE number = ?", [number])
     round_dir = project.runs_dir / f"round-{number:03d}"
     round_dir.mkdir(parents=True, exist_ok=True)
     (round_dir / "config.json").write_text(json.dumps(project.config.to_dict(), indent=2))
     timer = _Timer(project, number, reporter)
     try:
+        if attempt > 1 and hasattr(reporter, "restarting"):  # a reporter written before restarts were told
+            reporter.restarting(number, _restart_note(number, attempt, error, resume))
         reporter.started(number, train_rows.height)
         return _run_stages(project, number, train_rows, rules, env, base_model, embedder, round_dir, timer, resume)
     except BaseException as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
         _fail(project, number, reason)
         raise
+
+
+def _restart_note(number: int, attempt: int, error: str | None, resume: bool) -> str:
+    """"Restarting interrupted round 2 (attempt 2; ...)": what the next `iterate` does with a round that did not
+    finish, from the error its last attempt recorded ("attempt 1: interrupted")."""
+    reason = (error or "").split(": ", 1)[-1] or "did not finish"
+    word = "interrupted" if reason.startswith("interrupted") else "failed"
+    then = "reusing its trained adapter" if resume else "training again"
+    return f"Restarting {word} round {number} (attempt {attempt}; the last attempt: {reason}); {then}."
 
 
 def _run_stages(project, number, train_rows, rules, env, base_model, embedder, round_dir, timer,
@@ -151,11 +166,12 @@ def _run_stages(project, number, train_rows, rules, env, base_model, embedder, r
         candidates = _generate(project, env, rules, clusters, rows, number, embedder)
         kept = sum(c.outcome in ("stored", "pending") for c in candidates)
         held = " (pending review)" if project.config.generate.review else ""
-        note(f"{kept} of {len(candidates)} candidates kept{held}")
+        why = "" if candidates else _why_none(project, rules, clusters, rows)
+        note(f"{kept} of {len(candidates)} candidates kept{held}" + (f": {why}" if why else ""))
     with timer.stage("record"):
         _record(project, number, clusters, candidates, metrics, result, weights)
     summary = _summary(project, number, result, metrics, clusters, candidates, rows, timer.seconds)
-    summary.round_dir = str(round_dir)
+    summary.round_dir, summary.nothing_generated = str(round_dir), why
     (round_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     return summary
 
@@ -325,6 +341,18 @@ def _generate(project, env, rules, clusters, rows, number, embedder) -> list:
     return capped
 
 
+def _why_none(project, rules, clusters, rows) -> str:
+    from refinery.generate import no_candidates_reason
+
+    settings = project.config.generate
+    if clusters and settings.clusters == 0 and settings.targeting == "patterns":
+        return "[generate] clusters = 0 targets no pattern"
+    return no_candidates_reason(targeting=settings.targeting,
+                                patterns=[list(c.checks) for c in clusters[:settings.clusters]],
+                                analysis=rows.filter(pl.col("split") == "analysis").height, rules=rules,
+                                rules_dir=project.config.core.rules_dir)
+
+
 def _vet(project, rules, candidates: list, embedder) -> list:
     """Every candidate checked against all rules, the store (duplicates), and the test and corner inputs (exact and
     near-duplicate leaks), and against the candidates kept before it (piling up)."""
@@ -464,6 +492,7 @@ def _summary(project, number, result, metrics, clusters, candidates, rows, stage
         previous = store.one("SELECT number, metrics FROM rounds WHERE status = 'done' AND number < ? "
                              "AND kind IN ('round', 'baseline') ORDER BY number DESC LIMIT 1", [number])
         compared = references(store)
+        warnings = small_splits(store)
     shown = []
     for cluster in clusters[:5]:
         examples = [{"example_id": m, "input": by_id[m]["input"], "output": by_id[m]["prediction"],
@@ -485,7 +514,7 @@ def _summary(project, number, result, metrics, clusters, candidates, rows, stage
                         previous=previous[0] if previous else None,
                         previous_metrics=json.loads(previous[1]) if previous else None,
                         clusters=shown, generated=list(generated.values()), stages=dict(stages),
-                        references=compared)
+                        references=compared, warnings=warnings)
 
 
 def _write(project: Project, table: str, frame: pl.DataFrame) -> None:
@@ -510,11 +539,30 @@ def _mark_failed(store: Store, number: int, reason: str) -> None:
 
 
 def _check_templates(env, rules, project: Project) -> None:
-    from refinery.generate import load_template
+    """Every template the rules name compiles and renders once from a stored example, so that a template that
+    raises stops the round before training rather than after it."""
+    from refinery.generate import load_template, render_candidates
 
     names = {t for target in rules.targets for t in target.templates} | {s.file for s in rules.templates}
-    for name in sorted(names | ({project.config.mix.toggle_template} - {None})):
+    names = sorted(names | ({project.config.mix.toggle_template} - {None}))
+    for name in names:
         load_template(env, name)
+    parent = _trial_parent(project)
+    for name in names if parent else []:
+        render_candidates(env, name, parent, count=1, seed=project.config.core.seed, spec=rules.template(name))
+
+
+def _trial_parent(project: Project) -> dict[str, Any] | None:
+    """The example a trial render uses: the first active analysis example (targets render from those), else the
+    first training one; None when the store holds neither (or is not there yet: a trial does not create it)."""
+    if not project.store_path.is_file():
+        return None
+    with Store(project.store_path, wait=STORE_WAIT) as store:
+        row = store.one("SELECT id, input, output, fields FROM examples WHERE status = 'active' "
+                        "AND split IN ('analysis', 'train') ORDER BY split <> 'analysis', id LIMIT 1")
+    if row is None:
+        return None
+    return {"id": row[0], "input": row[1], "output": row[2], "fields": json.loads(row[3]) if row[3] else {}}
 
 
 def _alive(pid: int) -> bool:

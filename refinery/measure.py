@@ -125,7 +125,10 @@ def _fitting(base_model: str, inputs: list[str], shots: list, *, max_new_tokens:
         return []
     tokenizer = load_tokenizer(base_model)
     room = getattr(AutoConfig.from_pretrained(base_model), "max_position_embeddings", 10**9) - max_new_tokens
-    longest = max(inputs, key=len) if inputs else ""
+    # The longest in tokens, not characters: a prompt past the model's context makes transformers warn, and the
+    # answer after it is noise.
+    lengths = tokenizer(inputs, verbose=False)["input_ids"] if inputs else []
+    longest = inputs[max(range(len(inputs)), key=lambda i: len(lengths[i]))] if inputs else ""
     return fit_shots(tokenizer, longest, shots, max_tokens=room)
 
 

@@ -14,6 +14,7 @@ from refinery.config import (
     SECTIONS,
     Config,
     CoreSettings,
+    check_folders,
     config_from_table,
     field_docs,
     parse_toml,
@@ -103,7 +104,9 @@ def read_config(path: Path) -> Config:
     table = data.get("tool", {}).get("refinery", {}) if pyproject else data
     if not isinstance(table, dict):
         raise ConfigError(f"{path.name}: [tool] refinery = {table!r}: expected a table ([tool.refinery]).")
-    return config_from_table(table, path=path, text=text, pyproject=pyproject)
+    config = config_from_table(table, path=path, text=text, pyproject=pyproject)
+    check_folders(config.core, path=path, text=text, pyproject=pyproject)
+    return config
 
 
 def resolve_base_model(project: Project) -> str:
@@ -160,12 +163,14 @@ def init_project(directory: str | Path, *, force: bool = False) -> list[Path]:
         CONFIG_FILE: scaffold_config(),
         "rules/checks.toml": _RULES_EXAMPLE,
         "rules/README.md": _RULES_README,
+        "templates/variants.jinja": _STARTER_TEMPLATE,
         "templates/README.md": _TEMPLATES_README,
         "data/README.md": _DATA_README,
         "runs/.gitignore": "*\n!.gitignore\n",
     }
-    if existing:  # --force never replaces the settings a project has, nor a rules file someone wrote
-        files = {k: v for k, v in files.items() if k not in (CONFIG_FILE, "rules/checks.toml")}
+    if existing:  # --force never replaces the settings a project has, nor a rules file or template someone wrote
+        kept = (CONFIG_FILE, "rules/checks.toml", "templates/variants.jinja")
+        files = {k: v for k, v in files.items() if k not in kept or not (root / k).exists()}
     written = []
     for relative, content in files.items():
         target = root / relative
@@ -233,10 +238,31 @@ type = "equals"
 extract = '(?s)^(.*)$'
 severity = 1
 
-# Targets: which templates in templates/ answer which failing checks, e.g.
+# Targets: which templates in templates/ answer which failing checks. Each round renders them from the members of
+# its worst failure patterns (failing analysis examples), checks every render against every check above, and adds
+# those that pass to the training set of the next round. The starter family keeps the expected output and varies
+# the input's case and spacing; add your task's own families next to it.
+[[target]]
+checks = ["not_empty", "matches_expected"]
+templates = ["variants.jinja"]
+
+# Templates: kind = "INV" must keep the parent's expected output (the engine checks it does); "DIR" changes it, as
+# the template decides. params (a table) is handed to the template as `params`.
+[[template]]
+file = "variants.jinja"
+kind = "INV"
+description = "the input re-cased or re-spaced; the expected output kept"
+
+# A family of your own, e.g. a DIR template that swaps a sentiment word for another and sets the label it implies
+# (templates/README.md shows the template itself):
+# [[template]]
+# file = "swap_word.jinja"
+# kind = "DIR"
+# params = { positive = ["great", "superb"], negative = ["awful", "dreadful"] }
+#
 # [[target]]
 # checks = ["matches_expected"]
-# templates = ["paraphrase.jinja"]
+# templates = ["variants.jinja", "swap_word.jinja"]
 
 # Lookups: the expected value from the input, through a table (a check names it with lookup = "city_code"), e.g.
 # [[lookup]]
@@ -258,9 +284,35 @@ _TEMPLATES_README = """\
 # templates/
 
 Jinja counterexample generators that `refinery iterate` renders for the worst failure patterns. A template
-sees `parent` (the failing example: id, input, output, fields) and a seeded `choice`, and sets `input`, `output`
-and optionally `fields` at its top level. Templates run sandboxed, with undefined names as errors. The prompt
+sees `parent` (the failing example: id, input, output, fields), `params` (from its [[template]] in rules/),
+`index` (which render of this parent) and a seeded `choice` and `randint`, and sets `input`, `output` and
+optionally `fields` at its top level. Templates run sandboxed, with undefined names as errors. The prompt
 format itself is the base model's chat template.
+
+`variants.jinja` is the starter family (INV: the input re-cased or re-spaced, the expected output kept). A family
+of your own, e.g. `swap_word.jinja` for a sentiment task (declared DIR in rules/, with the word lists as params):
+
+```jinja
+{%- set label = choice(["positive", "negative"]) -%}
+{%- set old = (params.positive + params.negative) | select("in", parent.input) | first | default("") -%}
+{%- set input %}{{ parent.input.replace(old, choice(params[label])) if old else parent.input }}{% endset -%}
+{%- set output %}{{ label if old else parent.output }}{% endset -%}
+```
+
+Every render is checked against every rule in rules/ before it is stored; one that fails is logged, not kept.
+"""
+
+_STARTER_TEMPLATE = """\
+{#- Starter family (INV): the parent's input re-cased or re-spaced, its expected output kept as it is, so the
+    model learns that case and spacing do not change the answer. Declared in rules/checks.toml ([[template]]) and
+    rendered for failing checks through its [[target]]. In scope: parent (id, input, output, fields), params,
+    index, choice, randint. Set `input` and `output` (and optionally `fields`) at the top level. -#}
+{%- set text = parent.input -%}
+{%- set spaced = text.split() | join("  ") -%}
+{%- set variants = [text.lower(), text.upper(), text.title(), spaced, spaced.lower()]
+                   | reject("equalto", text) | unique(case_sensitive=true) | list -%}
+{%- set input %}{{ variants[(index + text | length) % variants | length] if variants else text }}{% endset -%}
+{%- set output %}{{ parent.output }}{% endset -%}
 """
 
 _DATA_README = """\

@@ -42,6 +42,7 @@ class Report:
     mix_section: bool  # whether the reasoning/direct mix section is shown (see `_has_mix`)
     failure_map: list[dict[str, Any]]  # round, pattern, rank, label, example_id, x, y (PCA of input embeddings)
     map_variance: list[float]  # variance explained by the map's two components
+    train_examples: int = 0  # active examples in the train split now (what the next round starts from)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,7 +63,7 @@ class Report:
 
 def build_report(project: Project) -> Report:
     """Gather every figure of the report from the project's store (and its latest mix sweep)."""
-    with Store(project.store_path) as store:
+    with Store(project.store_path, read_only=True) as store:
         rounds = _rounds(store)
         if not any(r["status"] == "done" for r in rounds):
             failed = f" ({len(rounds)} started, none finished)" if rounds else ""
@@ -77,7 +78,8 @@ def build_report(project: Project) -> Report:
                       checks=_checks(metrics, done), patterns=_patterns(store, project), added=_added(store),
                       outcomes=_outcomes(store), mix=mix, sweep=sweep,
                       mix_section=_has_mix(store, project, mix, sweep), failure_map=failure_map,
-                      map_variance=variance)
+                      map_variance=variance, train_examples=store.scalar(
+                          "SELECT count(*) FROM examples WHERE split = 'train' AND status = 'active'"))
 
 
 def write_report(project: Project, *, out: str | Path | None = None, report: Report | None = None) -> Path:
@@ -208,9 +210,11 @@ def _failure_map(store: Store) -> tuple[list[dict[str, Any]], list[float]]:
     """The failing cases of the last rounds with clusters, at their place in a 2-D PCA of their stored input
     embeddings (one PCA for all panels, so the panels compare)."""
     frame = store.frame(f"""
-        SELECT c.round, c.id AS pattern, c.rank, coalesce(c.label, c.id) AS label, m.example_id, e.model, e.vector
+        SELECT c.round, c.id AS pattern, c.rank, coalesce(c.label, c.id) AS label, m.example_id, e.model, e.vector,
+               x.input
         FROM clusters c JOIN cluster_members m ON m.cluster_id = c.id
         JOIN embeddings e ON e.example_id = m.example_id AND e.text_kind = 'input'
+        JOIN examples x ON x.id = m.example_id
         WHERE c.status <> 'merged' AND c.round IN (
             SELECT DISTINCT c2.round FROM clusters c2 JOIN rounds r ON r.number = c2.round WHERE r.status = 'done'
             ORDER BY c2.round DESC LIMIT {MAP_ROUNDS})
@@ -226,8 +230,31 @@ def _failure_map(store: Store) -> tuple[list[dict[str, Any]], list[float]]:
     pca = PCA(n_components=2, random_state=0).fit(np.vstack(frame["vector"].to_list()))
     xy = pca.transform(np.vstack(frame["vector"].to_list()))
     points = frame.drop("vector", "model").with_columns(pl.Series("x", xy[:, 0].round(4)),
-                                                        pl.Series("y", xy[:, 1].round(4)))
-    return points.to_dicts(), [round(float(v), 4) for v in pca.explained_variance_ratio_]
+                                                        pl.Series("y", xy[:, 1].round(4)),
+                                                        pl.Series("legend", _legends(frame), dtype=pl.String))
+    return points.drop("input").to_dicts(), [round(float(v), 4) for v in pca.explained_variance_ratio_]
+
+
+def _legends(frame: pl.DataFrame) -> list[str]:
+    """Each point's legend entry: its cluster's label, and where clusters of one round share a label, the word of
+    the inputs that sets this cluster apart from the others (the largest share of members with it, less the share
+    in the rest of the round), so the legend does not repeat one label for every cluster."""
+    words = [set(re.findall(r"\w+", text.lower())) for text in frame["input"]]
+    keys = list(zip(frame["round"], frame["pattern"], strict=True))
+    out = {}
+    for key, label in dict(zip(keys, frame["label"], strict=True)).items():
+        same = [k for k, lab in zip(keys, frame["label"], strict=True) if k[0] == key[0] and lab == label]
+        if len(set(same)) < 2:
+            out[key] = label
+            continue
+        mine = [w for k, w in zip(keys, words, strict=True) if k == key]
+        rest = [w for k, w in zip(keys, words, strict=True) if k[0] == key[0] and k != key]
+        lift = {t: sum(t in w for w in mine) / len(mine) - sum(t in w for w in rest) / max(len(rest), 1)
+                for t in set().union(*mine)}
+        best = max(sorted(lift), key=lift.get) if lift else ""
+        short = label if len(label) <= 26 else label[:25] + "…"
+        out[key] = f"{short} · “{best}”" if best and lift[best] > 0 else f"{short} · {key[1]}"
+    return [out[k] for k in keys]
 
 
 # ---- views shared by the page and the terminal summary ----------------------------------------------------------
@@ -307,7 +334,7 @@ def _map_summary(report: Report) -> list[dict[str, Any]]:
         points = [p for p in report.failure_map if p["round"] == n]
         clusters = {}
         for p in points:
-            clusters.setdefault(p["pattern"], {"pattern": p["pattern"], "rank": p["rank"], "label": p["label"],
+            clusters.setdefault(p["pattern"], {"pattern": p["pattern"], "rank": p["rank"], "label": p["legend"],
                                                "points": 0})["points"] += 1
         panels.append({"round": n, "points": len(points), "clusters": list(clusters.values())})
     return panels

@@ -77,23 +77,39 @@ def metric_plot(report: Report) -> Figure | None:
     if not rounds and not references:
         return None
     figure, ax = _figure(10, 2.9)
-    xs = [r["number"] for r in rounds] or [1]
+    xs = [r["number"] for r in rounds]
     for key, colour, name in (("pass_rate", PASS, "test pass rate"), ("weighted_score", SCORE, "weighted score")):
         ys = [r[key] for r in rounds]
-        ax.plot(xs[:len(ys)], ys, color=colour, marker="o", label=name, zorder=3)
+        ax.plot(xs, ys, color=colour, marker="o", label=name, zorder=3)
         if ys:
-            ax.annotate(f"{ys[-1]:.1%}", (xs[len(ys) - 1], ys[-1]), textcoords="offset points", xytext=(8, 0),
+            ax.annotate(f"{ys[-1]:.1%}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(8, 0),
                         va="center", color=colour, fontsize=8.5, fontweight="bold")
     for r in references:
         colour, dash = REFERENCE[r["kind"]]
         ax.axhline(r["pass_rate"], color=colour, linestyle=dash, linewidth=1.6,
                    label=f"{r['kind']} pass rate ({r['pass_rate']:.1%})")
+    base = next((r for r in references if r["kind"] == "baseline"), None)
+    if base:  # the baseline is round 0: a point where the rounds start from
+        ax.plot([0], [base["pass_rate"]], color=REFERENCE["baseline"][0], marker="D", linestyle="none", zorder=4)
+        xs = [0, *xs]
     top = max([r[k] or 0 for r in rounds + references for k in ("pass_rate", "weighted_score")] + [0.1])
     _percent_axis(ax, top=min(1.0, top * 1.12))
-    ax.set_xlim(min(xs) - 0.3, max(xs) + 0.5)
-    ax.set_xlabel("round")
+    _round_axis(ax, xs or [1], baseline=base is not None)
     ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=4)
     return figure
+
+
+def _round_axis(ax: Any, xs: list[int], *, baseline: bool) -> None:
+    """Whole rounds on the x axis, labelled (round 0 as "base" when the baseline is plotted), never fractions."""
+    from matplotlib.ticker import MaxNLocator
+
+    low, high = min(xs), max(xs)
+    if high - low <= 15:
+        ax.set_xticks(range(low, high + 1), ["base" if n == 0 and baseline else str(n) for n in range(low, high + 1)])
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(low - 0.3, high + 0.5)
+    ax.set_xlabel("round")
 
 
 def checks_plot(report: Report) -> Figure | None:
@@ -223,8 +239,8 @@ def map_plot(report: Report) -> Figure | None:
         points = [p for p in report.failure_map if p["round"] == n]
         for rank in sorted({p["rank"] for p in points}):
             members = [p for p in points if p["rank"] == rank]
-            label = members[0]["label"]
-            label = label if len(label) <= 27 else label[:26] + "…"
+            label = members[0]["legend"]
+            label = label if len(label) <= 40 else label[:39] + "…"
             ax.scatter([p["x"] for p in members], [p["y"] for p in members], s=24, linewidths=0.5,
                        edgecolors="white", color=PALETTE[(rank - 1) % len(PALETTE)], gid=f"points-r{n}-c{rank}",
                        label=f"c{rank:02d} {label} ({len(members)})")

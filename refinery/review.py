@@ -102,6 +102,31 @@ def list_examples(store: Store, *, status: str | None = None, round: int | None 
         ORDER BY e.round_added DESC NULLS LAST, e.cluster_id, e.template, e.id""", params)
 
 
+def no_examples_note(store: Store, *, pending: bool = False, round: int | None = None) -> str:
+    """What to tell a person whom `list_examples` showed nothing: run a round, or why the rounds added nothing."""
+    if pending:
+        return "No examples pending review."
+    rounds = store.frame("SELECT number FROM rounds WHERE kind = 'round' AND status = 'done' ORDER BY number")
+    if round is not None:
+        rounds = rounds.filter(pl.col("number") == round)
+    if rounds.height == 0:
+        if round is not None:
+            return f"No examples generated in round {round}: it is not a finished round."
+        return "No examples generated yet. Run `refinery iterate` to generate some."
+    last = rounds["number"][-1]
+    note = store.scalar("SELECT json_extract_string(detail, '$.note') FROM round_stages "
+                        "WHERE round = ? AND stage = 'generate'", [last]) or ""
+    if ": " in note:
+        why = note.split(": ", 1)[1]
+    else:
+        outcomes = store.frame("SELECT outcome, count(*) AS n FROM generations WHERE round = ? GROUP BY ALL "
+                               "ORDER BY ALL", [last])
+        counts = ", ".join(f"{n} {o.replace('_', ' ')}" for o, n in outcomes.iter_rows())
+        why = f"none of its {outcomes['n'].sum()} candidates was kept ({counts or 'none rendered'})"
+    which = f"round {last}" if round is not None or rounds.height == 1 else f"{rounds.height} rounds (last: {last})"
+    return f"No examples generated in {which}: {why}."
+
+
 def decide_examples(store: Store, ids: list[str], decision: str, *, every_pending: bool = False) -> dict[str, Any]:
     """Accept pending counterexamples into the training data, or reject them. `every_pending` takes all of them."""
     if decision not in ("accept", "reject"):

@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from refinery.config import display_path, parse_toml, read_text
+from refinery.config import display_path, not_a_file, parse_toml, read_text
 from refinery.errors import ConfigError
 
 CHECK_TYPES = ("regex", "contains", "absent", "json_schema", "equals")
@@ -144,6 +145,11 @@ def load_rules(rules_dir: Path) -> RuleSet:
     specs: list[TemplateSpec] = []
     lookups: dict[str, Lookup] = {}
     for path in files:
+        why = not_a_file(path)
+        if why:
+            folder = display_path(rules_dir)  # not the path's own: a broken link resolves to where it points
+            raise ConfigError(f"{folder}/{path.name}: {why}. Every *.toml in {folder}/ is read as a rules file: "
+                              f"remove it, or rename it so that its name does not end in .toml.")
         file_checks, file_targets, file_specs, file_lookups = parse_rules(read_text(path), path)
         specs += file_specs
         for check in file_checks:
@@ -239,8 +245,8 @@ def _parse_check(raw: dict[str, Any], shown: str, text: str, line: int) -> Check
     if "schema" in raw:
         _check_schema(raw["schema"], f"{where('schema')}: {label}: schema")
     severity = raw.get("severity", 1.0)
-    if isinstance(severity, bool) or not isinstance(severity, (int, float)) or severity <= 0:
-        raise ConfigError(f"{where('severity')}: {label}: severity = {severity!r}: expected a number > 0.")
+    if isinstance(severity, bool) or not isinstance(severity, (int, float)) or not 0 < severity < math.inf:
+        raise ConfigError(f"{where('severity')}: {label}: severity = {severity!r}: expected a finite number > 0.")
     values = {k: v for k, v in raw.items() if k not in ("severity",)}
     return Check(source=f"{shown}:{line}", severity=float(severity), **values)
 

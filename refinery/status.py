@@ -33,6 +33,20 @@ class Status:
             "rounds": self.rounds,
         }
 
+    @property
+    def last_iterate(self) -> str | None:
+        """How the last `iterate` ended, from its last training round: stopped (and why), failed or running."""
+        last = next((r for r in reversed(self.rounds) if r["kind"] == "round"), None)
+        if last is None:
+            return None
+        if last["status"] == "running":
+            return f"round {last['number']} is running"
+        if last["status"] != "done":
+            reason = (last["error"] or "").split(": ", 1)[-1] or "no reason recorded"
+            return (f"round {last['number']} did not finish ({reason}); the next `refinery iterate` restarts "
+                    f"it")
+        return f"stopped: {last['stop_reason']}" if last["stop_reason"] else None
+
     def totals(self, column: str) -> dict[str, int]:
         grouped = self.counts.group_by(column).agg(pl.col("examples").sum()).sort(column)
         return {key: int(value) for key, value in grouped.iter_rows()}
@@ -44,8 +58,9 @@ def project_status(store: Store, *, last_rounds: int = 5) -> Status:
         SELECT split, kind, source, count(*)::INTEGER AS examples FROM examples WHERE status = 'active'
         GROUP BY ALL ORDER BY split, kind, source""")
     rounds = store.frame("""
-        SELECT number, kind, status, metrics, stop_reason, started_at, finished_at,
-               date_diff('millisecond', started_at, finished_at) / 1000.0 AS seconds
+        SELECT number, kind, status, metrics, stop_reason, error, started_at, finished_at,
+               CASE WHEN kind = 'round' THEN date_diff('millisecond', started_at, finished_at) / 1000.0
+                    ELSE (SELECT sum(s.seconds) FROM round_stages s WHERE s.round = number) END AS seconds
         FROM rounds ORDER BY number DESC LIMIT ?""", [last_rounds]).reverse()
     return Status(
         store=str(store.path),
@@ -63,6 +78,7 @@ def _round_row(row: dict[str, Any]) -> dict[str, Any]:
         "kind": row["kind"],
         "status": row["status"],
         "stop_reason": row["stop_reason"],
+        "error": row["error"],
         "metrics": json.loads(row["metrics"]) if row["metrics"] else None,
         "started_at": row["started_at"].isoformat(timespec="seconds"),
         "finished_at": row["finished_at"].isoformat(timespec="seconds") if row["finished_at"] else None,

@@ -17,23 +17,32 @@ from refinery.errors import StoreError
 from refinery.migrations import MIGRATIONS
 
 SPLITS = ("train", "analysis", "test", "corner")
+# Fewer active examples than this in the test or analysis split and one example moves its pass rate by 5 points or
+# more: too few to measure a round, or to find patterns in. Ingest and every round warn below it.
+MIN_MEASURED = 20
 ROUND_WAIT = 60.0  # seconds work inside a round waits for another process (`refinery status`, say) to let go
 
 
 class Store:
     """One connection to a DuckDB file. Use as a context manager, or call `close()`."""
 
-    def __init__(self, path: str | Path, *, wait: float = 10.0):
-        """Open (creating and migrating) the store; if another process holds it, retry for up to `wait` seconds."""
+    def __init__(self, path: str | Path, *, wait: float = 10.0, read_only: bool = False):
+        """Open (creating and migrating) the store; if another process holds it, retry for up to `wait` seconds.
+
+        `read_only`: for commands that only read. Readers do not block one another (DuckDB lets many processes
+        read a file), but none can read while a writer holds it. A store that does not exist yet, or that needs
+        migrating, is first opened for writing once to create or migrate it."""
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot create the store's folder: {exc.strerror}. Fix [tool.refinery] "
                              f"store in the project file.") from None
-        self.con = _connect(self.path, wait=wait)
+        if read_only and (not self.path.exists() or not _migrated(self.path, wait=wait)):
+            Store(self.path, wait=wait).close()
+        self.con = _connect(self.path, wait=wait, read_only=read_only)
         try:
-            self.migrate()
+            self.check_version() if read_only else self.migrate()
         except BaseException:
             self.con.close()
             raise
@@ -74,16 +83,20 @@ class Store:
     def applied_migrations(self) -> list[str]:
         return [name for (name,) in self.con.execute("SELECT name FROM _migrations ORDER BY name").fetchall()]
 
+    def check_version(self) -> set[str]:
+        """The migrations applied; an error when one is unknown (a newer refinery wrote the store)."""
+        applied = set(self.applied_migrations())
+        unknown = applied - {fn.__name__ for fn in MIGRATIONS}
+        if unknown:
+            raise StoreError(f"{self.path}: the store was written by a newer refinery (migration '{max(unknown)}' "
+                             f"is unknown to this one). Upgrade refinery to open it.")
+        return applied
+
     def migrate(self) -> list[str]:
         """Apply, each in its own transaction, the migrations this store has not seen; return their names."""
         self.con.execute("CREATE TABLE IF NOT EXISTS _migrations "
                          "(name VARCHAR PRIMARY KEY, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)")
-        applied = set(self.applied_migrations())
-        known = {fn.__name__ for fn in MIGRATIONS}
-        if applied - known:
-            newest = max(applied - known)
-            raise StoreError(f"{self.path}: the store was written by a newer refinery (migration '{newest}' is "
-                             f"unknown to this one). Upgrade refinery to open it.")
+        applied = self.check_version()
         ran = []
         for fn in MIGRATIONS:
             if fn.__name__ in applied:
@@ -95,11 +108,23 @@ class Store:
         return ran
 
 
-def _connect(path: Path, *, wait: float) -> duckdb.DuckDBPyConnection:
+def _migrated(path: Path, *, wait: float) -> bool:
+    """Whether the store at `path` has every migration this refinery knows (read without taking a write lock)."""
+    con = _connect(path, wait=wait, read_only=True)
+    try:
+        applied = {name for (name,) in con.execute("SELECT name FROM _migrations").fetchall()}
+    except duckdb.CatalogException:
+        return False
+    finally:
+        con.close()
+    return {fn.__name__ for fn in MIGRATIONS} <= applied
+
+
+def _connect(path: Path, *, wait: float, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     deadline = time.monotonic() + wait
     while True:
         try:
-            return duckdb.connect(str(path))
+            return duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as exc:
             message = str(exc)
             if "lock" not in message.lower():
@@ -111,8 +136,30 @@ def _connect(path: Path, *, wait: float) -> duckdb.DuckDBPyConnection:
             raise StoreError(f"{path}: cannot open the store: {exc}. Is it a DuckDB file?") from None
     pid = re.search(r"PID (\d+)", message)
     holder = f" (PID {pid.group(1)})" if pid else ""
+    if read_only:
+        raise StoreError(f"{path}: another process{holder} is writing to the store, and DuckDB lets no process "
+                         f"read a file while one writes to it. Wait for it to finish, then run the command "
+                         f"again.") from None
     raise StoreError(f"{path}: the store is in use by another process{holder}. Wait for it to finish "
                      f"or stop it, then run the command again.") from None
+
+
+def small_splits(store: Store, *, empty: bool = True) -> list[str]:
+    """A warning for each of the test and analysis splits with fewer than MIN_MEASURED active examples (`empty`:
+    an empty split too)."""
+    counts = dict(store.con.execute("SELECT split, count(*) FROM examples WHERE status = 'active' "
+                                    "AND split IN ('test', 'analysis') GROUP BY split").fetchall())
+    out = []
+    for split in ("test", "analysis"):
+        n = counts.get(split, 0)
+        if n >= MIN_MEASURED or (n == 0 and not empty):
+            continue
+        what = "the figures of every round" if split == "test" else "the failure patterns"
+        size = f"has {n} example{'s' if n != 1 else ''}" if n else "is empty"
+        moves = f": one example moves its pass rate by {100 / n:.0f} points" if n else ""
+        out.append(f"the {split} split {size} (fewer than {MIN_MEASURED}){moves}, too few for {what} to mean "
+                   f"much. Ingest more held-out examples: `refinery ingest FILE --split holdout`.")
+    return out
 
 
 def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> None:

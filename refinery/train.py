@@ -72,9 +72,10 @@ def train(rows: pl.DataFrame, *, base_model: str, settings: TrainSettings, out_d
 
     started = time.perf_counter()
     steps = step_budget(settings, rows.height)
-    trainer = SFTTrainer(model=model, args=sft_config(settings, out_dir, steps=steps, device=device, dtype=dtype),
-                         train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config(settings),
-                         callbacks=[Progress()])
+    trainer_class = SFTTrainer if fused_loss(model, settings) else _plain_loss_trainer(SFTTrainer)
+    trainer = trainer_class(model=model, args=sft_config(settings, out_dir, steps=steps, device=device, dtype=dtype),
+                            train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config(settings),
+                            callbacks=[Progress()])
     trainer.remove_callback(PrinterCallback)  # the log goes to train_log.json, progress to on_step
     trainer.train()
     seconds = time.perf_counter() - started
@@ -99,6 +100,32 @@ def step_budget(settings: TrainSettings, examples: int) -> int:
         return settings.steps
     wanted = math.ceil(settings.epochs * examples / settings.batch_size)
     return max(settings.min_steps, min(settings.max_steps, wanted))
+
+
+# trl computes the loss through a fused, tiled LM head that never holds a batch's full logits: it saves memory on a
+# large vocabulary, but on a small one it is pure overhead (the bundled 1,024-token model trained 1.8x slower per
+# step, with the same losses to 6 digits; docs/recipe.md). Below this many bytes of fp32 logits a batch, the model's
+# own loss is used instead.
+FUSED_LOSS_BYTES = 256 * 2**20
+
+
+def fused_loss(model: Any, settings: TrainSettings) -> bool:
+    """Whether a batch's full logits would be big enough for trl's fused LM-head loss to pay off."""
+    vocab = model.config.get_text_config().vocab_size
+    return vocab * settings.batch_size * settings.max_length * 4 > FUSED_LOSS_BYTES
+
+
+def _plain_loss_trainer(base: type) -> type:
+    """`base` (trl's SFTTrainer) with the loss the model computes itself from `labels`; the same value trl computes
+    (completion tokens only: trl's collator sets the prompt's labels to -100)."""
+
+    class PlainLossTrainer(base):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs = {k: v for k, v in inputs.items() if k != "completion_mask"}
+            outputs = model(**inputs, use_cache=False, num_items_in_batch=num_items_in_batch)
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    return PlainLossTrainer
 
 
 def training_pairs(rows: pl.DataFrame, tokenizer: Any) -> dict[str, list[str]]:

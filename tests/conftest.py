@@ -109,3 +109,33 @@ def make_demo(root: Path):
         ingest_files(store, [root / "data" / "eval.jsonl"], config=project.config, split="holdout")
         ingest_files(store, [REPO / "data" / "demo" / "corner.jsonl"], config=project.config, split="corner")
     return project
+
+
+def store_snapshot(path: Path) -> dict[str, list]:
+    """Every row of every table of a store, opened read-only: equal snapshots mean nothing was added, removed or
+    changed (row counts and content alike)."""
+    import duckdb
+
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        tables = [name for (name,) in con.execute("SELECT table_name FROM information_schema.tables "
+                                                  "WHERE table_schema = 'main' ORDER BY table_name").fetchall()]
+        return {name: sorted(con.execute(f'SELECT * FROM "{name}"').fetchall(), key=repr) for name in tables}
+    finally:
+        con.close()
+
+
+class StopAt:
+    """A reporter that interrupts the round when a stage starts, as Ctrl-C would."""
+
+    def __init__(self, stage: str):
+        self.at = stage
+
+    def started(self, number: int, examples: int) -> None: ...
+
+    def stage(self, name: str) -> None:
+        if name == self.at:
+            raise KeyboardInterrupt
+
+    def progress(self, done: int, total: int) -> None: ...
+    def stage_done(self, name: str, seconds: float, note: str) -> None: ...

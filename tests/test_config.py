@@ -155,9 +155,13 @@ def test_init_scaffolds_a_project_whose_commented_defaults_are_the_defaults(tmp_
     written = init_project(tmp_path / "new")
     names = sorted(str(p.relative_to(tmp_path / "new")) for p in written)
     assert names == ["data/README.md", "refinery.toml", "rules/README.md", "rules/checks.toml", "runs/.gitignore",
-                     "templates/README.md"]
+                     "templates/README.md", "templates/variants.jinja"]
     from refinery.rules import load_rules
-    assert [c.name for c in load_rules(tmp_path / "new" / "rules").checks] == ["not_empty", "matches_expected"]
+    rules = load_rules(tmp_path / "new" / "rules")
+    assert [c.name for c in rules.checks] == ["not_empty", "matches_expected"]
+    # a starter family aimed at both checks, so the first round can add data: INV, the expected output kept
+    assert rules.templates_for(["matches_expected"]) == ["variants.jinja"] == rules.templates_for(["not_empty"])
+    assert rules.template("variants.jinja").kind == "INV"
     config_file = tmp_path / "new" / "refinery.toml"
     assert read_config(config_file) == Config()
     # Uncommenting every setting must give a valid file with the same values: the comments tell the truth.

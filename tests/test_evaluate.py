@@ -163,7 +163,7 @@ LOOKUP = '[[lookup]]\nname = "weather_emoji"\nkey = \'<weather>(.*?)</weather>\'
     ('[[check]]\ntype = "regex"\npattern = "x"\n',
      "rules/bad.toml:1: check without a name. Add name = \"...\"."),
     ('[[check]]\nname = "a"\ntype = "regex"\npattern = "x"\nseverity = 0\n',
-     "rules/bad.toml:5: check 'a': severity = 0: expected a number > 0."),
+     "rules/bad.toml:5: check 'a': severity = 0: expected a finite number > 0."),
     ('[[check]]\nname = "a"\ntype = "json_schema"\nschema = { type = "objekt" }\n',
      "rules/bad.toml:4: check 'a': schema is not a valid JSON schema: 'objekt' is not valid under any of the "
      "given schemas."),

@@ -68,6 +68,9 @@ def test_each_format_is_ingested_with_fields_kinds_and_origins(project, cli, fmt
 BAD_FILES = [
     ("bad.jsonl", jsonl(ROWS[:2]) + '{"input": "x", "output": }\n',
      "data/bad.jsonl:3: not valid JSON: Expecting value at column 26. Each line must hold one JSON object."),
+    ("bad.jsonl", jsonl(ROWS[:2]) + '{"input": "x", "output": "y"\n',  # the closing brace forgotten
+     "data/bad.jsonl:3: not valid JSON: Expecting ',' delimiter at the end of the line. Each line must hold one "
+     "JSON object."),
     ("bad.jsonl", jsonl(ROWS[:1]) + "\n" + json.dumps({"input": "How many?", "output": 5}) + "\n",
      "data/bad.jsonl:3: field 'output': expected text, got a number (5). Write it as a JSON string."),
     ("bad.jsonl", jsonl(ROWS[:2]) + json.dumps({"input": "How many?"}) + "\n",

@@ -8,27 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, StopAt
 
 from refinery.errors import RefineryError
 from refinery.loop import run_round
 from refinery.store import Store
-
-
-class StopAt:
-    """A reporter that interrupts the round when a stage starts, as Ctrl-C would."""
-
-    def __init__(self, stage: str):
-        self.at = stage
-
-    def started(self, number: int, examples: int) -> None: ...
-
-    def stage(self, name: str) -> None:
-        if name == self.at:
-            raise KeyboardInterrupt
-
-    def progress(self, done: int, total: int) -> None: ...
-    def stage_done(self, name: str, seconds: float, note: str) -> None: ...
 
 
 def test_a_round_records_every_figure_it_reports(demo_project) -> None:
