@@ -103,7 +103,7 @@ def step_budget(settings: TrainSettings, examples: int) -> int:
 
 
 # trl computes the loss through a fused, tiled LM head that never holds a batch's full logits: it saves memory on a
-# large vocabulary, but on a small one it is pure overhead (the bundled 1,024-token model trained 1.8x slower per
+# large vocabulary, but on a small one it is pure overhead (the bundled 1,024-token model trained 1.7x slower per
 # step, with the same losses to 6 digits; docs/recipe.md). Below this many bytes of fp32 logits a batch, the model's
 # own loss is used instead.
 FUSED_LOSS_BYTES = 256 * 2**20
