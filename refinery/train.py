@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 
 from refinery.config import TrainSettings
-from refinery.device import load_tokenizer, pick_device, pick_dtype
+from refinery.device import load_base, load_tokenizer, pick_device, pick_dtype
 from refinery.prompts import render_prompt
 
 TARGETS = {
@@ -51,7 +51,7 @@ def train(rows: pl.DataFrame, *, base_model: str, settings: TrainSettings, out_d
     import datasets
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
+    from transformers import PrinterCallback, TrainerCallback
     from transformers.utils import logging
     from trl import SFTTrainer
 
@@ -62,7 +62,9 @@ def train(rows: pl.DataFrame, *, base_model: str, settings: TrainSettings, out_d
     device = pick_device()
     dtype = pick_dtype(device, settings.precision)
     tokenizer = load_tokenizer(base_model)
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    model = load_base(base_model, dtype=dtype)
+    if settings.method == "lora":
+        resolve_targets(model, settings.target_modules)
     dataset = Dataset.from_dict(training_pairs(rows, tokenizer))
 
     class Progress(TrainerCallback):
@@ -132,6 +134,25 @@ def training_pairs(rows: pl.DataFrame, tokenizer: Any) -> dict[str, list[str]]:
     """prompt/completion columns: the rendered prompt, and the expected output (trl appends the EOS token)."""
     return {"prompt": [render_prompt(tokenizer, text) for text in rows["input"]],
             "completion": rows["output"].to_list()}
+
+
+def resolve_targets(model: Any, preset: str) -> list[str]:
+    """The model's module names a `[train] target_modules` preset puts LoRA on; an error naming the preset and the
+    model's linear layers when the preset's names are not this architecture's."""
+    import torch
+
+    from refinery.errors import ConfigError
+
+    linear = {name: name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head")}
+    wanted = TARGETS[preset]
+    hit = [name for name, leaf in linear.items() if wanted == "all-linear" or leaf in wanted]
+    missing = [] if wanted == "all-linear" else sorted(set(wanted) - set(linear.values()))
+    if not hit or missing:
+        raise ConfigError(f"[train] target_modules = \"{preset}\": {type(model).__name__} has no linear layers named "
+                          f"{', '.join(missing or wanted)} (its linear layers: "
+                          f"{', '.join(sorted(set(linear.values()))) or 'none'}). Use target_modules = \"all-linear\".")
+    return hit
 
 
 def lora_config(settings: TrainSettings) -> Any:

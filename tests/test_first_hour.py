@@ -101,7 +101,6 @@ def _output(seen, command: str, nth: int = 0) -> tuple[int, str, str]:
     return [s[1:] for s in seen if s[0] == command][nth]
 
 
-@pytest.mark.slow
 def test_the_readme_own_project_section_runs_verbatim_and_round_2_trains_on_round_1s_data(walked) -> None:
     root, seen = walked
     for command, code, out, err in seen:
@@ -254,7 +253,6 @@ extract = '(?s)^(.*)$'
 """
 
 
-@pytest.mark.slow
 def test_a_round_that_adds_nothing_says_why_and_a_restarted_round_says_so(project_dir: Path, cli) -> None:
     """Rules with a check but no [[target]]: the round says why it generated nothing, and so does `examples`.
     The round is first interrupted after training: the next `iterate` says it restarts it."""
@@ -282,7 +280,6 @@ def test_a_round_that_adds_nothing_says_why_and_a_restarted_round_says_so(projec
     assert cli("status").out.splitlines()[-1] == "Last iterate: stopped: ran the 1 round asked for"
 
 
-@pytest.mark.slow
 def test_a_report_with_only_a_baseline(project_dir: Path, cli) -> None:
     """After `refinery baseline` alone: the main plot shows the baseline at round 0 with whole-round ticks, the
     training-set tile counts the train split, and notes wrap inside their card. Run as a separate process, the

@@ -214,9 +214,8 @@ def test_a_base_model_folder_without_weights_or_tokenizer_fails_before_the_store
     err = fails_unchanged(cli, demo_project.store_path, "iterate")
     if missing == "weights":
         assert err == (f'Error: base_model = "{folder}": the folder has a config.json but no weights (expected one '
-                       f"of: model.safetensors, model.safetensors.index.json, pytorch_model.bin, "
-                       f"pytorch_model.bin.index.json). Save the model there with save_pretrained, or set base_model "
-                       f"to another model; bundled:tiny-base always works.\n")
+                       f"of: model.safetensors, model.safetensors.index.json). Save the model there with "
+                       f"save_pretrained, or set base_model to another model; bundled:tiny-base always works.\n")
     else:
         assert err.startswith(f'Error: base_model = "{folder}": cannot load its tokenizer (')
         assert err.endswith("). Save the tokenizer beside the model (tokenizer.save_pretrained), or set base_model "
