@@ -412,9 +412,9 @@ def _print_round(summary) -> None:
     if summary.nothing_generated:
         return console.print(f"Generated no counterexamples: {summary.nothing_generated}.", markup=False)
     kept = total["stored"] + total["pending"]
-    console.print(f"Generated {total['stored']} counterexamples{held} ({total['duplicate']} duplicates, "
-                  f"{total['leak']} leaks, {total['failed_checks']} failing their checks and {total['over_cap']} "
-                  f"over budget were not stored)" + (":" if kept else "."), markup=False)
+    console.print(f"Generated {total['stored']} counterexamples{held} (not stored: {total['duplicate']} duplicates, "
+                  f"{total['leak']} leaks, {total['failed_checks']} failing their checks, {total['over_cap']} over "
+                  f"budget)" + (":" if kept else "."), markup=False)
     for g in summary.generated:
         if g["stored"] or g["pending"]:
             console.print(f"  {g['cluster'] or 'untargeted'}  {g['template']:<20} {g['stored'] + g['pending']}")

@@ -126,7 +126,8 @@ def test_the_readme_own_project_section_runs_verbatim_and_round_2_trains_on_roun
     assert "Round 1: training on 20 examples" in err
     first = added.filter(added["round_added"] == 1)
     assert first.height > 0 and set(first["template"]) == {"variants.jinja"}
-    assert re.search(rf"Generated {first.height} counterexamples \(", out)
+    assert re.search(rf"Generated {first.height} counterexamples \(not stored: \d+ duplicates, \d+ leaks, \d+ failing "
+                     rf"their checks, \d+ over budget\):\n", out)
     assert "Warning: the test split has" in err  # the round summary says it too
     code, out, err = _output(seen, "refinery iterate", 1)
     assert f"Round 2: training on {20 + first.height} examples" in err

@@ -80,7 +80,8 @@ def test_the_page_renders_its_plots_and_tables_in_chromium(reported, cli, tmp_pa
     image = Image.open(shot).convert("RGB")
     assert image.size == (WIDTH, boxes["page"]["h"])
     assert len(image.getcolors(maxcolors=1 << 20)) > 500  # not blank: text, plots, shading
-    assert _share(image, boxes["metric"], PASS) > 0.002 and _share(image, boxes["metric"], SCORE) > 0.002
+    # the rounds' lines span two thirds of the plot since the baseline has its own place on the x axis ("base")
+    assert _share(image, boxes["metric"], PASS) > 0.001 and _share(image, boxes["metric"], SCORE) > 0.001
     assert _share(image, boxes["metric"], REFERENCE["production"][0]) > 0.0003
     assert _share(image, boxes["map"], PALETTE[0]) > 0.001  # cluster 1's colour, and cluster 2's where there is one
     assert (_share(image, boxes["map"], PALETTE[1]) > 0.0002) == (second > 0)
