@@ -140,3 +140,19 @@ def _assert_consistent(store_path: Path, brought, checks: int, when: str) -> Non
         else:  # an unfinished one: each stage's rows all or none, and nothing it generated
             assert predictions in (0, asked) and results in (0, asked * checks), (when, number)
             assert (clusters, generations, added) == (0, 0, 0), (when, number)
+
+
+def test_ctrl_c_while_the_command_loads_exits_130_without_a_traceback() -> None:
+    """The console script's `main` imports typer, rich and the commands (about 0.2-0.3 s here): a Ctrl-C 20 ms into
+    it lands there, and used to print Python's traceback. The import is timed first, so the test says when the
+    machine loads too fast for the signal to land in it."""
+    loads = subprocess.run([sys.executable, "-X", "importtime", "-c", "import refinery.cli"], capture_output=True,
+                           text=True, check=True).stderr.strip().splitlines()[-1]
+    assert int(loads.split("|")[1]) > 40_000, f"refinery.cli loads in under 40 ms here: {loads}"
+    script = ("import os, signal\n"
+              "signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGINT))\n"
+              "signal.setitimer(signal.ITIMER_REAL, 0.02)\n"
+              "from refinery.entry import main\n"
+              "raise SystemExit(main())\n")
+    done = subprocess.run([sys.executable, "-c", script, "status"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr, done.stdout) == (130, "Interrupted.\n", "")
