@@ -59,9 +59,8 @@ def check_loadable(base_model: str) -> None:
     try:
         AutoConfig.from_pretrained(base_model, trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"base_model = \"{base_model}\": cannot load it ({first[:200]}). It must be a model folder, "
-                          f"or a hub id already in the local Hugging Face cache (nothing is downloaded here); "
+        raise ConfigError(f"base_model = \"{base_model}\": cannot load it ({_first_line(exc)}). It must be a model "
+                          f"folder, or a hub id already in the local Hugging Face cache (nothing is downloaded here); "
                           f"bundled:tiny-base always works.") from None
     folder = Path(base_model) if Path(base_model).is_dir() else _hub_snapshot(base_model)
     if folder is not None:
@@ -73,10 +72,14 @@ def check_loadable(base_model: str) -> None:
     try:
         load_tokenizer(base_model)
     except Exception as exc:  # noqa: BLE001 - transformers raises many kinds here; each means the same to a person
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"base_model = \"{base_model}\": cannot load its tokenizer ({first[:200]}). Save the "
+        raise ConfigError(f"base_model = \"{base_model}\": cannot load its tokenizer ({_first_line(exc)}). Save the "
                           f"tokenizer beside the model (tokenizer.save_pretrained), or set base_model to another "
                           f"model; bundled:tiny-base always works.") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _hub_snapshot(repo_id: str) -> Path | None:

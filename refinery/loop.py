@@ -43,6 +43,7 @@ class Reporter(Protocol):
 
 class Quiet:
     def started(self, number: int, examples: int) -> None: ...
+    def restarting(self, number: int, note: str) -> None: ...
     def stage(self, name: str) -> None: ...
     def progress(self, done: int, total: int) -> None: ...
     def stage_done(self, name: str, seconds: float, note: str) -> None: ...
@@ -95,7 +96,7 @@ def run_round(project: Project, *, reporter: Reporter | None = None) -> RoundSum
     (round_dir / "config.json").write_text(json.dumps(project.config.to_dict(), indent=2))
     timer = _Timer(project, number, reporter)
     try:
-        if attempt > 1 and hasattr(reporter, "restarting"):  # a reporter written before restarts were told
+        if attempt > 1:
             reporter.restarting(number, _restart_note(number, attempt, error, resume))
         reporter.started(number, train_rows.height)
         return _run_stages(project, number, train_rows, rules, env, base_model, embedder, round_dir, timer, resume)

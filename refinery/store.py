@@ -38,9 +38,7 @@ class Store:
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot create the store's folder: {exc.strerror}. Fix [tool.refinery] "
                              f"store in the project file.") from None
-        if read_only and (not self.path.exists() or not _migrated(self.path, wait=wait)):
-            Store(self.path, wait=wait).close()
-        self.con = _connect(self.path, wait=wait, read_only=read_only)
+        self.con = _open_reader(self.path, wait=wait) if read_only else _connect(self.path, wait=wait)
         try:
             self.check_version() if read_only else self.migrate()
         except BaseException:
@@ -108,16 +106,20 @@ class Store:
         return ran
 
 
-def _migrated(path: Path, *, wait: float) -> bool:
-    """Whether the store at `path` has every migration this refinery knows (read without taking a write lock)."""
-    con = _connect(path, wait=wait, read_only=True)
-    try:
-        applied = {name for (name,) in con.execute("SELECT name FROM _migrations").fetchall()}
-    except duckdb.CatalogException:
-        return False
-    finally:
+def _open_reader(path: Path, *, wait: float) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to a store that has every migration this refinery knows; a store that does not exist
+    yet, or lacks one, is first opened for writing once to create or migrate it."""
+    if path.exists():
+        con = _connect(path, wait=wait, read_only=True)
+        try:
+            applied = {name for (name,) in con.execute("SELECT name FROM _migrations").fetchall()}
+        except duckdb.CatalogException:
+            applied = set()
+        if {fn.__name__ for fn in MIGRATIONS} <= applied:
+            return con
         con.close()
-    return {fn.__name__ for fn in MIGRATIONS} <= applied
+    Store(path, wait=wait).close()
+    return _connect(path, wait=wait, read_only=True)
 
 
 def _connect(path: Path, *, wait: float, read_only: bool = False) -> duckdb.DuckDBPyConnection:

@@ -132,6 +132,7 @@ class StopAt:
         self.at = stage
 
     def started(self, number: int, examples: int) -> None: ...
+    def restarting(self, number: int, note: str) -> None: ...
 
     def stage(self, name: str) -> None:
         if name == self.at:
