@@ -1,7 +1,9 @@
-"""Analyse: embed the failing analysis cases, cluster them, describe each cluster, and rank them worst first.
+"""Analyse: find the patterns behind the failing analysis cases, one per cause, and rank them worst first.
 
-The embedder and the clusterer are swappable (`analyze(..., clusterer=...)`, `embed_examples(..., embedder=...)`);
-embeddings are stored per example and model and never computed twice for the same text.
+A pattern is a cause (a check and the input feature under which it fails, tested), a check that fails on every
+input it applies to, or an embedding cluster of the failures no feature explains. The embedder and the clusterer
+are swappable (`analyze(..., clusterer=...)`, `embed_examples(..., embedder=...)`); embeddings are stored per
+example and model and never computed twice for the same text.
 """
 
 from __future__ import annotations
@@ -16,7 +18,17 @@ from typing import Any, Protocol
 import numpy as np
 import polars as pl
 
-from refinery.hypotheses import best_hypothesis, input_features, score_features, statement
+from refinery.hypotheses import (
+    UNSEEN,
+    Cause,
+    all_statement,
+    cluster_statement,
+    find_causes,
+    input_features,
+    score_groups,
+    statement,
+    unseen_words,
+)
 from refinery.store import Store
 
 
@@ -130,7 +142,10 @@ class SilhouetteKMeans:
 
 @dataclass
 class FailureCluster:
-    """A group of similar failures: what fails, what sets its inputs apart, how bad it is."""
+    """A pattern of failures: what fails, what sets its inputs apart, how bad it is.
+
+    `kind` is "cause" (a check and a tested input feature), "all" (a check failing on every input it applies to)
+    or "cluster" (similar failures no feature explains, grouped by embedding)."""
 
     rank: int
     size: int
@@ -143,8 +158,14 @@ class FailureCluster:
     label: str = ""  # what it is about: "check / feature"; a person may rename it
     id: str = ""  # given by the round: r003-c02
     statement: str = ""
-    hypothesis: dict[str, Any] | None = None  # the tested feature the statement names
+    hypothesis: dict[str, Any] | None = None  # the tested feature the statement names, with its check
     representatives: list[str] = field(default_factory=list)
+    kind: str = "cluster"
+    feature: str | None = None  # a cause's feature
+    carrying: int | None = None  # a cause's members that carry its feature
+    p: float | None = None  # a cluster's failure rate against the rest: Fisher exact, one-sided
+    q: float | None = None  # ... Benjamini-Hochberg over the clusters
+    significant: bool | None = None  # q < 0.05; None when untested (no passing embeddings)
 
 
 def embed_examples(store: Store, rows: pl.DataFrame, *, embedder: Embedder | None = None,
@@ -177,50 +198,176 @@ def embed_examples(store: Store, rows: pl.DataFrame, *, embedder: Embedder | Non
 
 def analyze(failures: pl.DataFrame, passing: pl.DataFrame, *, embeddings: np.ndarray | None,
             severities: dict[str, float], clusterer: Clusterer | None = None, seed: int = 0,
-            cues: list[tuple[str, re.Pattern]] | None = None) -> list[FailureCluster]:
-    """Cluster failures and describe each with a tested hypothesis, worst first.
+            cues: list[tuple[str, re.Pattern]] | None = None, passing_embeddings: np.ndarray | None = None,
+            scopes: dict[str, str] | None = None, known_words: set[str] | None = None) -> list[FailureCluster]:
+    """The patterns behind the failures, worst first: one per cause, per all-failing check, per residual cluster.
 
     `failures` and `passing` hold the analysis examples: example_id, input, failing (check names), and optionally
-    fields (JSON text) and applicable (check names; all checks when absent). Clustering sees the input's
-    embedding and which checks failed, so a cluster holds similar inputs that fail the same way; the hypothesis
-    for a cluster is the input feature that best explains its main check's failures across the whole split.
+    fields (JSON text) and applicable (check names; all checks when absent). For each failing check, the examples
+    it applies to are trials; `find_causes` names its causes one by one, each a pattern whose members are the
+    failing trials carrying the feature. A check failing on every trial is one pattern, stated with
+    `scopes[check]` ("inputs without '<weather>'"). The failures left unexplained for a check are clustered by
+    embedding (rows of `embeddings` align with `failures`) and failing checks; with `passing_embeddings` (rows
+    aligned with `passing`) each cluster's failure rate is tested against the rest. `known_words` (lowercased words
+    of the training inputs) enables the unseen-word feature. Patterns rank by failing mass: the sum over members
+    of the highest severity among their failing checks.
     """
-    if failures.height == 0 or embeddings is None:
+    if failures.height == 0:
         return []
-    clusterer = clusterer or SilhouetteKMeans(seed=seed)
-    features = _features(embeddings, failures["failing"].to_list())
-    labels = np.asarray(clusterer.fit_predict(features))
-    trials = _Trials(pl.concat([_trial_rows(failures), _trial_rows(passing)]), cues or [])
-    clusters = []
-    for label in sorted(set(labels.tolist())):
-        index = np.flatnonzero(labels == label)
-        centre = features[index].mean(axis=0)
-        distance = np.sqrt(((features[index] - centre) ** 2).sum(axis=1))
-        order = np.argsort(distance)
-        cluster = _describe(failures[index[order].tolist()], trials, severities)
-        cluster.distances = [round(float(d), 5) for d in distance[order]]
-        clusters.append(cluster)
-    clusters.sort(key=lambda c: (-c.score, -c.size))
-    for rank, cluster in enumerate(clusters, start=1):
-        cluster.rank = rank
-    return clusters
+    trials = _Trials(pl.concat([_trial_rows(failures), _trial_rows(passing)]), cues or [], known_words)
+    context = _Context(failures, embeddings, severities, known_words)
+    patterns: list[FailureCluster] = []
+    for check in sorted({name for names in failures["failing"] for name in names}):
+        patterns += _check_patterns(check, trials, context, (scopes or {}).get(check, "inputs it applies to"))
+    explained = {(m, next(iter(p.checks))) for p in patterns for m in p.members}
+    left = {i: [c for c in context.failing[i] if (i, c) not in explained] for i in context.ids}
+    patterns += _residual_clusters(context, trials, left, clusterer or SilhouetteKMeans(seed=seed),
+                                   passing["example_id"].to_list(), passing_embeddings)
+    patterns.sort(key=lambda c: (-c.score, -c.size, c.label))
+    for rank, pattern in enumerate(patterns, start=1):
+        pattern.rank = rank
+    return patterns
 
 
 class _Trials:
-    """Per check: every example it applies to, failed or not, with its features; tested once per check."""
+    """Per check: every example it applies to, failed or not; each example's features, computed once."""
 
-    def __init__(self, rows: pl.DataFrame, cues: list[tuple[str, re.Pattern]]):
+    def __init__(self, rows: pl.DataFrame, cues: list[tuple[str, re.Pattern]], known_words: set[str] | None):
         self.rows = rows
-        self.features = {r["example_id"]: input_features(r["input"], r["fields"], cues=cues)
+        self.features = {r["example_id"]: input_features(r["input"], r["fields"], cues=cues, known_words=known_words)
                          for r in rows.iter_rows(named=True)}
-        self._tests: dict[str, pl.DataFrame] = {}
 
-    def tests(self, check: str) -> pl.DataFrame:
-        if check not in self._tests:
-            trial = self.rows.filter(pl.col("applicable").is_null() | pl.col("applicable").list.contains(check))
-            self._tests[check] = score_features([self.features[i] for i in trial["example_id"]],
-                                               [check in f for f in trial["failing"]])
-        return self._tests[check]
+    def of(self, check: str) -> tuple[list[str], list[bool]]:
+        trial = self.rows.filter(pl.col("applicable").is_null() | pl.col("applicable").list.contains(check))
+        return trial["example_id"].to_list(), [check in f for f in trial["failing"]]
+
+
+class _Context:
+    """What every pattern of one analysis reads: each failure's checks, input and vector, and the severities."""
+
+    def __init__(self, failures: pl.DataFrame, embeddings: np.ndarray | None, severities: dict[str, float],
+                 known_words: set[str] | None):
+        self.ids = failures["example_id"].to_list()
+        self.failing = dict(zip(self.ids, failures["failing"].to_list(), strict=True))
+        self.inputs = dict(zip(self.ids, failures["input"].to_list(), strict=True))
+        self.embeddings, self.severities, self.known_words = embeddings, severities, known_words
+        self.row = {i: n for n, i in enumerate(self.ids)}
+
+    def pattern(self, kind: str, check: str, ids: list[str], *, label: str, statement: str,
+                distances: np.ndarray | None = None, failing: dict[str, list[str]] | None = None,
+                **extra: Any) -> FailureCluster:
+        """A pattern of `ids`: members nearest the centre first, checks (`check` first) and score from `failing`
+        (default: every failing check of each member)."""
+        failing = failing or self.failing
+        if distances is None:
+            distances = self._distances(ids)
+        order = np.argsort(distances, kind="stable")
+        members = [ids[i] for i in order]
+        counts = Counter(name for m in members for name in failing[m])
+        checks = {check: counts.pop(check, 0), **dict(counts.most_common())}
+        score = float(sum(max(self.severities.get(n, 1.0) for n in failing[m]) for m in members))
+        return FailureCluster(
+            rank=0, size=len(members), score=round(score, 3),
+            score_parts={"failures": len(members), "mean_severity": round(score / len(members), 3)},
+            checks=checks, terms=extra.pop("terms", []), members=members,
+            distances=[round(float(distances[i]), 5) for i in order], label=label, statement=statement,
+            representatives=members[:3], kind=kind, **extra)
+
+    def _distances(self, ids: list[str]) -> np.ndarray:
+        if self.embeddings is None:
+            return np.zeros(len(ids))
+        vectors = self.embeddings[[self.row[i] for i in ids]]
+        return np.sqrt(((vectors - vectors.mean(axis=0)) ** 2).sum(axis=1))
+
+
+def _check_patterns(check: str, trials: _Trials, context: _Context, scope: str) -> list[FailureCluster]:
+    """The causes of one check's failures; or one pattern when it fails on every input it applies to."""
+    ids, failed = trials.of(check)
+    if not any(failed):
+        return []
+    if all(failed):
+        return [context.pattern("all", check, ids, label=f"{check} / all",
+                                statement=all_statement(check, len(ids), scope))]
+    causes = find_causes([trials.features[i] for i in ids], failed)
+    return [_cause_pattern(check, cause, [ids[i] for i in cause.members], trials, context) for cause in causes]
+
+
+def _cause_pattern(check: str, cause: Cause, members: list[str], trials: _Trials,
+                   context: _Context) -> FailureCluster:
+    carrying = sum(cause.feature in trials.features[m] for m in members)
+    unseen = None
+    if cause.feature == UNSEEN and context.known_words is not None:
+        words = Counter(w for m in members for w in dict.fromkeys(unseen_words(context.inputs[m],
+                                                                               context.known_words)))
+        unseen = words.most_common(5)
+    text = statement(check, cause.test, failing=len(members), size=len(members), carrying=carrying, unseen=unseen)
+    return context.pattern("cause", check, members, label=f"{check} / {cause.feature}", statement=text,
+                           hypothesis={"check": check, **cause.test, "set_aside": cause.set_aside},
+                           terms=[{"check": check, **row} for row in cause.evidence], feature=cause.feature,
+                           carrying=carrying)
+
+
+def _residual_clusters(context: _Context, trials: _Trials, left: dict[str, list[str]], clusterer: Clusterer,
+                       passing_ids: list[str], passing_embeddings: np.ndarray | None) -> list[FailureCluster]:
+    """Embedding clusters of the failures no pattern explains for that check (`left`: each failure's checks still
+    unexplained), each tested against the rest when the passing examples have embeddings."""
+    ids = [i for i in context.ids if left[i]]
+    if not ids:
+        return []
+    if context.embeddings is None:  # nothing to cluster by: one group per set of failing checks
+        keys = sorted({tuple(left[i]) for i in ids})
+        labels = np.array([keys.index(tuple(left[i])) for i in ids])
+        features = _features(np.zeros((len(ids), 0), dtype=np.float32), [left[i] for i in ids])
+    else:
+        features = _features(context.embeddings[[context.row[i] for i in ids]], [left[i] for i in ids])
+        labels = np.asarray(clusterer.fit_predict(features))
+    groups = [np.flatnonzero(labels == g) for g in sorted(set(labels.tolist()))]
+    checks = [Counter(c for i in index for c in left[ids[i]]).most_common(1)[0] for index in groups]
+    tests: list[dict[str, Any] | None] = [None] * len(groups)
+    if context.embeddings is not None and passing_embeddings is not None:
+        vectors = np.vstack([context.embeddings, np.asarray(passing_embeddings, dtype=np.float32)
+                             .reshape(len(passing_ids), context.embeddings.shape[1])])
+        tests = _cluster_tests(trials, left, [[ids[i] for i in index] for index in groups],
+                               [c for c, _ in checks], context.ids + passing_ids, vectors)
+    clusters = []
+    for index, (check, count), test in zip(groups, checks, tests, strict=True):
+        distances = np.sqrt(((features[index] - features[index].mean(axis=0)) ** 2).sum(axis=1))
+        text = cluster_statement(check, failing=count, size=len(index), test=test)
+        tested = {"p": test["p"], "q": test["q"], "significant": test["q"] < 0.05} if test else {}
+        clusters.append(context.pattern("cluster", check, [ids[i] for i in index], label=f"{check} / cluster",
+                                        statement=text, distances=distances, failing=left, **tested))
+    return clusters
+
+
+def _cluster_tests(trials: _Trials, left: dict[str, list[str]], groups: list[list[str]], checks: list[str],
+                   everyone: list[str], vectors: np.ndarray) -> list[dict[str, Any] | None]:
+    """Each cluster's failure rate on its main check against the rest, Benjamini-Hochberg across clusters.
+
+    Every analysis example, failing or passing, joins the cluster whose centre is nearest in embedding space.
+    Among the inputs the check applies to, less the failures a pattern already explains, a cluster's rate is the
+    share of its inputs failing the check unexplained, against the share among all the others: a scatter of
+    failures falls in every cluster alike. A cluster holding all or none of those inputs cannot be tested (None)."""
+    row = {i: n for n, i in enumerate(everyone)}
+    centres = np.stack([vectors[[row[i] for i in members]].mean(axis=0) for members in groups])
+    squared = (vectors ** 2).sum(axis=1)[:, None] - 2 * vectors @ centres.T + (centres ** 2).sum(axis=1)[None, :]
+    for n, members in enumerate(groups):
+        # A centre is pulled towards its own members: each member is measured to the centre of the others
+        # (x - mean of the others = size / (size - 1) * (x - mean)), else a scatter would look concentrated.
+        size, rows = len(members), [row[i] for i in members]
+        squared[rows, n] = squared[rows, n] * (size / (size - 1)) ** 2 if size > 1 else np.inf
+    cell = dict(zip(everyone, squared.argmin(axis=1).tolist(), strict=True))
+    counts = {}
+    for n, check in enumerate(checks):
+        applies, failed = trials.of(check)
+        explained = {i for i, bad in zip(applies, failed, strict=True) if bad and check not in left.get(i, ())}
+        population = [i for i in applies if i in cell and i not in explained]
+        inside = [i for i in population if cell[i] == n]
+        if 0 < len(inside) < len(population):
+            failing = {i for i in population if check in left.get(i, ())}
+            counts[n] = (sum(i in failing for i in inside), len(inside), len(failing), len(population))
+    rows = score_groups(*(list(c) for c in zip(*counts.values(), strict=True))).to_dicts() if counts else []
+    tested = dict(zip(counts, rows, strict=True))
+    return [tested.get(n) for n in range(len(groups))]
 
 
 def _trial_rows(frame: pl.DataFrame) -> pl.DataFrame:
@@ -243,21 +390,3 @@ def _features(embeddings: np.ndarray, failing: list[list[str]]) -> np.ndarray:
             onehot[row, names.index(name)] = 1.0
     onehot /= np.maximum(np.linalg.norm(onehot, axis=1, keepdims=True), 1e-9)
     return np.hstack([embeddings, onehot])
-
-
-def _describe(members: pl.DataFrame, trials: _Trials, severities: dict[str, float]) -> FailureCluster:
-    ids = members["example_id"].to_list()
-    checks = Counter(name for names in members["failing"] for name in names)
-    worst = [max(severities.get(n, 1.0) for n in names) for names in members["failing"]]
-    score = float(sum(worst))
-    check, count = checks.most_common(1)[0]
-    tests = trials.tests(check)
-    hypothesis = best_hypothesis(tests, [trials.features[i] for i in ids])
-    evidence = tests.filter(pl.col("q") < 0.05, pl.col("rate_with") > pl.col("rate_without")).head(8)
-    return FailureCluster(
-        rank=0, size=members.height, score=round(score, 3),
-        score_parts={"failures": members.height, "mean_severity": round(score / members.height, 3)},
-        checks=dict(checks.most_common()), terms=[{"check": check, **row} for row in evidence.to_dicts()],
-        members=ids, label=check + (f" / {hypothesis['feature']}" if hypothesis else ""),
-        hypothesis={"check": check, **hypothesis} if hypothesis else None,
-        statement=statement(check, hypothesis, failing=count, size=members.height), representatives=ids[:3])

@@ -185,10 +185,15 @@ def _decide(ctx: typer.Context, cluster_id: str, decision: str, as_json: bool) -
     console.print(f"{cluster_id} {result['status']} ({detail}).")
 
 
+KINDS = {"cause": "cause", "all": "fails on all", "cluster": "embedding cluster"}
+
+
 def _print_pattern(p) -> None:
     parts = p.score_parts
-    console.print(f"#{p.rank} {p.id}  [{p.status}]  score {p.score:.1f} = {parts.get('failures')} failures x "
-                  f"{parts.get('mean_severity')} mean severity  counterexamples {p.generated}", markup=False)
+    budget = f" (budget {p.budget})" if p.budget is not None else ""
+    console.print(f"#{p.rank} {p.id}  [{p.status}]  {KINDS.get(p.kind, p.kind)}  score {p.score:.1f} = "
+                  f"{parts.get('failures')} failures x {parts.get('mean_severity')} mean severity  counterexamples "
+                  f"{p.generated}{budget}", markup=False)
     if p.label and p.label != p.id:
         console.print(f"   label: {p.label}", markup=False)
     console.print(f"   {p.statement}", markup=False)

@@ -1,9 +1,11 @@
 """Generate: render counterexamples from Jinja templates for the worst failure patterns, and keep only good ones.
 
-A template is rendered once per counterexample with `parent` (the failing example: id, input, output, fields)
-and a seeded `rng` in scope, and defines at its top level `input`, `output` and, optionally, `fields` (merged
-over the parent's). Templates run in Jinja's sandbox with undefined names as errors; an error names the
-template file and line.
+A template is rendered once per counterexample with `parent` (the failing example: id, input, output, fields),
+`pattern` (the failure pattern it answers: check, feature, statement, words, members; None when it is not aimed
+at one), `lookups` (the project's lookup tables) and a seeded `rng` in scope, and defines at its top level
+`input`, `output` and, optionally, `fields` (merged over the parent's). A template uses the pattern's feature as a
+constraint on what it renders, so that each counterexample carries the feature the model fails under. Templates
+run in Jinja's sandbox with undefined names as errors; an error names the template file and line.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class Candidate:
     cluster_id: str | None
     targets: list[str] = field(default_factory=list)
     kind: str = "DIR"  # INV: must keep the parent's expected output
+    feature: str | None = None  # the pattern's feature it was rendered to carry
+    carries: bool | None = None  # whether its input does carry that feature (set when vetted)
     parent_output: str = ""
     outcome: str = "stored"  # stored | duplicate | leak | failed_checks
     detail: str = ""
@@ -52,24 +56,27 @@ def template_environment(templates_dir: Path):
 
 def render_candidates(env, template: str, parent: dict[str, Any], *, count: int, seed: int,
                       cluster_id: str | None = None, targets: list[str] | None = None,
-                      spec: TemplateSpec | None = None) -> list[Candidate]:
+                      spec: TemplateSpec | None = None, pattern: dict[str, Any] | None = None,
+                      lookups: dict[str, dict[str, str]] | None = None) -> list[Candidate]:
     """Render `template` `count` times for one parent; the seed makes each render vary, reproducibly.
 
-    In scope: `parent`, `params` (from the template's [[template]] declaration in rules/), `choice`, `randint`.
+    In scope: `parent`, `pattern`, `lookups`, `params` (from the template's [[template]] declaration in rules/),
+    `choice`, `randint`, `index`.
     """
     compiled = load_template(env, template)
     spec = spec or TemplateSpec(template, "DIR", "")
     out = []
     for i in range(count):
         rng = random.Random(f"{seed}:{template}:{parent['id']}:{i}")
-        context = {"parent": parent, "params": spec.params, "rng": rng, "choice": rng.choice,
-                   "randint": rng.randint, "index": i}
+        context = {"parent": parent, "pattern": pattern, "lookups": lookups or {}, "params": spec.params,
+                   "rng": rng, "choice": rng.choice, "randint": rng.randint, "index": i}
         module = _render(env, compiled, template, context)
         made = _rendered(env, compiled, template, module, parent["id"])
         out.append(Candidate(input=made["input"], output=made["output"],
                              fields={**parent.get("fields", {}), **made["fields"]},
                              template=template, parent_id=parent["id"], cluster_id=cluster_id,
-                             targets=list(targets or []), kind=spec.kind, parent_output=parent.get("output", "")))
+                             targets=list(targets or []), kind=spec.kind, parent_output=parent.get("output", ""),
+                             feature=(pattern or {}).get("feature")))
     return out
 
 
@@ -117,6 +124,19 @@ def _set_site(env, compiled, template: str, name: str) -> str:
 def _short(value: Any) -> str:
     shown = repr(str(value)) if isinstance(value, str) else repr(value)
     return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def share_budget(weights: dict[str, float], total: int) -> dict[str, int]:
+    """`total` counterexamples shared in proportion to `weights` (largest remainder; a zero weight gets none)."""
+    mass = sum(w for w in weights.values() if w > 0)
+    if mass <= 0 or total <= 0:
+        return {key: 0 for key in weights}
+    exact = {key: total * max(w, 0.0) / mass for key, w in weights.items()}
+    shares = {key: int(value) for key, value in exact.items()}
+    by_remainder = sorted(exact, key=lambda key: (-(exact[key] - shares[key]), -weights[key], key))
+    for key in by_remainder[:total - sum(shares.values())]:
+        shares[key] += 1
+    return shares
 
 
 def no_candidates_reason(*, targeting: str, patterns: list[list[str]], analysis: int, rules: RuleSet,

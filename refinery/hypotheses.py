@@ -1,10 +1,11 @@
 """Hypotheses a person can check: which input features make a check fail more often, with the statistics.
 
 For one check, every analysis example it applies to is a trial (failed or passed). Each readable feature of the
-input (words, word pairs, character 3-grams, a word touching punctuation, capitals, tags, rule cues, length bands,
-example fields) is
-tested: failure rate with and without it, lift, and a one-sided Fisher exact p-value, adjusted for every feature
-tried with the Benjamini-Hochberg false-discovery rate.
+input (words, word pairs, character 3-grams, a word touching punctuation, capitals, tags and where they stand, rule
+cues, a word never seen in training, length bands, example fields) is tested: failure rate with and without it,
+lift, and a one-sided Fisher exact p-value, adjusted for every feature tried with the Benjamini-Hochberg
+false-discovery rate. `find_causes` repeats the test, setting aside each cause's carriers, so that one check can
+have several causes.
 """
 
 from __future__ import annotations
@@ -12,19 +13,25 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import polars as pl
 
 PUNCT = "!?.,:;)"
+UNSEEN = "a word never seen in training"
+WORD = re.compile(r"[A-Za-z][A-Za-z']*")
 
 
 def input_features(text: str, fields: dict[str, Any] | None = None, *,
-                   cues: Iterable[tuple[str, re.Pattern]] = ()) -> set[str]:
-    """The features of one input, each named so that a person can read it in a sentence."""
+                   cues: Iterable[tuple[str, re.Pattern]] = (), known_words: set[str] | None = None) -> set[str]:
+    """The features of one input, each named so that a person can read it in a sentence.
+
+    `known_words` (lowercased words of the training inputs, see `collect_words`) adds one feature, `UNSEEN`, to an
+    input with any word outside it; None adds nothing."""
     plain = re.sub(r"<[^>]*>", " ", text)
-    words = re.findall(r"[A-Za-z][A-Za-z']*", plain)
+    words = WORD.findall(plain)
     lower = [w.lower() for w in words]
     out = {f"the word '{w}'" for w in lower}
     out |= {f"'{a} {b}'" for a, b in zip(lower, lower[1:])}
@@ -38,9 +45,11 @@ def input_features(text: str, fields: dict[str, Any] | None = None, *,
     if caps:
         out.add("a word in capitals")
     tags = set(re.findall(r"<(\w+)>", text))
-    out |= {f"a <{t}> tag" for t in tags}
+    out |= {f"a <{t}> tag" for t in tags} | tag_positions(text)
     if not tags:
         out.add("no tag at all")
+    if known_words is not None and unseen_words(text, known_words):
+        out.add(UNSEEN)
     out |= {f"the cue of {name}" if pattern.search(text) else f"no cue of {name}" for name, pattern in cues}
     out.add(f"{_band(len(words))} words")
     for key, value in (fields or {}).items():
@@ -49,15 +58,42 @@ def input_features(text: str, fields: dict[str, Any] | None = None, *,
     return out
 
 
+def tag_positions(text: str) -> set[str]:
+    """Where each tag stands, judged by the text before and after it (whitespace ignored): `the <weather> tag at
+    the start`, `in the middle`, `at the end`. A tag with nothing on either side stands at the start."""
+    out = set()
+    for m in re.finditer(r"<(\w+)>(?:.*?</\1>)?", text, re.DOTALL):
+        before, after = text[:m.start()].strip(), text[m.end():].strip()
+        where = "at the start" if not before else "at the end" if not after else "in the middle"
+        out.add(f"the <{m.group(1)}> tag {where}")
+    return out
+
+
+def collect_words(texts: Iterable[str]) -> set[str]:
+    """The lowercased words of some inputs (tags left out), as `input_features(known_words=...)` reads them."""
+    return {w.lower() for text in texts for w in WORD.findall(re.sub(r"<[^>]*>", " ", text))}
+
+
+def unseen_words(text: str, known_words: set[str]) -> list[str]:
+    """The input's lowercased words outside `known_words`, in order, repeats kept."""
+    return [w.lower() for w in WORD.findall(re.sub(r"<[^>]*>", " ", text)) if w.lower() not in known_words]
+
+
 def score_features(features: list[set[str]], failed: list[bool], *, min_count: int = 3) -> pl.DataFrame:
-    """One row per feature seen at least `min_count` times: counts, rates, lift, p and q (BH), by p."""
+    """One row per feature seen at least `min_count` times: counts, rates, lift, p and q (BH), by p.
+
+    Features carried by exactly the same trials ('pencils', 'has pencils', 'the characters 'pen'') are one
+    hypothesis: Benjamini-Hochberg counts them once, or a chance clump of failures would pass for each copy."""
     from scipy.stats import hypergeom
 
     total, fails = len(failed), int(sum(failed))
     seen: Counter[str] = Counter()
     seen_failing: Counter[str] = Counter()
-    for feats, bad in zip(features, failed, strict=True):
+    carriers: dict[str, list[int]] = {}
+    for row, (feats, bad) in enumerate(zip(features, failed, strict=True)):
         seen.update(feats)
+        for f in feats:
+            carriers.setdefault(f, []).append(row)
         if bad:
             seen_failing.update(feats)
     names = [f for f, n in seen.items() if n >= min_count and n < total]
@@ -76,8 +112,17 @@ def score_features(features: list[set[str]], failed: list[bool], *, min_count: i
     return pl.DataFrame({
         "feature": names, "with_failed": a, "with_total": n_with, "without_failed": fails - a,
         "without_total": total - n_with, "rate_with": rate_with, "rate_without": rate_without,
-        "lift": lift, "p": p, "q": benjamini_hochberg(p),
+        "lift": lift, "p": p, "q": _q_per_carrier_set(p, [tuple(carriers[f]) for f in names]),
     }).sort("p", "feature")
+
+
+def _q_per_carrier_set(p: np.ndarray, keys: list[tuple[int, ...]]) -> np.ndarray:
+    """Benjamini-Hochberg over distinct carrier sets; every feature of a set gets the set's q."""
+    group = {key: n for n, key in enumerate(dict.fromkeys(keys))}
+    index = np.array([group[k] for k in keys])
+    first = np.full(len(group), -1)
+    first[index[::-1]] = np.arange(len(keys))[::-1]
+    return benjamini_hochberg(p[first])[index]
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
@@ -102,20 +147,110 @@ def best_hypothesis(tests: pl.DataFrame, members: list[set[str]], *, alpha: floa
     coverage = {f: sum(f in m for m in members) / len(members) for f in significant["feature"]}
     ranked = significant.with_columns(pl.col("feature").replace_strict(coverage, return_dtype=pl.Float64)
                                       .alias("coverage"))
-    # Character n-grams are the least readable features: one must explain clearly more to be the statement.
-    readability = pl.when(pl.col("feature").str.starts_with("the characters")).then(0.8).otherwise(1.0)
-    ranked = ranked.with_columns((pl.col("coverage") * (pl.col("rate_with") - pl.col("rate_without")) * readability)
+    ranked = ranked.with_columns((pl.col("coverage") * (pl.col("rate_with") - pl.col("rate_without")) * _readability())
                                  .alias("strength")).sort(["strength", "p", "feature"], descending=[True, False, False])
     return ranked.row(0, named=True)
 
 
-def statement(check: str, hypothesis: dict[str, Any] | None, *, failing: int, size: int) -> str:
-    """`emoji_correct fails: 78 % of inputs with 'sunny' touches punctuation (31/40) vs 6 % elsewhere (p < 1e-6)`."""
+@dataclass
+class Cause:
+    """One cause of a check's failures: the feature, its test row at the step it was found, its failing carriers."""
+
+    feature: str
+    test: dict[str, Any]  # the score_features row, from the trials left at this step
+    members: list[int]  # positions (in the lists given to find_causes) of the failing trials carrying the feature
+    set_aside: list[str] = field(default_factory=list)  # features of earlier causes, whose carriers were removed
+    evidence: list[dict[str, Any]] = field(default_factory=list)  # the step's significant rows, strongest first
+
+
+def find_causes(features: list[set[str]], failed: list[bool], *, alpha: float = 0.05, max_causes: int = 8,
+                min_count: int = 3, min_failures: int = 5) -> list[Cause]:
+    """The causes of one check's failures, strongest first, found greedily.
+
+    Test every feature on the trials (`features[i]`, `failed[i]`), keep the strongest significant one (q < alpha by
+    Benjamini-Hochberg over the features tried at this step, failing more often with it, at least `min_failures`
+    failures with it), set aside every trial carrying it, and test again on the rest; stop when nothing is
+    significant, after `max_causes`, or when fewer than `min_failures` failures remain. Features seen fewer than
+    `min_count` times are not tried. Later steps try fewer features on fewer trials, where a handful of chance
+    failures sharing a word can pass the test: a cause must explain `min_failures`. Strength is the failures a
+    feature explains times its rate difference; character 3-grams count for less, being the least readable."""
+    left = np.ones(len(failed), dtype=bool)
+    bad = np.asarray(failed, dtype=bool)
+    causes: list[Cause] = []
+    while len(causes) < max_causes and int((bad & left).sum()) >= min_failures:
+        index = np.flatnonzero(left)
+        ranked = _strongest(score_features([features[i] for i in index], bad[index].tolist(), min_count=min_count),
+                            alpha=alpha, min_failures=min_failures)
+        if ranked.height == 0:
+            break
+        best = ranked.row(0, named=True)
+        carriers = np.array([best["feature"] in features[i] for i in index], dtype=bool)
+        members = [int(i) for i in index[carriers & bad[index]]]
+        causes.append(Cause(best["feature"], best, members, [c.feature for c in causes],
+                            ranked.head(8).drop("strength").to_dicts()))
+        left[index[carriers]] = False
+    return causes
+
+
+def _strongest(tests: pl.DataFrame, *, alpha: float, min_failures: int) -> pl.DataFrame:
+    significant = tests.filter((pl.col("q") < alpha) & (pl.col("rate_with") > pl.col("rate_without"))
+                               & (pl.col("with_failed") >= min_failures))
+    strength = pl.col("with_failed") * (pl.col("rate_with") - pl.col("rate_without")) * _readability()
+    return significant.with_columns(strength.alias("strength")).sort(["strength", "p", "feature"],
+                                                                     descending=[True, False, False])
+
+
+def _readability() -> pl.Expr:
+    # Character n-grams are the least readable features: one must explain clearly more to be the statement.
+    return pl.when(pl.col("feature").str.starts_with("the characters")).then(0.8).otherwise(1.0)
+
+
+def score_groups(failed: list[int], total: list[int], population_failed: list[int],
+                 population: list[int]) -> pl.DataFrame:
+    """Each group's failure rate against the rest of its population: one row per group, in order, with a one-sided
+    Fisher exact p (more failures in the group than elsewhere) and q (Benjamini-Hochberg over the groups)."""
+    from scipy.stats import hypergeom
+
+    a, n = np.asarray(failed, dtype=int), np.asarray(total, dtype=int)
+    fails, everyone = np.asarray(population_failed, dtype=int), np.asarray(population, dtype=int)
+    p = hypergeom.sf(a - 1, everyone, fails, n) if len(a) else np.empty(0)
+    return pl.DataFrame({"failed": a, "total": n, "rate_with": a / np.maximum(n, 1),
+                         "rate_without": (fails - a) / np.maximum(everyone - n, 1), "p": p,
+                         "q": benjamini_hochberg(p)},
+                        schema={"failed": pl.Int64, "total": pl.Int64, "rate_with": pl.Float64,
+                                "rate_without": pl.Float64, "p": pl.Float64, "q": pl.Float64})
+
+
+def statement(check: str, hypothesis: dict[str, Any] | None, *, failing: int, size: int,
+              carrying: int | None = None, unseen: list[tuple[str, int]] | None = None) -> str:
+    """`emoji_correct fails: 78% of inputs with 'sunny' touches punctuation (31/40) vs 6% elsewhere (p < 1e-6);
+    31 of 31 members carry it`, naming the commonest unseen words for the unseen-word feature."""
     if hypothesis is None:
         return f"{check} fails in {failing}/{size}; no input feature tested stands out (q < 0.05)"
     h = hypothesis
-    return (f"{check} fails: {h['rate_with']:.0%} of inputs with {h['feature']} ({h['with_failed']}/"
+    text = (f"{check} fails: {h['rate_with']:.0%} of inputs with {h['feature']} ({h['with_failed']}/"
             f"{h['with_total']}) vs {h['rate_without']:.0%} elsewhere ({format_p(h['p'])})")
+    if carrying is not None:
+        text += f"; {carrying} of {size} members carry it"
+    if unseen:
+        text += " (unseen: " + ", ".join(f"{w} {n}" for w, n in unseen) + ")"
+    return text
+
+
+def all_statement(check: str, count: int, scope: str = "inputs it applies to") -> str:
+    """`display_weather_absent fails on all 133 inputs without '<weather>'`: no contrast to test."""
+    return f"{check} fails on all {count} {scope}"
+
+
+def cluster_statement(check: str, *, failing: int, size: int, test: dict[str, Any] | None) -> str:
+    """An embedding cluster of failures no feature explains, with its failure rate against the rest when known;
+    a cluster whose rate does not stand out (q >= 0.05) is marked not significant."""
+    if test is None:
+        return statement(check, None, failing=failing, size=size)
+    text = (f"{check} fails in {failing}/{size} similar inputs no feature explains: {test['rate_with']:.0%} of the "
+            f"inputs nearest them fail ({test['failed']}/{test['total']}) vs {test['rate_without']:.0%} of the "
+            f"other inputs it applies to ({format_p(test['p'])}, q = {test['q']:.2g})")
+    return text if test["q"] < 0.05 else text + "; not significant"
 
 
 def format_p(p: float) -> str:

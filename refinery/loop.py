@@ -27,6 +27,7 @@ from refinery.measure import check_mix_settings, held_out, questions, references
 from refinery.project import Project, resolve_base_model
 from refinery.store import ROUND_WAIT as STORE_WAIT
 from refinery.store import Store, content_hash, detect_kind, insert_frame, small_splits
+from refinery.targeting import generate_round, known_vocabulary, vet, why_none
 
 STAGES = ("train", "infer", "evaluate", "analyze", "generate", "record")
 
@@ -66,6 +67,7 @@ class RoundSummary:
     references: dict[str, dict[str, Any]] = field(default_factory=dict)  # baseline / production metrics
     nothing_generated: str = ""  # why the round rendered no counterexample, when it rendered none
     warnings: list[str] = field(default_factory=list)  # splits too small to measure
+    budget: list[dict[str, Any]] = field(default_factory=list)  # how the counterexample budget was shared
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +108,22 @@ def run_round(project: Project, *, reporter: Reporter | None = None) -> RoundSum
         raise
 
 
+def _warm_start(project: Project, number: int, train_rows: pl.DataFrame) -> tuple[str | None, int | None]:
+    """`[train] warm_start`: the adapter of the last finished round before `number`, and the steps of this round:
+    the step rule on the examples that adapter has not trained on (the rest it has learnt already). (None, None)
+    when there is no such adapter (the first round, or a full fine-tune before it): a fresh start on every example."""
+    from refinery.train import step_budget
+
+    with Store(project.store_path, wait=STORE_WAIT) as store:
+        found = store.one("SELECT number, adapter_path FROM rounds WHERE kind = 'round' AND status = 'done' "
+                          "AND number < ? AND adapter_path IS NOT NULL ORDER BY number DESC LIMIT 1", [number])
+        if found is None or not (Path(found[1]) / "adapter_config.json").is_file():
+            return None, None
+        seen = set(store.frame("SELECT example_id FROM round_examples WHERE round = ?", [found[0]])["example_id"])
+    new = sum(i not in seen for i in train_rows["id"])
+    return found[1], step_budget(project.config.train, new)
+
+
 def _restart_note(number: int, attempt: int, error: str | None, resume: bool) -> str:
     """"Restarting interrupted round 2 (attempt 2; ...)": what the next `iterate` does with a round that did not
     finish, from the error its last attempt recorded ("attempt 1: interrupted")."""
@@ -124,10 +142,13 @@ def _run_stages(project, number, train_rows, rules, env, base_model, embedder, r
         result = train.TrainResult(**json.loads((round_dir / "train.json").read_text()))
         timer.resumed("train", result.seconds, "adapter of the interrupted attempt reused")
     else:
+        start_from, steps = _warm_start(project, number, train_rows) if config.train.warm_start else (None, None)
         with timer.stage("train") as note:
             result = train.train(train_rows, base_model=base_model, settings=config.train, out_dir=round_dir,
-                                 on_step=timer.progress)
-            note(f"{result.steps} steps on {result.examples} examples, loss {result.final_loss:.3f}, "
+                                 on_step=timer.progress, start_from=start_from, steps=steps)
+            warm = f", from round {Path(start_from).parent.name.split('-')[-1].lstrip('0')}'s adapter" \
+                if start_from else ""
+            note(f"{result.steps} steps on {result.examples} examples{warm}, loss {result.final_loss:.3f}, "
                  f"{result.device}")
         (round_dir / "train.json").write_text(json.dumps(asdict(result)))
     weights = result.weights_path
@@ -150,28 +171,32 @@ def _run_stages(project, number, train_rows, rules, env, base_model, embedder, r
     with timer.stage("analyze") as note:
         failures, passing = _failures(rows, results)
         settings = config.analyze
-        vectors = None
-        if failures.height:
-            with Store(project.store_path, wait=STORE_WAIT) as store:
-                vectors = analyze.embed_examples(store, failures.select("example_id", pl.col("input").alias("text")),
-                                                 embedder=embedder)
-        cues = rules.cues()
+        vectors = passing_vectors = None
+        with Store(project.store_path, wait=STORE_WAIT) as store:
+            known = known_vocabulary(store)
+            if failures.height:
+                vectors, passing_vectors = (
+                    analyze.embed_examples(store, frame.select("example_id", pl.col("input").alias("text")),
+                                           embedder=embedder) for frame in (failures, passing))
         clusterer = analyze.make_clusterer(settings.clusterer, max_clusters=settings.max_clusters,
                                            min_cluster_size=settings.min_cluster_size, seed=config.core.seed)
-        clusters = analyze.analyze(failures, passing, embeddings=vectors, seed=config.core.seed, cues=cues,
+        clusters = analyze.analyze(failures, passing, embeddings=vectors, passing_embeddings=passing_vectors,
+                                   seed=config.core.seed, cues=rules.cues(), known_words=known,
+                                   scopes={c.name: c.scope() for c in rules.checks},
                                    severities={c.name: c.severity for c in rules.checks}, clusterer=clusterer)
         for cluster in clusters:
             cluster.id = f"r{number:03d}-c{cluster.rank:02d}"
         note(f"{failures.height} failing analysis cases in {len(clusters)} clusters")
     with timer.stage("generate") as note:
-        candidates = _generate(project, env, rules, clusters, rows, number, embedder)
+        candidates, targets = generate_round(project, env, rules, clusters, rows, number, embedder,
+                                             known_words=known)
         kept = sum(c.outcome in ("stored", "pending") for c in candidates)
         held = " (pending review)" if project.config.generate.review else ""
-        why = "" if candidates else _why_none(project, rules, clusters, rows)
+        why = "" if candidates else why_none(project, rules, clusters, rows)
         note(f"{kept} of {len(candidates)} candidates kept{held}" + (f": {why}" if why else ""))
     with timer.stage("record"):
-        _record(project, number, clusters, candidates, metrics, result, weights)
-    summary = _summary(project, number, result, metrics, clusters, candidates, rows, timer.seconds)
+        _record(project, number, clusters, candidates, metrics, result, weights, targets)
+    summary = _summary(project, number, result, metrics, clusters, candidates, rows, timer.seconds, targets)
     summary.round_dir, summary.nothing_generated = str(round_dir), why
     (round_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     return summary
@@ -240,72 +265,6 @@ def _failures(rows: pl.DataFrame, results: pl.DataFrame) -> tuple[pl.DataFrame, 
     return analysis.filter(failed), analysis.filter(~failed)
 
 
-def _generate(project, env, rules, clusters, rows, number, embedder) -> list:
-    """Counterexamples for the worst patterns of this round, and for patterns a person accepted since the last
-    (or, with `[generate] targeting = "random"`, the same templates on random analysis examples)."""
-    from refinery.generate import render_candidates
-
-    settings = project.config.generate
-    if settings.targeting == "off":
-        return []
-    by_id = {r["example_id"]: r for r in rows.iter_rows(named=True)}
-    seed = project.config.core.seed + number
-    candidates = []
-    for cluster_id, failing, members, templates in _targets(project, rules, clusters, rows, number):
-        made: list = []
-        for i, example_id in enumerate(members):
-            row = by_id.get(example_id)
-            if row is None:  # no longer active (relabelled)
-                continue
-            parent = {"id": example_id, "input": row["input"], "output": row["expected"],
-                      "fields": json.loads(row["fields"]) if row["fields"] else {}}
-            # Random augmentation renders one template per parent, in turn, so every family gets its share.
-            chosen = templates if cluster_id else [templates[i % len(templates)]]
-            for template in chosen:
-                made += render_candidates(env, template, parent, count=settings.per_parent, seed=seed,
-                                          cluster_id=cluster_id, targets=failing, spec=rules.template(template))
-            if len(made) >= (settings.per_cluster if cluster_id else settings.per_round) * 3:
-                break
-        candidates += made
-    capped = _cap(_vet(project, rules, candidates, embedder), settings.per_cluster, settings.per_round)
-    if settings.review:  # held for a person: `refinery examples --pending`, then accept or reject
-        for c in capped:
-            c.outcome = "pending" if c.outcome == "stored" else c.outcome
-    return capped
-
-
-def _why_none(project, rules, clusters, rows) -> str:
-    from refinery.generate import no_candidates_reason
-
-    settings = project.config.generate
-    if clusters and settings.clusters == 0 and settings.targeting == "patterns":
-        return "[generate] clusters = 0 targets no pattern"
-    return no_candidates_reason(targeting=settings.targeting,
-                                patterns=[list(c.checks) for c in clusters[:settings.clusters]],
-                                analysis=rows.filter(pl.col("split") == "analysis").height, rules=rules,
-                                rules_dir=project.config.core.rules_dir)
-
-
-def _vet(project, rules, candidates: list, embedder) -> list:
-    """Every candidate checked against all rules, the store (duplicates), and the test and corner inputs (exact and
-    near-duplicate leaks), and against the candidates kept before it (piling up)."""
-    from refinery import analyze
-    from refinery.generate import drop_near_duplicates, vet_candidates
-
-    settings = project.config.generate
-    with Store(project.store_path, wait=STORE_WAIT) as store:
-        known = set(store.frame("SELECT content_hash FROM examples")["content_hash"])
-        held = store.frame("SELECT id AS example_id, input AS text FROM examples WHERE split IN ('test', 'corner') "
-                           "AND status = 'active' ORDER BY id")
-        vetted = vet_candidates(candidates, rules, known_hashes=known, held_out_inputs=set(held["text"]))
-        held_vectors = analyze.embed_examples(store, held, embedder=embedder)
-    if vetted:
-        vectors = embedder.encode([c.input for c in vetted])
-        drop_near_duplicates(vetted, vectors, held_vectors, held["example_id"].to_list(),
-                             near_test=settings.near_test, near_generated=settings.near_generated)
-    return vetted
-
-
 def make_toggles(project, env, rules, embedder, *, share: float | None) -> list:
     """Toggled variants (`[mix] toggle_template`) of the kind in surplus, enough to make up the kind the share is
     short of; vetted like every counterexample. Empty when sampling alone meets the share, or when no toggle
@@ -332,65 +291,23 @@ def make_toggles(project, env, rules, embedder, *, share: float | None) -> list:
                   "fields": json.loads(row["fields"]) if row["fields"] else {}}
         candidates += render_candidates(env, name, parent, count=per_parent, seed=project.config.core.seed,
                                         spec=rules.template(name))
-    kept = [c for c in _vet(project, rules, candidates, embedder)
+    kept = [c for c in vet(project, rules, candidates, embedder)
             if c.outcome == "stored" and detect_kind(c.output, think) == short]
     return kept[:missing]
 
 
-def _targets(project, rules, clusters, rows, number) -> list[tuple[str | None, list[str], list[str], list[str]]]:
-    """What to render: (cluster id, failing checks, parent example ids, templates) per target."""
-    import random
-
-    if project.config.generate.targeting == "random":
-        parents = sorted(rows.filter(pl.col("split") == "analysis")["example_id"].to_list())
-        random.Random(f"{project.config.core.seed}:{number}").shuffle(parents)
-        templates = sorted({s.file for s in rules.templates} | {t for g in rules.targets for t in g.templates})
-        return [(None, [], parents, templates)] if templates else []
-    with Store(project.store_path, wait=STORE_WAIT) as store:
-        accepted = store.frame("""
-            SELECT c.id, c.checks, list(m.example_id ORDER BY m.distance) AS members FROM clusters c
-            JOIN cluster_members m ON m.cluster_id = c.id
-            WHERE c.status = 'accepted' AND c.round < ? AND NOT EXISTS
-                (SELECT 1 FROM generations g WHERE g.cluster_id = c.id)
-            GROUP BY c.id, c.checks, c.rank, c.round ORDER BY c.round, c.rank""", [number])
-    targets = [(r["id"], list(json.loads(r["checks"])), r["members"]) for r in accepted.iter_rows(named=True)]
-    targets += [(c.id, list(c.checks), c.members) for c in clusters[:project.config.generate.clusters]]
-    return [(cluster_id, failing, members, rules.templates_for(failing)) for cluster_id, failing, members in targets]
-
-
-def _cap(candidates: list, cap: int, per_round: int) -> list:
-    """Keep at most `cap` stored candidates per cluster (untargeted ones: `per_round`) and `per_round` in all,
-    taking templates in turn so each gets its share. The rest are marked over_cap (logged, not stored)."""
-    kept: dict[str | None, int] = {}
-    by_template: dict[tuple, list] = {}
-    for c in candidates:
-        by_template.setdefault((c.cluster_id, c.template), []).append(c)
-    order = []
-    while any(by_template.values()):
-        for key in list(by_template):
-            if by_template[key]:
-                order.append(by_template[key].pop(0))
-    for c in order:
-        if c.outcome == "stored":
-            limit = cap if c.cluster_id else per_round
-            if kept.get(c.cluster_id, 0) >= limit or sum(kept.values()) >= per_round:
-                c.outcome = "over_cap"
-                c.detail = f"budget: {cap} per pattern, {per_round} per round" if c.cluster_id else \
-                    f"budget: {per_round} per round"
-            else:
-                kept[c.cluster_id] = kept.get(c.cluster_id, 0) + 1
-    return order
-
-
-def _record(project, number, clusters, candidates, metrics, result, weights) -> None:
+def _record(project, number, clusters, candidates, metrics, result, weights, targets) -> None:
+    shares = {t.cluster_id: t.share for t in targets}
     with Store(project.store_path, wait=STORE_WAIT) as store, store.transaction() as con:
         for cluster in clusters:
             con.execute("INSERT INTO clusters (id, round, rank, label, statement, size, score, score_parts, checks, "
-                        "evidence, hypothesis) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "evidence, hypothesis, kind, feature, p, q, budget) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [cluster.id, number, cluster.rank, cluster.label, cluster.statement, cluster.size,
                          cluster.score, json.dumps(cluster.score_parts), json.dumps(cluster.checks),
                          json.dumps(cluster.terms),
-                         json.dumps(cluster.hypothesis, ensure_ascii=False) if cluster.hypothesis else None])
+                         json.dumps(cluster.hypothesis, ensure_ascii=False) if cluster.hypothesis else None,
+                         cluster.kind, cluster.feature, cluster.p, cluster.q, shares.get(cluster.id)])
             con.executemany("INSERT INTO cluster_members (cluster_id, example_id, distance, representative) "
                             "VALUES (?, ?, ?, ?)",
                             [[cluster.id, m, d, m in cluster.representatives]
@@ -408,18 +325,18 @@ def _insert_generated(con, candidates: list, number: int, think_pattern: str) ->
         example_id = digest[:16] if c.outcome in ("stored", "pending", "duplicate") else None
         if c.outcome in ("stored", "pending"):
             con.execute("INSERT INTO examples (id, content_hash, input, output, fields, kind, split, source, "
-                        "parent_id, template, cluster_id, round_added, status) VALUES (?, ?, ?, ?, ?, ?, "
-                        "'train', 'generated', ?, ?, ?, ?, ?)",
+                        "parent_id, template, cluster_id, round_added, status, feature) VALUES (?, ?, ?, ?, ?, ?, "
+                        "'train', 'generated', ?, ?, ?, ?, ?, ?)",
                         [example_id, digest, c.input, c.output, json.dumps(c.fields, ensure_ascii=False),
                          detect_kind(c.output, think), c.parent_id, c.template, c.cluster_id, number,
-                         "active" if c.outcome == "stored" else "pending"])
+                         "active" if c.outcome == "stored" else "pending", c.feature if c.carries else None])
         con.execute("INSERT INTO generations (round, cluster_id, template, parent_id, input, output, targets, "
-                    "outcome, example_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "outcome, example_id, detail, feature, carries) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [number, c.cluster_id, c.template, c.parent_id, c.input, c.output, json.dumps(c.targets),
-                     c.outcome, example_id, c.detail])
+                     c.outcome, example_id, c.detail, c.feature, c.carries])
 
 
-def _summary(project, number, result, metrics, clusters, candidates, rows, stages) -> RoundSummary:
+def _summary(project, number, result, metrics, clusters, candidates, rows, stages, targets) -> RoundSummary:
     by_id = {r["example_id"]: r for r in rows.iter_rows(named=True)}
     with Store(project.store_path, wait=STORE_WAIT) as store:
         previous = store.one("SELECT number, metrics FROM rounds WHERE status = 'done' AND number < ? "
@@ -447,7 +364,18 @@ def _summary(project, number, result, metrics, clusters, candidates, rows, stage
                         previous=previous[0] if previous else None,
                         previous_metrics=json.loads(previous[1]) if previous else None,
                         clusters=shown, generated=list(generated.values()), stages=dict(stages),
-                        references=compared, warnings=warnings)
+                        references=compared, warnings=warnings, budget=_budget(targets, candidates))
+
+
+def _budget(targets: list, candidates: list) -> list[dict[str, Any]]:
+    """How the round's budget was shared: per target, its share, why, what it stored and how many carry the
+    feature."""
+    out = []
+    for t in targets:
+        mine = [c for c in candidates if c.cluster_id == t.cluster_id and c.outcome in ("stored", "pending")]
+        out.append({"cluster": t.cluster_id, "share": t.share, "why": t.why, "stored": len(mine),
+                    "feature": (t.pattern or {}).get("feature"), "carrying": sum(bool(c.carries) for c in mine)})
+    return out
 
 
 def _write(project: Project, table: str, frame: pl.DataFrame) -> None:

@@ -297,9 +297,11 @@ def rerun_round(project: Project, number: int, *, on_start=None, on_step=None) -
                             f"{digest[:12]}): an example it trained on is gone from the store.")
     if on_start:
         on_start(examples.height)
+    start_from, steps = _started_from(project, number)
     out_dir = project.runs_dir / f"round-{number:03d}" / time.strftime("rerun-%Y%m%d-%H%M%S")
     base_model = resolve_base_model(recorded)
-    result = train.train(examples, base_model=base_model, settings=config.train, out_dir=out_dir, on_step=on_step)
+    result = train.train(examples, base_model=base_model, settings=config.train, out_dir=out_dir, on_step=on_step,
+                         start_from=start_from, steps=steps)
     model_path, adapter = ((result.weights_path, None) if result.method == "full"
                            else (base_model, result.weights_path))
     asked = ask(recorded, load_rules(project.rules_dir), test, model_path=model_path, adapter=adapter)
@@ -315,6 +317,20 @@ def rerun_round(project: Project, number: int, *, on_start=None, on_step=None) -
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "rerun.json").write_text(json.dumps(document, indent=2))
     return document
+
+
+def _started_from(project: Project, number: int) -> tuple[str | None, int | None]:
+    """The adapter round `number` started from (`[train] warm_start`) and its steps, which a re-run takes too."""
+    train_file = project.runs_dir / f"round-{number:03d}" / "train.json"
+    recorded = json.loads(train_file.read_text()) if train_file.is_file() else {}
+    start_from = recorded.get("start_from")
+    if not start_from:
+        return None, None
+    if not Path(start_from).is_dir():
+        raise RefineryError(f"round {number} started from the adapter in {start_from} ([train] warm_start), which "
+                            f"is gone: a re-run cannot start where the round did. Re-run the round before it first, "
+                            f"or restore that folder.")
+    return start_from, recorded["steps"]
 
 
 def _weights_diff(recorded: str | None, rerun: str) -> float | None:

@@ -220,3 +220,19 @@ def m003_review_baselines(con: duckdb.DuckDBPyConnection) -> None:
         )""")
     con.execute("INSERT INTO generations SELECT * FROM generations_m002")
     con.execute("DROP TABLE generations_m002")
+
+
+@migration
+def m004_patterns_per_cause(con: duckdb.DuckDBPyConnection) -> None:
+    # A pattern is one cause: a check and the input feature under which it fails ('cause'), a check failing on every
+    # input it applies to ('all'), or an embedding cluster of failures no feature explains ('cluster', with its own
+    # test against the rest). A generated example records the feature it was rendered to carry, and whether its
+    # input does carry it (NULL when it was not aimed at a feature).
+    con.execute("ALTER TABLE clusters ADD COLUMN kind VARCHAR NOT NULL DEFAULT 'cluster'")
+    con.execute("ALTER TABLE clusters ADD COLUMN feature VARCHAR")
+    con.execute("ALTER TABLE clusters ADD COLUMN p DOUBLE")
+    con.execute("ALTER TABLE clusters ADD COLUMN q DOUBLE")
+    con.execute("ALTER TABLE clusters ADD COLUMN budget INTEGER")  # counterexamples this round's share gave it
+    con.execute("ALTER TABLE generations ADD COLUMN feature VARCHAR")
+    con.execute("ALTER TABLE generations ADD COLUMN carries BOOLEAN")
+    con.execute("ALTER TABLE examples ADD COLUMN feature VARCHAR")

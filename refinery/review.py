@@ -37,6 +37,11 @@ class Pattern:
     evidence: list[dict[str, Any]]
     generated: int
     members: list[dict[str, Any]]
+    kind: str = "cluster"  # cause: a check and a feature; all: a check failing on all its inputs; cluster: embedding
+    feature: str | None = None
+    p: float | None = None  # a cluster's own test against the rest
+    q: float | None = None
+    budget: int | None = None  # counterexamples its round's budget gave it
 
 
 def list_patterns(store: Store, *, round: int | None = None, members: int = 3) -> list[Pattern]:
@@ -64,7 +69,8 @@ def show_pattern(store: Store, cluster_id: str, *, members: int | None = None) -
     return Pattern(id=row["id"], round=row["round"], rank=row["rank"], label=row["label"] or row["id"],
                    statement=row["statement"] or "", status=row["status"], size=row["size"], score=row["score"],
                    score_parts=json.loads(row["score_parts"] or "{}"), checks=json.loads(row["checks"] or "{}"),
-                   evidence=json.loads(row["evidence"] or "[]"), generated=generated, members=shown.to_dicts())
+                   evidence=json.loads(row["evidence"] or "[]"), generated=generated, members=shown.to_dicts(),
+                   kind=row["kind"], feature=row["feature"], p=row["p"], q=row["q"], budget=row["budget"])
 
 
 def decide(store: Store, cluster_id: str, decision: str) -> dict[str, Any]:

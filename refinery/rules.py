@@ -26,7 +26,7 @@ NEEDS = {"regex": ("pattern",), "contains": ("text",), "absent": ("pattern",), "
          "equals": ("extract",)}
 CHECK_KEYS = ("name", "type", "description", "when", "unless", "pattern", "text", "extract", "field", "lookup",
               "schema", "severity")
-TARGET_KEYS = ("checks", "templates")
+TARGET_KEYS = ("checks", "templates", "features")
 TEMPLATE_KEYS = ("file", "kind", "description", "params")
 TEMPLATE_KINDS = ("INV", "DIR")
 LOOKUP_KEYS = ("name", "description", "key", "ignore_case", "table")
@@ -85,14 +85,30 @@ class Check:
     def file(self) -> str:
         return self.source.rsplit(":", 1)[0]
 
+    def scope(self) -> str:
+        """The inputs the check applies to, in words: "inputs with '<weather>'", "inputs without '<weather>'"."""
+        def shown(pattern: str) -> str:
+            return "'" + re.sub(r"^\(\?i\)", "", pattern) + "'"
+
+        parts = ([f"with {shown(self.when)}"] if self.when else []) + (
+            [f"without {shown(self.unless)}"] if self.unless else [])
+        return "inputs " + " and ".join(parts) if parts else "inputs it applies to"
+
 
 @dataclass(frozen=True)
 class Target:
-    """Which counterexample templates answer which failing checks."""
+    """Which counterexample templates answer which failing checks (and, when `features` is set, only the patterns
+    whose feature contains one of those phrases, e.g. "touches punctuation")."""
 
     checks: tuple[str, ...]
     templates: tuple[str, ...]
     source: str
+    features: tuple[str, ...] = ()
+
+    def answers(self, failing: list[str], feature: str | None) -> bool:
+        if not set(self.checks) & set(failing):
+            return False
+        return not self.features or (feature is not None and any(f in feature for f in self.features))
 
 
 @dataclass(frozen=True)
@@ -124,12 +140,14 @@ class RuleSet:
         """(check name, compiled `when`) of every conditional check: the input cues hypotheses may name."""
         return [(c.name, re.compile(c.when)) for c in self.checks if c.when]
 
-    def templates_for(self, failing: list[str]) -> list[str]:
-        """Templates that answer any of the failing checks, in the order the rules name them."""
+    def templates_for(self, failing: list[str], feature: str | None = None) -> list[str]:
+        """Templates that answer any of the failing checks, those of targets naming the pattern's feature first,
+        then in the order the rules name them."""
         out: list[str] = []
-        for target in self.targets:
-            if set(target.checks) & set(failing):
-                out += [t for t in target.templates if t not in out]
+        for specific in (True, False):
+            for target in self.targets:
+                if bool(target.features) == specific and target.answers(failing, feature):
+                    out += [t for t in target.templates if t not in out]
         return out
 
 
@@ -258,10 +276,12 @@ def _parse_target(raw: dict[str, Any], shown: str, text: str, line: int) -> Targ
                               f"{', '.join(TARGET_KEYS)}).")
     for key in TARGET_KEYS:
         value = raw.get(key)
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        if (value is not None or key != "features") and (
+                not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value)):
+            what = "feature phrases, e.g. [\"touches punctuation\"]" if key == "features" else "names"
             raise ConfigError(f"{shown}:{_key_line(text, line, key)}: target: {key} must be a non-empty list of "
-                              f"names.")
-    return Target(tuple(raw["checks"]), tuple(raw["templates"]), f"{shown}:{line}")
+                              f"{what}.")
+    return Target(tuple(raw["checks"]), tuple(raw["templates"]), f"{shown}:{line}", tuple(raw.get("features", ())))
 
 
 def _parse_template(raw: dict[str, Any], shown: str, text: str, line: int) -> TemplateSpec:

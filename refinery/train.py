@@ -43,11 +43,15 @@ class TrainResult:
     device: str
     dtype: str
     log: list[dict[str, Any]]
+    start_from: str | None = None  # the adapter it started from ([train] warm_start), else a fresh one
 
 
 def train(rows: pl.DataFrame, *, base_model: str, settings: TrainSettings, out_dir: Path,
-          on_step: Callable[[int, int], None] | None = None) -> TrainResult:
-    """Train on rows (input, output); write weights and `train_log.json` under `out_dir`."""
+          on_step: Callable[[int, int], None] | None = None, start_from: str | None = None,
+          steps: int | None = None) -> TrainResult:
+    """Train on rows (input, output); write weights and `train_log.json` under `out_dir`. `start_from`: an
+    adapter folder whose weights the new adapter starts from (`[train] warm_start`), instead of a fresh one.
+    `steps`: optimizer steps, when not the step rule's for all of `rows`."""
     import datasets
     import torch
     from datasets import Dataset
@@ -63,8 +67,13 @@ def train(rows: pl.DataFrame, *, base_model: str, settings: TrainSettings, out_d
     dtype = pick_dtype(device, settings.precision)
     tokenizer = load_tokenizer(base_model)
     model = load_base(base_model, dtype=dtype)
+    peft_config = lora_config(settings)
     if settings.method == "lora":
         resolve_targets(model, settings.target_modules)
+    if start_from is not None:
+        from peft import PeftModel
+
+        model, peft_config = PeftModel.from_pretrained(model, start_from, is_trainable=True), None
     dataset = Dataset.from_dict(training_pairs(rows, tokenizer))
 
     class Progress(TrainerCallback):
@@ -73,10 +82,10 @@ def train(rows: pl.DataFrame, *, base_model: str, settings: TrainSettings, out_d
                 on_step(state.global_step, state.max_steps)
 
     started = time.perf_counter()
-    steps = step_budget(settings, rows.height)
+    steps = steps or step_budget(settings, rows.height)
     trainer_class = SFTTrainer if fused_loss(model, settings) else _plain_loss_trainer(SFTTrainer)
     trainer = trainer_class(model=model, args=sft_config(settings, out_dir, steps=steps, device=device, dtype=dtype),
-                            train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config(settings),
+                            train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
                             callbacks=[Progress()])
     trainer.remove_callback(PrinterCallback)  # the log goes to train_log.json, progress to on_step
     trainer.train()
@@ -90,7 +99,7 @@ def train(rows: pl.DataFrame, *, base_model: str, settings: TrainSettings, out_d
     return TrainResult(weights_path=str(weights), method=settings.method, steps=trainer.state.global_step,
                        examples=rows.height, seconds=round(seconds, 2),
                        final_loss=log[-1]["loss"] if log else None, device=device, dtype=str(dtype).split(".")[-1],
-                       log=log)
+                       log=log, start_from=start_from)
 
 
 def step_budget(settings: TrainSettings, examples: int) -> int:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 from conftest import REPO, StopAt
 
@@ -57,6 +58,20 @@ def test_a_round_records_every_figure_it_reports(demo_project) -> None:
         assert parents == generated.height
         logged = store.scalar("SELECT count(*) FROM generations WHERE round = 1 AND outcome = 'stored'")
         assert logged == generated.height
+        # patterns are causes (a check and a feature), checks failing on all their inputs, or embedding clusters;
+        # the budget went to patterns by failing mass, and each example aimed at a feature says whether it has it
+        assert set(clusters["kind"]) <= {"cause", "all", "cluster"}
+        assert clusters.filter(pl.col("kind") == "cause")["feature"].null_count() == 0
+        shares = {b["cluster"]: b["share"] for b in summary.budget}
+        assert sum(shares.values()) == 2 * 4 and dict(clusters.filter(pl.col("budget").is_not_null())
+                                                      .select("id", "budget").iter_rows()) == shares
+        stored = generated.group_by("cluster_id").len()
+        assert all(n <= shares[c] for c, n in stored.iter_rows())
+        aimed = store.frame("SELECT feature, carries FROM generations WHERE round = 1 AND feature IS NOT NULL")
+        assert aimed["carries"].null_count() == 0
+        carried = store.scalar("SELECT count(*) FROM generations g JOIN examples e ON e.id = g.example_id "
+                               "WHERE g.outcome = 'stored' AND g.carries AND e.feature = g.feature")
+        assert carried == sum(b["carrying"] for b in summary.budget)
     assert (Path(summary.round_dir) / "adapter" / "adapter_config.json").is_file()
     assert json.loads((Path(summary.round_dir) / "config.json").read_text())["train"]["steps"] == 16
     second = run_round(demo_project)  # the next round trains on the seed plus what round 1 generated
@@ -220,3 +235,21 @@ def test_a_project_made_by_init_runs_a_round_with_no_demo_settings(project_dir: 
         assert store.scalar("SELECT count(*) FROM predictions WHERE variant <> ''") == 0
         metrics = json.loads(store.scalar("SELECT metrics FROM rounds WHERE number = 1"))
     assert "mix" not in metrics
+
+
+def test_a_warm_started_round_begins_from_the_last_rounds_adapter(demo_project) -> None:
+    from safetensors.torch import load_file
+
+    first = run_round(demo_project)
+    warm = demo_project.with_config(demo_project.config.override("train", warm_start=True, learning_rate=0.0))
+    second = run_round(warm)
+    recorded = json.loads((Path(second.round_dir) / "train.json").read_text())
+    assert recorded["start_from"] == first.train["weights"] and recorded["steps"] == 16
+    # at learning rate 0 the warm-started adapter is round 1's exactly (a fresh one would have new LoRA A weights)
+    before = load_file(Path(first.train["weights"]) / "adapter_model.safetensors")
+    after = load_file(Path(second.train["weights"]) / "adapter_model.safetensors")
+    assert before.keys() == after.keys() and all((before[k] == after[k]).all() for k in before)
+    cold = run_round(demo_project.with_config(demo_project.config.override("train", warm_start=False,
+                                                                           learning_rate=0.0)))
+    fresh = load_file(Path(cold.train["weights"]) / "adapter_model.safetensors")
+    assert any(not (before[k] == fresh[k]).all() for k in before)

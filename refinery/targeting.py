@@ -1,0 +1,259 @@
+"""What a round renders: the patterns it aims at, each one's share of the budget, and the vetting of what comes out.
+
+The round's budget (`[generate] clusters x per_cluster`, at most `per_round`) is shared across the worst patterns
+that have templates by failing mass (members x severity), weighed by what earlier rounds' targeting did: a pattern
+that shrank after it was targeted gets less, one that did not shrink gets more and another template family first, a
+pattern that no longer fails is not there to get any. Each template renders with the pattern in scope, so that what
+it renders carries the pattern's feature; whether it does is checked and stored.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from refinery.store import ROUND_WAIT as STORE_WAIT
+from refinery.store import Store
+
+NOT_SHRINKING = 1.5  # weight of a pattern whose members did not fall after it was targeted
+MEMBERS_IN_SCOPE = 20  # members whose fields a template sees in `pattern.members`
+
+
+@dataclass
+class Target:
+    """One thing to render for: a pattern (or, for random augmentation, none) and its share of the budget."""
+
+    cluster_id: str | None
+    failing: list[str]
+    members: list[str]
+    templates: list[str]
+    share: int
+    pattern: dict[str, Any] | None = None
+    why: str = ""  # how its share was decided, for the round summary
+
+
+def generate_round(project, env, rules, clusters, rows: pl.DataFrame, number: int, embedder, *,
+                   known_words: set[str]) -> tuple[list, list[Target]]:
+    """Counterexamples for this round's targets, vetted and capped at each target's share; and the targets."""
+    from refinery.generate import render_candidates
+
+    settings = project.config.generate
+    if settings.targeting == "off":
+        return [], []
+    by_id = {r["example_id"]: r for r in rows.iter_rows(named=True)}
+    seed = project.config.core.seed + number
+    lookups = {lookup.name: dict(lookup.table) for lookup in rules.lookups}
+    targets = plan_targets(project, rules, clusters, rows, number, known_words=known_words)
+    candidates = []
+    for target in targets:
+        made: list = []
+        for i, example_id in enumerate(target.members):
+            row = by_id.get(example_id)
+            if row is None or target.share == 0:  # no longer active (relabelled), or no budget
+                continue
+            parent = {"id": example_id, "input": row["input"], "output": row["expected"],
+                      "fields": json.loads(row["fields"]) if row["fields"] else {}}
+            # Random augmentation renders one template per parent, in turn, so every family gets its share.
+            chosen = target.templates if target.cluster_id else [target.templates[i % len(target.templates)]]
+            for template in chosen:
+                made += render_candidates(env, template, parent, count=settings.per_parent, seed=seed,
+                                          cluster_id=target.cluster_id, targets=target.failing,
+                                          spec=rules.template(template), pattern=target.pattern, lookups=lookups)
+            if len(made) >= target.share * 3:
+                break
+        candidates += made
+    vetted = vet(project, rules, candidates, embedder)
+    mark_carriers(vetted, rules, known_words)
+    capped = cap(vetted, {t.cluster_id: t.share for t in targets})
+    if settings.review:  # held for a person: `refinery examples --pending`, then accept or reject
+        for c in capped:
+            c.outcome = "pending" if c.outcome == "stored" else c.outcome
+    return capped, targets
+
+
+def plan_targets(project, rules, clusters, rows: pl.DataFrame, number: int, *,
+                 known_words: set[str]) -> list[Target]:
+    """The round's targets with their shares: patterns a person accepted since the last round (a full pattern's
+    share each), then the worst patterns with templates sharing the budget by weighed failing mass."""
+    settings = project.config.generate
+    if settings.targeting == "random":
+        parents = sorted(rows.filter(pl.col("split") == "analysis")["example_id"].to_list())
+        random.Random(f"{project.config.core.seed}:{number}").shuffle(parents)
+        templates = sorted({s.file for s in rules.templates} | {t for g in rules.targets for t in g.templates})
+        return [Target(None, [], parents, templates, settings.per_round)] if templates else []
+    by_id = {r["example_id"]: r for r in rows.iter_rows(named=True)}
+    targets = _accepted(project, rules, number, settings.per_cluster)
+    aimed = [c for c in clusters if rules.templates_for(list(c.checks), c.feature)][:settings.clusters]
+    history = _history(project, number)
+    weights, why, turns = {}, {}, {}
+    for cluster in aimed:
+        factor, why[cluster.id], turns[cluster.id] = _lineage(cluster, history.get(pattern_key(cluster)))
+        weights[cluster.id] = cluster.score * factor
+    from refinery.generate import share_budget
+
+    budget = min(settings.clusters * settings.per_cluster, settings.per_round)
+    shares = share_budget(weights, budget)
+    for cluster in aimed:
+        templates = rules.templates_for(list(cluster.checks), cluster.feature)
+        turn = turns[cluster.id] % len(templates)
+        targets.append(Target(cluster.id, list(cluster.checks), cluster.members, templates[turn:] + templates[:turn],
+                              shares[cluster.id], pattern_scope(cluster, by_id, known_words), why[cluster.id]))
+    return targets
+
+
+def pattern_key(cluster) -> tuple[str, str]:
+    """What makes two rounds' patterns the same cause: the main check and the feature (or the pattern's kind)."""
+    return next(iter(cluster.checks)), cluster.feature or cluster.kind
+
+
+def _history(project, number: int) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per pattern key, the last earlier round that stored counterexamples for it: its size then, how many."""
+    with Store(project.store_path, wait=STORE_WAIT) as store:
+        frame = store.frame("""
+            SELECT c.round, c.checks, c.kind, c.feature, c.size, count(*) AS stored FROM clusters c
+            JOIN examples e ON e.cluster_id = c.id AND e.source = 'generated'
+            WHERE c.round < ? GROUP BY ALL ORDER BY c.round""", [number])
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in frame.iter_rows(named=True):
+        check = next(iter(json.loads(row["checks"])))
+        key = (check, row["feature"] or row["kind"])
+        out[key] = {**row, "times": out.get(key, {}).get("times", 0) + 1}
+    return out
+
+
+def _lineage(cluster, earlier: dict[str, Any] | None) -> tuple[float, str, int]:
+    """(weight factor, why, template turn) from the last time this pattern was targeted."""
+    if earlier is None:
+        return 1.0, "new", 0
+    was, now = earlier["size"], cluster.size
+    since = f"{was} -> {now} members since round {earlier['round']}'s {earlier['stored']} examples"
+    if now < was:
+        return now / was, f"shrinking ({since}): x{now / was:.2f}", 0
+    return NOT_SHRINKING, f"not shrinking ({since}): x{NOT_SHRINKING}, another family first", earlier["times"]
+
+
+def _accepted(project, rules, number: int, share: int) -> list[Target]:
+    """Patterns a person accepted since the last round, not yet rendered for: each gets a full share."""
+    from refinery.hypotheses import PUNCT
+
+    with Store(project.store_path, wait=STORE_WAIT) as store:
+        accepted = store.frame("""
+            SELECT c.id, c.checks, c.kind, c.feature, c.statement, list(m.example_id ORDER BY m.distance) AS members
+            FROM clusters c JOIN cluster_members m ON m.cluster_id = c.id
+            WHERE c.status = 'accepted' AND c.round < ? AND NOT EXISTS
+                (SELECT 1 FROM generations g WHERE g.cluster_id = c.id)
+            GROUP BY ALL ORDER BY min(c.round), min(c.rank)""", [number])
+    out = []
+    for r in accepted.iter_rows(named=True):
+        failing = list(json.loads(r["checks"]))
+        scope = {"id": r["id"], "kind": r["kind"], "check": failing[0], "feature": r["feature"],
+                 "statement": r["statement"], "words": feature_words(r["feature"], [], set()), "marks": list(PUNCT),
+                 "members": []}
+        out.append(Target(r["id"], failing, r["members"], rules.templates_for(failing, r["feature"]), share, scope,
+                          "accepted by a person"))
+    return out
+
+
+def pattern_scope(cluster, by_id: dict[str, dict], known_words: set[str]) -> dict[str, Any]:
+    """The pattern as a template sees it: id, kind, check, feature, statement, the words the feature names (the
+    unseen words of its members, for the unseen-word feature), the marks that count as punctuation, and the
+    fields of its first members."""
+    from refinery.hypotheses import PUNCT
+
+    members = [by_id[m] for m in cluster.members if m in by_id][:MEMBERS_IN_SCOPE]
+    return {"id": cluster.id, "kind": cluster.kind, "check": next(iter(cluster.checks)), "feature": cluster.feature,
+            "statement": cluster.statement, "words": feature_words(cluster.feature, [m["input"] for m in members],
+                                                                   known_words),
+            "marks": list(PUNCT), "members": [json.loads(m["fields"]) if m["fields"] else {} for m in members]}
+
+
+def feature_words(feature: str | None, inputs: list[str], known_words: set[str]) -> list[str]:
+    """The words a feature names ("'sunny' touches punctuation" -> sunny); for the unseen-word feature, the words
+    of `inputs` not in `known_words`, most frequent first."""
+    from refinery.hypotheses import UNSEEN, unseen_words
+
+    if not feature or feature.startswith("the characters"):
+        return []
+    if feature == UNSEEN:
+        counts = Counter(w for text in inputs for w in set(unseen_words(text, known_words)))
+        return [w for w, _ in counts.most_common()]
+    return [word for quoted in re.findall(r"'([^']+)'", feature) for word in quoted.split()]
+
+
+def mark_carriers(candidates: list, rules, known_words: set[str]) -> None:
+    """Set `carries` on every candidate rendered for a feature: whether its input has that feature."""
+    from refinery.hypotheses import input_features
+
+    cues = rules.cues()
+    for c in candidates:
+        if c.feature:
+            c.carries = c.feature in input_features(c.input, c.fields, cues=cues, known_words=known_words)
+
+
+def cap(candidates: list, shares: dict[str | None, int]) -> list:
+    """Keep at most each target's share of stored candidates, taking templates in turn so each gets its part. The
+    rest are marked over_cap (logged, not stored)."""
+    kept: Counter[str | None] = Counter()
+    by_template: dict[tuple, list] = {}
+    for c in candidates:
+        by_template.setdefault((c.cluster_id, c.template), []).append(c)
+    order = []
+    while any(by_template.values()):
+        for key in list(by_template):
+            if by_template[key]:
+                order.append(by_template[key].pop(0))
+    for c in order:
+        if c.outcome == "stored":
+            if kept[c.cluster_id] >= shares.get(c.cluster_id, 0):
+                c.outcome = "over_cap"
+                c.detail = f"budget: this pattern's share is {shares.get(c.cluster_id, 0)}" if c.cluster_id \
+                    else f"budget: {shares.get(None, 0)} per round"
+            else:
+                kept[c.cluster_id] += 1
+    return order
+
+
+def vet(project, rules, candidates: list, embedder) -> list:
+    """Every candidate checked against all rules, the store (duplicates), and the test and corner inputs (exact and
+    near-duplicate leaks), and against the candidates kept before it (piling up)."""
+    from refinery import analyze
+    from refinery.generate import drop_near_duplicates, vet_candidates
+
+    settings = project.config.generate
+    with Store(project.store_path, wait=STORE_WAIT) as store:
+        known = set(store.frame("SELECT content_hash FROM examples")["content_hash"])
+        held = store.frame("SELECT id AS example_id, input AS text FROM examples WHERE split IN ('test', 'corner') "
+                           "AND status = 'active' ORDER BY id")
+        vetted = vet_candidates(candidates, rules, known_hashes=known, held_out_inputs=set(held["text"]))
+        held_vectors = analyze.embed_examples(store, held, embedder=embedder)
+    if vetted:
+        vectors = embedder.encode([c.input for c in vetted])
+        drop_near_duplicates(vetted, vectors, held_vectors, held["example_id"].to_list(),
+                             near_test=settings.near_test, near_generated=settings.near_generated)
+    return vetted
+
+
+def why_none(project, rules, clusters, rows) -> str:
+    """Why a round rendered nothing, from its settings, rules and patterns."""
+    from refinery.generate import no_candidates_reason
+
+    settings = project.config.generate
+    if clusters and settings.clusters == 0 and settings.targeting == "patterns":
+        return "[generate] clusters = 0 targets no pattern"
+    return no_candidates_reason(targeting=settings.targeting,
+                                patterns=[list(c.checks) for c in clusters[:settings.clusters]],
+                                analysis=rows.filter(pl.col("split") == "analysis").height, rules=rules,
+                                rules_dir=project.config.core.rules_dir)
+
+
+def known_vocabulary(store: Store) -> set[str]:
+    """The words of the active training split's inputs: what the unseen-word feature calls seen."""
+    from refinery.hypotheses import collect_words
+
+    return collect_words(store.frame("SELECT input FROM examples WHERE split = 'train' AND status = 'active'")["input"])

@@ -1,0 +1,144 @@
+"""Generation aimed at a pattern: the demo's families render what the pattern's feature names, the budget follows
+the failing mass and what earlier targeting did, and `[[target]]` may name features."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from conftest import REPO, write
+from test_generate import demo_parents
+
+from refinery.errors import ConfigError
+from refinery.generate import render_candidates, share_budget, template_environment, vet_candidates
+from refinery.hypotheses import UNSEEN, collect_words, input_features
+from refinery.rules import load_rules
+from refinery.targeting import _lineage, feature_words
+
+
+@pytest.fixture(scope="module")
+def demo_rules():
+    return load_rules(REPO / "rules")
+
+
+def aimed(rules, template: str, parents: list[dict], pattern: dict, *, count: int = 4) -> list:
+    """Renders for `pattern`, vetted against every check."""
+    env = template_environment(REPO / "templates")
+    lookups = {lookup.name: dict(lookup.table) for lookup in rules.lookups}
+    made = [c for p in parents for c in render_candidates(env, template, p, count=count, seed=3, pattern=pattern,
+                                                          lookups=lookups, spec=rules.template(template))]
+    return vet_candidates(made, rules, known_hashes=set(), held_out_inputs=set())
+
+
+def pattern(feature: str, words: list[str]) -> dict:
+    return {"id": "r001-c01", "kind": "cause", "check": "emoji_correct", "feature": feature,
+            "statement": f"emoji_correct fails: ... {feature}", "words": words, "marks": list("!?.,:;)"),
+            "members": []}
+
+
+def seed_vocabulary() -> set[str]:
+    return collect_words(p["input"] for p in demo_parents("seed", 20))
+
+
+@pytest.mark.parametrize("template", ["category_mapping.jinja", "synonyms.jinja"])
+def test_renders_for_unseen_words_carry_those_words_with_the_tables_emoji(demo_rules, template: str) -> None:
+    known = seed_vocabulary()
+    parents = [p for p in demo_parents(n=200) if p["fields"]["condition"] in ("rain", "snow")][:12]
+    unseen = feature_words(UNSEEN, [p["input"] for p in parents], known)
+    assert "drizzle" in unseen or "flurries" in unseen  # the demo's seed set only says Sunny and Rainy
+    made = aimed(demo_rules, template, parents, pattern(UNSEEN, unseen))
+    assert made and all(c.outcome in ("stored", "duplicate") for c in made), [c.detail for c in made][:3]
+    table = next(lu for lu in demo_rules.lookups if lu.name == "weather_emoji").table
+    carrying = [c for c in made if UNSEEN in input_features(c.input, c.fields, known_words=known)]
+    assert len(carrying) == len(made)
+    for c in made:  # the emoji is the table's for the phrase rendered (vetting checks it too)
+        phrase = c.fields["weather"].rstrip("!.,?: )").lower()
+        assert c.output.endswith(f"<display_weather>{table[phrase]}</display_weather>")
+        assert set(phrase.split()) & set(unseen), c.input
+
+
+def test_renders_for_a_word_touching_punctuation_touch_it(demo_rules) -> None:
+    parents = [p for p in demo_parents(n=300) if (p["fields"]["weather"] or "").lower().startswith("sunny")][:8]
+    feature = "'sunny' touches punctuation"
+    made = aimed(demo_rules, "punctuation.jinja", parents, pattern(feature, ["sunny"]), count=6)
+    stored = [c for c in made if c.outcome == "stored"]
+    assert len(stored) >= 30
+    assert all(feature in input_features(c.input, c.fields) for c in stored), \
+        [c.input for c in stored if feature not in input_features(c.input, c.fields)][:3]
+    # unaimed, the same family also puts a space between word and mark, or the mark before the word
+    plain = [c for p in parents for c in render_candidates(
+        template_environment(REPO / "templates"), "punctuation.jinja", p, count=6, seed=3,
+        spec=demo_rules.template("punctuation.jinja"))]
+    assert sum(feature not in input_features(c.input, c.fields) for c in plain) >= 10
+
+
+@pytest.mark.parametrize("template", ["category_mapping.jinja", "schema_strict.jinja", "punctuation.jinja"])
+def test_renders_for_a_tag_at_the_end_put_it_there(demo_rules, template: str) -> None:
+    parents = [p for p in demo_parents(n=60) if p["fields"]["weather"]][:6]
+    made = aimed(demo_rules, template, parents, pattern("the <weather> tag at the end", []))
+    tagged = [c for c in made if "<weather>" in c.input]
+    assert tagged and all(c.input.rstrip(" !?.,:;)-").endswith("</weather>") for c in tagged)
+    assert all("the <weather> tag at the end" in input_features(c.input, c.fields) for c in tagged)
+    assert all(c.outcome != "failed_checks" for c in made), [c.detail for c in made if c.outcome == "failed_checks"]
+
+
+def test_the_budget_is_shared_by_failing_mass() -> None:
+    assert share_budget({"a": 60.0, "b": 30.0, "c": 10.0, "d": 0.0}, 100) == {"a": 60, "b": 30, "c": 10, "d": 0}
+    assert share_budget({"a": 1.0, "b": 1.0, "c": 1.0}, 10) == {"a": 4, "b": 3, "c": 3}
+    assert share_budget({"a": 5.0, "b": 1.0}, 0) == {"a": 0, "b": 0}
+    assert sum(share_budget({"a": 3.3, "b": 2.2, "c": 1.1}, 120).values()) == 120
+
+
+def test_a_pattern_that_shrank_gets_less_and_one_that_did_not_gets_more_and_another_family() -> None:
+    earlier = {"round": 2, "size": 40, "stored": 30, "times": 1}
+    shrank = _lineage(SimpleNamespace(size=10), earlier)
+    assert shrank == (0.25, "shrinking (40 -> 10 members since round 2's 30 examples): x0.25", 0)
+    stuck = _lineage(SimpleNamespace(size=44), earlier)
+    assert stuck == (1.5, "not shrinking (40 -> 44 members since round 2's 30 examples): x1.5, another family "
+                          "first", 1)
+    assert _lineage(SimpleNamespace(size=5), None) == (1.0, "new", 0)
+
+
+def test_a_target_may_name_features(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "rules" / "checks.toml", """
+[[check]]
+name = "emoji"
+type = "regex"
+pattern = 'x'
+
+[[target]]
+checks = ["emoji"]
+templates = ["mapping.jinja", "synonyms.jinja"]
+
+[[target]]
+checks = ["emoji"]
+features = ["touches punctuation"]
+templates = ["punctuation.jinja"]
+""")
+    rules = load_rules(tmp_path / "rules")
+    assert rules.templates_for(["emoji"], "'sunny' touches punctuation") == [
+        "punctuation.jinja", "mapping.jinja", "synonyms.jinja"]
+    assert rules.templates_for(["emoji"], UNSEEN) == ["mapping.jinja", "synonyms.jinja"]
+    assert rules.templates_for(["emoji"]) == ["mapping.jinja", "synonyms.jinja"]
+    write(tmp_path / "rules" / "checks.toml", (tmp_path / "rules" / "checks.toml").read_text()
+          .replace('features = ["touches punctuation"]', 'features = "touches punctuation"'))
+    with pytest.raises(ConfigError) as error:
+        load_rules(tmp_path / "rules")
+    assert str(error.value) == ('rules/checks.toml:13: target: features must be a non-empty list of feature '
+                                'phrases, e.g. ["touches punctuation"].')
+
+
+def test_a_check_says_which_inputs_it_applies_to(demo_rules) -> None:
+    scopes = {c.name: c.scope() for c in demo_rules.checks}
+    assert scopes["display_weather_absent"] == "inputs without '<weather>'"
+    assert scopes["think_present"] == "inputs with 'use thinking|think it through'"
+    assert scopes["answer_correct"] == "inputs it applies to"
+
+
+def test_the_words_a_feature_names() -> None:
+    assert feature_words("'sunny' touches punctuation", [], set()) == ["sunny"]
+    assert feature_words("'light rain'", [], set()) == ["light", "rain"]  # a pair names both of its words
+    assert feature_words("the characters 'ny!'", [], set()) == []
+    inputs = ["<weather>Drizzle!</weather> Bo has 3 cards.", "<weather>drizzle</weather> Al has 2 cards and flurries"]
+    assert feature_words(UNSEEN, inputs, {"bo", "has", "cards", "al", "and"}) == ["drizzle", "flurries"]
