@@ -4,11 +4,12 @@ Per seed, three fresh copies of the demo (same seed set, base model, split deal 
 - targeted: `[generate] targeting = "patterns"`, the demo's settings;
 - random:   `targeting = "random"` (the same templates on random analysis examples, not aimed at any failure),
             with `per_round` set, round by round, to what the targeted arm stored in that round;
-- steps:    `targeting = "off"` (no new data), round r training as many steps as the targeted arm's rounds 1..r
-            together, on the seed set.
+- steps:    `targeting = "off"` (no new data), on the seed set, with the targeted arm's compute: with
+            `[train] warm_start` (the default) each round continues the last round's adapter for as many steps as
+            the targeted arm's round; without it, round r trains the targeted arm's rounds 1..r steps at once.
 Round r's model is trained on the seed set plus what rounds 1..r-1 added, so round 1 is the same seed-only model
-in every arm. The steps arm's rounds do not depend on each other, so its round 1 is not trained again: it is the
-targeted arm's round 1 (the random arm's round 1, trained anew, checks that the arms start level).
+in every arm. The steps arm's round 1 is not trained again: it is the targeted arm's round 1 (the random arm's
+round 1, trained anew, checks that the arms start level).
 """
 
 from __future__ import annotations
@@ -73,8 +74,10 @@ def _run_arm(arm: str, seed: int, rounds: int, steps: int | None, eval_rows: int
             want = wanted[number - 1]
             config = (base.override("generate", per_round=want) if want > 0
                       else base.override("generate", targeting="off"))
-        if arm == "steps":  # the steps the targeted arm has trained by this round, in one model
-            config = base.override("train", steps=sum(compute[:number]))
+        if arm == "steps":  # the targeted arm's compute: its steps of this round on top of the last round's
+            # adapter when rounds warm-start, else all its steps up to this round in one fresh model
+            warm = base.train.warm_start and number > first  # its first round has no adapter to continue
+            config = base.override("train", steps=compute[number - 1] if warm else sum(compute[:number]))
         began = time.perf_counter()
         summary = run_round(project.with_config(config))
         seconds = time.perf_counter() - began

@@ -98,6 +98,7 @@ def verdict(rows: list[dict[str, Any]], target: float) -> dict[str, Any]:
     }
     out["data_ratio"] = data_ratio(reach.get("targeted"), reach.get("random"))
     out["mcnemar"] = mcnemar(rows, last)
+    out["paired"] = paired_test(differences)
     median_difference = out["final"]["difference"]["median"]
     chance = out["mcnemar"] is None or out["mcnemar"]["p"] >= 0.05
     if median_difference is None or last < 2:
@@ -108,6 +109,23 @@ def verdict(rows: list[dict[str, Any]], target: float) -> dict[str, Any]:
         out["outcome"] = "random ahead, within chance" if chance else "random beat targeted"
     else:
         out["outcome"] = "no clear difference"
+    return out
+
+
+def paired_test(differences: list[float]) -> dict[str, Any] | None:
+    """A paired t-test over seeds on targeted minus random (two-sided), and the exact Wilcoxon signed-rank p (which
+    cannot go below 2 / 2^seeds: 0.0625 with 5 seeds). None with fewer than 2 seeds or no difference at all."""
+    from scipy.stats import ttest_1samp, wilcoxon
+
+    if len(differences) < 2 or not any(differences):
+        return None
+    nonzero = [d for d in differences if d]
+    w = wilcoxon(nonzero, method="exact").pvalue if nonzero else 1.0
+    out = {"seeds": len(differences), "mean": statistics.fmean(differences), "t": None, "p": None,
+           "wilcoxon_p": float(w)}
+    if statistics.pstdev(differences) > 0:  # every seed the same gap: no spread for a t statistic
+        t = ttest_1samp(differences, 0.0)
+        out.update(t=float(t.statistic), p=float(t.pvalue))
     return out
 
 

@@ -296,9 +296,9 @@ def _cause_pattern(check: str, cause: Cause, members: list[str], trials: _Trials
                    context: _Context) -> FailureCluster:
     carrying = sum(cause.feature in trials.features[m] for m in members)
     unseen = None
-    if cause.feature == UNSEEN and context.known_words is not None:
+    if cause.feature.startswith(UNSEEN) and context.known_words is not None:
         words = Counter(w for m in members for w in dict.fromkeys(unseen_words(context.inputs[m],
-                                                                               context.known_words)))
+                                                                               context.known_words, cause.feature)))
         unseen = words.most_common(5)
     text = statement(check, cause.test, failing=len(members), size=len(members), carrying=carrying, unseen=unseen)
     return context.pattern("cause", check, members, label=f"{check} / {cause.feature}", statement=text,

@@ -48,8 +48,8 @@ def input_features(text: str, fields: dict[str, Any] | None = None, *,
     out |= {f"a <{t}> tag" for t in tags} | tag_positions(text)
     if not tags:
         out.add("no tag at all")
-    if known_words is not None and unseen_words(text, known_words):
-        out.add(UNSEEN)
+    if known_words is not None:
+        out |= {f for f in [UNSEEN, *(unseen_inside(t) for t in sorted(tags))] if unseen_words(text, known_words, f)}
     out |= {f"the cue of {name}" if pattern.search(text) else f"no cue of {name}" for name, pattern in cues}
     out.add(f"{_band(len(words))} words")
     for key, value in (fields or {}).items():
@@ -74,8 +74,18 @@ def collect_words(texts: Iterable[str]) -> set[str]:
     return {w.lower() for text in texts for w in WORD.findall(re.sub(r"<[^>]*>", " ", text))}
 
 
-def unseen_words(text: str, known_words: set[str]) -> list[str]:
-    """The input's lowercased words outside `known_words`, in order, repeats kept."""
+def unseen_inside(tag: str) -> str:
+    """The unseen-word feature of one tag's text: new values of a field are a cause of their own ("a word never
+    seen in training inside <weather>"), apart from new names or objects elsewhere in the input."""
+    return f"{UNSEEN} inside <{tag}>"
+
+
+def unseen_words(text: str, known_words: set[str], feature: str = UNSEEN) -> list[str]:
+    """The input's lowercased words outside `known_words`, in order, repeats kept; for `unseen_inside(tag)`, only
+    the words inside that tag."""
+    inside = re.fullmatch(re.escape(UNSEEN) + r" inside <(\w+)>", feature)
+    if inside:
+        text = " ".join(re.findall(rf"<{inside[1]}>(.*?)</{inside[1]}>", text, re.DOTALL))
     return [w.lower() for w in WORD.findall(re.sub(r"<[^>]*>", " ", text)) if w.lower() not in known_words]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 
 from refinery.errors import RefineryError
-from refinery.hypotheses import input_features
+from refinery.hypotheses import UNSEEN, collect_words, input_features
 from refinery.store import Store, content_hash
 
 
@@ -254,10 +254,14 @@ def _feature_failures(store: Store, check: str, feature: str, before: int, after
         SELECT r.round, e.id, e.input, e.fields, r.passed FROM rule_results r JOIN examples e ON e.id = r.example_id
         WHERE r.round IN (?, ?) AND r.check_name = ? AND r.applies AND r.variant = '' AND e.split = 'analysis'""",
                        [before, after if after is not None else -1, check])
+    known = None
+    if feature.startswith(UNSEEN):  # unseen in round `before`'s training set, so that both rounds count the same inputs
+        known = collect_words(store.frame("SELECT e.input FROM round_examples r JOIN examples e ON e.id = "
+                                          "r.example_id WHERE r.round = ?", [before])["input"])
     has: dict[str, bool] = {}
     for r in rows.unique("id").iter_rows(named=True):
         has[r["id"]] = feature in input_features(r["input"], json.loads(r["fields"]) if r["fields"] else {},
-                                                 cues=cues)
+                                                 cues=cues, known_words=known)
     failing = rows.filter(pl.col("passed") == False)  # noqa: E712
     counts = {n: sum(has[i] for i in failing.filter(pl.col("round") == n)["id"]) for n in (before, after)
               if n is not None}

@@ -1,7 +1,8 @@
 """What a round renders: the patterns it aims at, each one's share of the budget, and the vetting of what comes out.
 
 The round's budget (`[generate] clusters x per_cluster`, at most `per_round`) is shared across the worst patterns
-that have templates by failing mass (members x severity), weighed by what earlier rounds' targeting did: a pattern
+that have templates (embedding clusters marked not significant only when nothing else is left) by failing mass
+(members x severity), weighed by what earlier rounds' targeting did: a pattern
 that shrank after it was targeted gets less, one that did not shrink gets more and another template family first, a
 pattern that no longer fails is not there to get any. Each template renders with the pattern in scope, so that what
 it renders carries the pattern's feature; whether it does is checked and stored.
@@ -89,7 +90,7 @@ def plan_targets(project, rules, clusters, rows: pl.DataFrame, number: int, *,
         return [Target(None, [], parents, templates, settings.per_round)] if templates else []
     by_id = {r["example_id"]: r for r in rows.iter_rows(named=True)}
     targets = _accepted(project, rules, number, settings.per_cluster)
-    aimed = [c for c in clusters if rules.templates_for(list(c.checks), c.feature)][:settings.clusters]
+    aimed = choose_patterns(clusters, rules, settings.clusters)
     history = _history(project, number)
     weights, why, turns = {}, {}, {}
     for cluster in aimed:
@@ -105,6 +106,15 @@ def plan_targets(project, rules, clusters, rows: pl.DataFrame, number: int, *,
         targets.append(Target(cluster.id, list(cluster.checks), cluster.members, templates[turn:] + templates[:turn],
                               shares[cluster.id], pattern_scope(cluster, by_id, known_words), why[cluster.id]))
     return targets
+
+
+def choose_patterns(clusters: list, rules, limit: int) -> list:
+    """The worst `limit` patterns that have templates. An embedding cluster whose inputs fail no more often than
+    the rest (not significant) is shown, not targeted: nothing sets its failures apart for a template to aim at;
+    such clusters are taken only when nothing else is left."""
+    answerable = [c for c in clusters if rules.templates_for(list(c.checks), c.feature)]
+    standing_out = [c for c in answerable if c.significant is not False]
+    return (standing_out or answerable)[:limit]
 
 
 def pattern_key(cluster) -> tuple[str, str]:
@@ -174,14 +184,14 @@ def pattern_scope(cluster, by_id: dict[str, dict], known_words: set[str]) -> dic
 
 
 def feature_words(feature: str | None, inputs: list[str], known_words: set[str]) -> list[str]:
-    """The words a feature names ("'sunny' touches punctuation" -> sunny); for the unseen-word feature, the words
-    of `inputs` not in `known_words`, most frequent first."""
+    """The words a feature names ("'sunny' touches punctuation" -> sunny); for an unseen-word feature, the words
+    of `inputs` not in `known_words` (inside its tag, for a tag's), most frequent first."""
     from refinery.hypotheses import UNSEEN, unseen_words
 
     if not feature or feature.startswith("the characters"):
         return []
-    if feature == UNSEEN:
-        counts = Counter(w for text in inputs for w in set(unseen_words(text, known_words)))
+    if feature.startswith(UNSEEN):
+        counts = Counter(w for text in inputs for w in set(unseen_words(text, known_words, feature)))
         return [w for w, _ in counts.most_common()]
     return [word for quoted in re.findall(r"'([^']+)'", feature) for word in quoted.split()]
 

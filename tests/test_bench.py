@@ -150,3 +150,15 @@ def test_an_arm_that_never_gets_there_gives_a_bound() -> None:
     text = statement(rows, 0.4)
     assert "the targeted arm did not get there within 3 rounds (100 examples added)" in text
     assert "Targeted data needed more than 1.0x the examples random augmentation needed." in text
+
+
+def test_the_paired_test_over_seeds() -> None:
+    from scipy.stats import ttest_1samp
+
+    from bench.stats import paired_test
+
+    gaps = [0.02, 0.04, 0.01, 0.03, 0.05]
+    result = paired_test(gaps)
+    assert result["p"] == pytest.approx(ttest_1samp(gaps, 0.0).pvalue) and result["p"] < 0.05
+    assert result["wilcoxon_p"] == pytest.approx(0.0625)  # 2 / 2^5: the least five seeds can give
+    assert paired_test([0.02] * 5)["p"] is None and paired_test([0.0, 0.0]) is None and paired_test([0.1]) is None

@@ -19,6 +19,8 @@ from refinery.hypotheses import (
     input_features,
     score_groups,
     tag_positions,
+    unseen_inside,
+    unseen_words,
 )
 
 SEVERITIES = {"display_weather_present": 3, "display_weather_absent": 3, "emoji_correct": 2, "think_present": 2,
@@ -106,7 +108,7 @@ def test_each_planted_cause_is_its_own_pattern(planted, cause) -> None:
 def test_two_causes_behind_one_check_are_named_apart(planted) -> None:
     patterns, truth, cases = planted
     emoji = [p for p in patterns if p.kind == "cause" and next(iter(p.checks)) == "emoji_correct"]
-    assert [p.feature for p in emoji[:2]] == ["punctuation just before a closing tag", UNSEEN]
+    assert emoji[0].feature == "punctuation just before a closing tag" and emoji[1].feature.startswith(UNSEEN)
     unseen = emoji[1]
     assert unseen.carrying == unseen.size and f"{unseen.size} of {unseen.size} members carry it" in unseen.statement
     named = re.search(r"\(unseen: (.*)\)$", unseen.statement).group(1)
@@ -165,6 +167,14 @@ def test_unseen_word_is_one_feature() -> None:
     assert UNSEEN not in input_features(text.replace("Drizzle", "Rain"), known_words=known)
     assert UNSEEN not in input_features(text)  # no known words, no feature
     assert not any("drizzle" in f and "never" in f for f in input_features(text, known_words=known))
+    # and one for each tag's text: a new value of a field apart from new words elsewhere in the input
+    inside = unseen_inside("weather")
+    assert inside == "a word never seen in training inside <weather>"
+    assert inside in input_features(text, known_words=known)
+    elsewhere = "<weather>Sunny</weather> Ana has 2 cards."
+    assert UNSEEN in input_features(elsewhere, known_words=known)
+    assert inside not in input_features(elsewhere, known_words=known)
+    assert unseen_words(text + " Ana", known, inside) == ["drizzle"]
 
 
 def test_all_fail_statement_and_pattern() -> None:

@@ -44,7 +44,7 @@ def test_three_planted_patterns_of_different_kinds_are_the_top_patterns() -> Non
     assert top["display_weather_present"].startswith("display_weather_present fails: 76% of inputs with no cue of "
                                                      "think_present (221/290) vs 0% elsewhere")
     assert top["emoji_correct"] == ("emoji_correct fails: 100% of inputs with condition = fog (72/72) vs 0% "
-                                    "elsewhere (p < 1e-6)")
+                                    "elsewhere (p < 1e-6); 72 of 72 members carry it")
 
 
 @pytest.fixture
@@ -74,7 +74,8 @@ def test_clusters_lists_patterns_with_statement_score_evidence_and_members(revie
     shown = json.loads(cli("clusters", "show", first["id"], "--json").out)
     assert len(shown["members"]) == first["size"]
     text = cli("clusters").out
-    assert f"#1 {first['id']}  [proposed]  score" in text and "failing checks:" in text
+    kind = {"cause": "cause", "all": "fails on all", "cluster": "embedding cluster"}[first["kind"]]
+    assert f"#1 {first['id']}  [proposed]  {kind}  score" in text and "failing checks:" in text
     assert cli("clusters", "show", "r009-c01").err.startswith("Error: no pattern 'r009-c01'. Recent patterns: ")
 
 
@@ -110,9 +111,11 @@ def test_reject_withdraws_counterexamples_and_accept_targets_the_next_round(revi
 def test_merge_rename_and_relabel(reviewed, cli) -> None:
     project, summary = reviewed
     ids = [c["id"] for c in summary.clusters]
-    sizes = {p["id"]: p["size"] for p in json.loads(cli("clusters", "--json").out)}
+    # patterns of different checks can share members (an input failing two checks): the merge holds the union
+    members = [{m["example_id"] for m in json.loads(cli("clusters", "show", i, "--json").out)["members"]}
+               for i in ids[:2]]
     result = cli("clusters", "merge", ids[0], ids[1])
-    assert result.out == f"Merged {ids[1]} into {ids[0]}: now {sizes[ids[0]] + sizes[ids[1]]} members.\n"
+    assert result.out == f"Merged {ids[1]} into {ids[0]}: now {len(members[0] | members[1])} members.\n"
     assert [p["id"] for p in json.loads(cli("clusters", "--json").out)] == [ids[0]] + ids[2:]
     assert cli("clusters", "accept", ids[1]).err == (f"Error: pattern {ids[1]} was merged into {ids[0]}; "
                                                      f"decide on that one.\n")

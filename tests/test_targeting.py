@@ -13,7 +13,7 @@ from refinery.errors import ConfigError
 from refinery.generate import render_candidates, share_budget, template_environment, vet_candidates
 from refinery.hypotheses import UNSEEN, collect_words, input_features
 from refinery.rules import load_rules
-from refinery.targeting import _lineage, feature_words
+from refinery.targeting import _lineage, choose_patterns, feature_words
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +142,16 @@ def test_the_words_a_feature_names() -> None:
     assert feature_words("the characters 'ny!'", [], set()) == []
     inputs = ["<weather>Drizzle!</weather> Bo has 3 cards.", "<weather>drizzle</weather> Al has 2 cards and flurries"]
     assert feature_words(UNSEEN, inputs, {"bo", "has", "cards", "al", "and"}) == ["drizzle", "flurries"]
+
+
+def test_a_cluster_that_does_not_stand_out_is_targeted_only_when_nothing_else_is_left(demo_rules) -> None:
+    def pattern(name: str, check: str, kind: str, significant: bool | None):
+        return SimpleNamespace(id=name, checks={check: 1}, feature=None, kind=kind, significant=significant)
+
+    noise = pattern("c1", "answer_correct", "cluster", False)
+    cause = pattern("c2", "emoji_correct", "cause", None)
+    real = pattern("c3", "answer_correct", "cluster", True)
+    unanswered = pattern("c4", "no_such_check", "cause", None)
+    assert choose_patterns([noise, unanswered, cause, real], demo_rules, 3) == [cause, real]
+    assert choose_patterns([noise, cause, real], demo_rules, 1) == [cause]
+    assert choose_patterns([noise, unanswered], demo_rules, 3) == [noise]
