@@ -241,10 +241,11 @@ def map_plot(report: Report) -> Figure | None:
             members = [p for p in points if p["rank"] == rank]
             label = members[0]["legend"]
             label = label if len(label) <= 40 else label[:39] + "…"
+            # a failing case can belong to a pattern of each check it fails: the worst pattern's dot is on top
             ax.scatter([p["x"] for p in members], [p["y"] for p in members], s=24, linewidths=0.5,
                        edgecolors="white", color=PALETTE[(rank - 1) % len(PALETTE)], gid=f"points-r{n}-c{rank}",
-                       label=f"c{rank:02d} {label} ({len(members)})")
-        ax.set_title(f"round {n}: {len(points)} failures", fontsize=9)
+                       label=f"c{rank:02d} {label} ({len(members)})", zorder=3 + 1 / rank)
+        ax.set_title(f"round {n}: {len({p['example_id'] for p in points})} failing cases", fontsize=9)
         ax.set_xlabel("PC 1")
         ax.tick_params(labelsize=7)
         ax.legend(loc="upper left", bbox_to_anchor=(-0.02, -0.17), fontsize=7, handletextpad=0.2, markerscale=1.2,
