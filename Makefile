@@ -35,11 +35,13 @@ demo: install
 	$(BIN)/refinery status
 	$(BIN)/refinery report
 
-# The report's test opens the page in headless Chromium: Debian's package, installed here when missing (as root).
+# The report's test opens the page in headless Chromium, and the review page's test drives it through chromium-driver
+# (Selenium): Debian's packages, installed here when missing (as root).
 chromium:
-	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq --no-install-recommends chromium >/dev/null) || \
-		echo "chromium is not installed (apt-get needs root): the report's browser test is skipped outside CI."
+	@(command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1) || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null) || \
+		echo "chromium or chromium-driver is not installed (apt-get needs root): the browser tests are skipped outside CI."
 
 # The default run covers every stage with the real model in under 10 minutes on a 2-core CPU; `make test-all` adds
 # the slow-marked tests (the SIGKILL-at-20-random-moments crash test, about 4 minutes more).

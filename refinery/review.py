@@ -211,6 +211,21 @@ def relabel(store: Store, example_id: str, output: str) -> dict[str, Any]:
     return {"old": example_id, "new": digest[:16], "split": old[5], "output": output}
 
 
+def check_output(rules, *, input: str, output: str, fields: dict[str, Any] | None = None) -> list[str]:
+    """'check: why' for each applicable check of `rules` that `output`, taken as the expected output of `input`,
+    fails: the test a generated example must pass (strict, as when vetting), for a relabel to run first."""
+    from refinery.rules import CompiledCheck
+
+    failing = []
+    for check in rules.checks:
+        run = CompiledCheck(check)
+        if run.applies(input):
+            passed, why = run.verdict(output, output, fields or {}, input=input, strict=True)
+            if passed is False:
+                failing.append(f"{check.name}: {why}")
+    return failing
+
+
 def pattern_history(store: Store, *, cues: list[tuple[str, re.Pattern]] | None = None) -> pl.DataFrame:
     """For each pattern targeted in round N: counterexamples added; in round N+1, how many of its members still
     fail its main check (fixed, shrunk, unchanged, grown) and how many analysis inputs with its hypothesis feature

@@ -1,0 +1,403 @@
+"""Review in the browser: a local web app on a project's store (rounds, patterns, members, examples) whose actions
+call the same functions as the review commands. `refinery review` serves it; `make_app` builds it for tests."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import quote, unquote, urlencode, urlsplit
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from refinery import review
+from refinery.errors import RefineryError, StoreError
+from refinery.store import Store
+
+READ_WAIT = 1.0  # seconds a page waits for a writer (an `iterate` in another terminal) before saying it is busy
+WRITE_WAIT = 5.0  # an action waits longer: a person has just clicked
+SPLITS = ("train", "analysis", "test", "corner")
+SOURCES = ("seed", "import", "generated", "relabel")
+STATUSES = ("active", "pending", "rejected")
+KINDS = {"cause": "cause", "all": "fails on all", "cluster": "embedding cluster"}
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class StoreBusy(RefineryError):
+    """Another process holds the store for writing."""
+
+
+def make_app(project, *, token: str) -> Starlette:
+    """The review app for `project`; every request must carry `token` (in the URL once, then in a cookie)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("refinery", "web_templates"), autoescape=True,
+                             trim_blocks=True, lstrip_blocks=True)
+    env.filters["pct"] = lambda v: "-" if v is None else f"{v:.1%}"
+    env.filters["sci"] = lambda v: "-" if v is None else f"{v:.1e}"
+    site = _Site(project, token, env)
+    routes = [Route("/", site.page(_rounds_page)), Route("/round/{number:int}", site.page(_patterns_page)),
+              Route("/pattern/{id}", site.page(_pattern_page)), Route("/examples", site.page(_examples_page)),
+              Route("/pattern/{id}/decide", site.action(_decide_pattern), methods=["POST"]),
+              Route("/pattern/{id}/rename", site.action(_rename_pattern), methods=["POST"]),
+              Route("/pattern/{id}/merge", site.action(_merge_pattern), methods=["POST"]),
+              Route("/example/{id}/relabel", site.action(_relabel), methods=["POST"]),
+              Route("/examples/decide", site.action(_decide_examples), methods=["POST"])]
+    app = Starlette(routes=routes)
+    app.state.project = project
+    app.add_middleware(_Guard, site=site)
+    return app
+
+
+def serve(project, *, host: str = "127.0.0.1", port: int = 0, open_browser: bool = True,
+          token: str | None = None, announce: Callable[[str], None] = print) -> None:
+    """Serve the review app until Ctrl-C. Port 0 takes a free one; the URL (with its token) is announced and, when
+    a browser is there, opened."""
+    import socket
+
+    import uvicorn
+
+    token = token or secrets.token_urlsafe(24)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise RefineryError(f"cannot listen on {host}:{port}: {exc.strerror}. Pick another --port (or leave it "
+                            f"out for a free one).") from None
+    sock.listen(64)
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{sock.getsockname()[1]}/?token={token}"
+    announce(f"Reviewing {project.root} at\n  {url}\nCtrl-C stops it.")
+    if open_browser and _has_display():
+        import webbrowser
+        webbrowser.open(url)
+    server = uvicorn.Server(uvicorn.Config(make_app(project, token=token), log_level="warning", access_log=False))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down cleanly, then re-raises the signal it caught
+        pass
+    finally:
+        sock.close()
+
+
+def _has_display() -> bool:
+    """False on a Linux machine without a graphical session: webbrowser would start a text browser in the
+    terminal the server is printing to."""
+    import os
+    return not sys.platform.startswith("linux") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+class _Site:
+    """What every handler needs: the project, the token, the templates, and how to open the store."""
+
+    def __init__(self, project, token: str, env):
+        self.project, self.token, self.env = project, token, env
+
+    def csrf(self, session: str) -> str:
+        return hmac.new(self.token.encode(), f"csrf:{session}".encode(), hashlib.sha256).hexdigest()
+
+    def store(self, *, write: bool) -> Store:
+        """The store, opened for this request only, so that an `iterate` elsewhere waits at most a moment."""
+        try:
+            return Store(self.project.store_path, read_only=not write, wait=WRITE_WAIT if write else READ_WAIT)
+        except StoreError as exc:
+            # Store words a lock held by another process this way (refinery/store.py, _connect).
+            if "another process" in str(exc):
+                raise StoreBusy(str(exc)) from None
+            raise
+
+    def render(self, request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        nonce = secrets.token_urlsafe(12)
+        flash = request.cookies.get(FLASH)
+        body = self.env.get_template(name).render(
+            csrf=self.csrf(request.state.session), nonce=nonce, path=_here(request), project=self.project.root,
+            flash=json.loads(unquote(flash)) if flash else None, **context)
+        response = HTMLResponse(body, status_code=status)
+        response.headers["Content-Security-Policy"] = (
+            f"default-src 'none'; style-src 'unsafe-inline'; script-src 'nonce-{nonce}'; form-action 'self'; "
+            f"frame-ancestors 'none'; base-uri 'none'")
+        if flash:
+            response.delete_cookie(FLASH, path="/")
+        return response
+
+    def page(self, build: Callable[..., tuple[str, dict[str, Any]]]) -> Handler:
+        """A GET handler: `build(site, store, request)` reads the store and names a template and its context."""
+        async def handler(request: Request) -> Response:
+            try:
+                with self.store(write=False) as store:
+                    name, context = build(self, store, request)
+            except StoreBusy as exc:
+                return self.render(request, "busy.html", status=503, detail=str(exc), retry=True)
+            except RefineryError as exc:
+                return self.render(request, "message.html", status=404, title="Not found", detail=str(exc))
+            return self.render(request, name, **context)
+        return handler
+
+    def action(self, act: Callable[[Store, Request, Any], str]) -> Handler:
+        """A POST handler: the CSRF token checked, then `act(store, request, form)` on a writable store, whose
+        message is shown on the page the form came from."""
+        async def handler(request: Request) -> Response:
+            form = await request.form()
+            if not hmac.compare_digest(str(form.get("csrf", "")), self.csrf(request.state.session)):
+                return self.render(request, "message.html", status=403, title="Refused",
+                                   detail="The form's CSRF token is missing or stale. Reload the page and try again.")
+            back = _safe_next(str(form.get("next", "/")))
+            try:
+                with self.store(write=True) as store:
+                    flash = {"ok": True, "text": act(store, request, form)}
+            except StoreBusy as exc:
+                return self.render(request, "busy.html", status=503, detail=str(exc), retry=False)
+            except RefineryError as exc:
+                flash = {"ok": False, "text": str(exc)}
+            response = RedirectResponse(back, status_code=303)
+            response.set_cookie(FLASH, quote(json.dumps(flash)), path="/", httponly=True, samesite="strict")
+            return response
+        return handler
+
+
+FLASH = "refinery-flash"
+
+
+class _Guard:
+    """Every request carries the token (query once, then cookie); every POST comes from this site's own pages."""
+
+    def __init__(self, app, site: _Site):
+        self.app, self.site = app, site
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope, receive)
+        port = request.url.port or 80
+        cookie, session_cookie = f"refinery-token-{port}", f"refinery-session-{port}"
+        given = request.query_params.get("token")
+        if given is not None and hmac.compare_digest(given, self.site.token):
+            # First visit: the token moves into a cookie and out of the address bar (and of Referer headers).
+            query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
+            response = RedirectResponse(request.url.path + (f"?{query}" if query else ""), status_code=303)
+            response.set_cookie(cookie, self.site.token, path="/", httponly=True, samesite="strict")
+            return await response(scope, receive, send)
+        if not hmac.compare_digest(request.cookies.get(cookie, ""), self.site.token):
+            response = HTMLResponse("<!doctype html><title>refinery review</title><h1>403 Forbidden</h1><p>Open the "
+                                    "URL that <code>refinery review</code> printed: it holds the access token.</p>",
+                                    status_code=403)
+            return await response(scope, receive, send)
+        if request.method == "POST" and not _same_origin(request):
+            response = HTMLResponse("<!doctype html><title>refinery review</title><h1>403 Forbidden</h1><p>A form "
+                                    "posted from another site was refused.</p>", status_code=403)
+            return await response(scope, receive, send)
+        session = request.cookies.get(session_cookie)
+        scope.setdefault("state", {})["session"] = session or secrets.token_urlsafe(16)
+
+        async def send_with_session(message) -> None:
+            if message["type"] == "http.response.start" and not session:
+                value = f"{session_cookie}={scope['state']['session']}; Path=/; HttpOnly; SameSite=Strict"
+                message["headers"] = [*message.get("headers", []), (b"set-cookie", value.encode())]
+            await send(message)
+        await self.app(scope, receive, send_with_session)
+
+
+def _same_origin(request: Request) -> bool:
+    """The Origin header (or, without one, the Referer) names the host the request was sent to."""
+    source = request.headers.get("origin") or request.headers.get("referer")
+    if not source or source == "null":
+        return False
+    return urlsplit(source).netloc == request.headers.get("host")
+
+
+def _safe_next(target: str) -> str:
+    """Only a path on this site, never another site's URL."""
+    return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
+
+
+def _here(request: Request) -> str:
+    return request.url.path + (f"?{request.url.query}" if request.url.query else "")
+
+
+# --- pages -----------------------------------------------------------------------------------------------------------
+
+def _rounds_page(site: _Site, store: Store, request: Request) -> tuple[str, dict[str, Any]]:
+    rows = store.frame("""
+        SELECT r.number, r.kind, r.status, r.metrics, r.stop_reason, r.error, r.finished_at,
+               (SELECT count(*) FROM clusters c WHERE c.round = r.number AND c.status <> 'merged') AS patterns,
+               (SELECT count(*) FROM examples e WHERE e.round_added = r.number AND e.source = 'generated') AS added
+        FROM rounds r ORDER BY r.number""").to_dicts()
+    for r in rows:
+        r["metrics"] = json.loads(r["metrics"]) if r["metrics"] else {}
+    last = next((r for r in reversed(rows) if r["status"] == "done" and r["metrics"]), None)
+    stops = [r for r in rows if r["stop_reason"]]
+    names = sorted({c for m in (last or {}).get("metrics", {}).values() if isinstance(m, dict)
+                    for c in m.get("checks", {})})
+    return "rounds.html", {"rounds": rows, "last": last, "stop": stops[-1] if stops else None, "check_names": names,
+                           "pending": store.scalar("SELECT count(*) FROM examples WHERE status = 'pending'")}
+
+
+def _patterns_page(site: _Site, store: Store, request: Request) -> tuple[str, dict[str, Any]]:
+    number = request.path_params["number"]
+    patterns = review.list_patterns(store, round=number, members=0)
+    history = {h["pattern"]: h for h in review.pattern_history(store, cues=_cues(site)).to_dicts()}
+    rounds = store.frame("SELECT number FROM rounds WHERE status = 'done' ORDER BY number")["number"].to_list()
+    return "patterns.html", {"number": number, "patterns": patterns, "history": history, "rounds": rounds,
+                             "kinds": KINDS}
+
+
+def _pattern_page(site: _Site, store: Store, request: Request) -> tuple[str, dict[str, Any]]:
+    pattern = review.show_pattern(store, request.path_params["id"])
+    failing = store.frame("""
+        SELECT r.example_id, r.check_name, r.detail FROM rule_results r JOIN cluster_members m
+        ON m.example_id = r.example_id AND m.variant = r.variant
+        WHERE m.cluster_id = ? AND r.round = ? AND r.passed = false ORDER BY r.check_name""",
+                          [pattern.id, pattern.round])
+    by_member: dict[str, list[dict[str, Any]]] = {}
+    for f in failing.iter_rows(named=True):
+        by_member.setdefault(f["example_id"], []).append(f)
+    marks = _marks(site)
+    members = []
+    for m in pattern.members:
+        checks = by_member.get(m["example_id"], [])
+        names = [c["check_name"] for c in checks]
+        members.append({**m, "failing": checks,
+                        "output_parts": _highlight(m["output"] or "", names, marks),
+                        "expected_parts": _highlight(m["expected"] or "", names, marks),
+                        "relabelled": store.scalar("SELECT status FROM examples WHERE id = ?",
+                                                   [m["example_id"]]) != "active"})
+    others = store.frame("SELECT id, label FROM clusters WHERE round = ? AND id <> ? AND status <> 'merged' "
+                         "ORDER BY rank", [pattern.round, pattern.id]).to_dicts()
+    return "pattern.html", {"p": pattern, "members": members, "others": others, "kinds": KINDS}
+
+
+def _examples_page(site: _Site, store: Store, request: Request) -> tuple[str, dict[str, Any]]:
+    """Search and filter examples; every value from the form is a bound parameter."""
+    q = request.query_params
+    given = {k: q.get(k, "").strip() for k in ("split", "source", "status", "check", "pattern", "text", "id", "round")}
+    where, params = ["true"], []
+    for column in ("split", "source", "status"):
+        if given[column]:
+            where.append(f"e.{column} = ?")
+            params.append(given[column])
+    if given["id"]:
+        where.append("(e.id = ? OR e.parent_id = ?)")
+        params += [given["id"], given["id"]]
+    if given["text"]:
+        where.append("(e.input ILIKE ? OR e.output ILIKE ?)")
+        params += [f"%{given['text']}%"] * 2
+    if given["pattern"]:
+        where.append("(e.cluster_id = ? OR e.id IN (SELECT example_id FROM cluster_members WHERE cluster_id = ?))")
+        params += [given["pattern"]] * 2
+    number = int(given["round"]) if given["round"].lstrip("-").isdigit() else store.scalar(
+        "SELECT max(number) FROM rounds WHERE status = 'done'")
+    if given["check"]:
+        where.append("e.id IN (SELECT example_id FROM rule_results WHERE round = ? AND check_name = ? "
+                     "AND passed = false)")
+        params += [number, given["check"]]
+    rows = store.frame(f"""
+        SELECT e.id, e.split, e.source, e.status, e.round_added, e.cluster_id, e.template, e.feature, e.parent_id,
+               e.input, e.output, p.input AS parent_input
+        FROM examples e LEFT JOIN examples p ON p.id = e.parent_id
+        WHERE {' AND '.join(where)}
+        ORDER BY e.status = 'pending' DESC, e.round_added DESC NULLS LAST, e.cluster_id, e.id LIMIT 201""", params)
+    checks = store.frame("SELECT DISTINCT check_name FROM rule_results ORDER BY 1")["check_name"].to_list()
+    patterns = store.frame("SELECT id FROM clusters WHERE status <> 'merged' ORDER BY round DESC, rank")["id"]
+    return "examples.html", {"rows": rows.head(200).to_dicts(), "more": rows.height > 200, "given": given,
+                             "number": number, "splits": SPLITS, "sources": SOURCES, "statuses": STATUSES,
+                             "checks": checks, "patterns": patterns.to_list(),
+                             "pending": store.scalar("SELECT count(*) FROM examples WHERE status = 'pending'")}
+
+
+def _cues(site: _Site) -> list | None:
+    rules = _rules(site)
+    return rules.cues() if rules else None
+
+
+def _rules(site: _Site):
+    from refinery.rules import load_rules
+    try:
+        return load_rules(site.project.rules_dir)
+    except RefineryError:  # a page still shows what the store holds when the rules do not load
+        return None
+
+
+def _marks(site: _Site) -> dict[str, re.Pattern]:
+    """Per check, the regex whose hits a member's texts show highlighted: its extract, else its pattern."""
+    rules = _rules(site)
+    out = {}
+    for check in rules.checks if rules else ():
+        source = check.extract or check.pattern
+        if source and check.type != "json_schema":
+            out[check.name] = re.compile(source)
+    return out
+
+
+def _highlight(text: str, checks: list[str], marks: dict[str, re.Pattern]) -> list[dict[str, Any]]:
+    """`text` cut into parts, the spans the failing checks' regexes hit marked with the check's name. The template
+    escapes every part: no HTML is built here."""
+    spans = sorted((m.start(), m.end(), name) for name in checks if name in marks
+                   for m in marks[name].finditer(text) if m.end() > m.start())
+    parts, at = [], 0
+    for start, end, name in spans:
+        if start < at:  # overlaps a span already marked
+            continue
+        if start > at:
+            parts.append({"text": text[at:start], "check": None})
+        parts.append({"text": text[start:end], "check": name})
+        at = end
+    if at < len(text):
+        parts.append({"text": text[at:], "check": None})
+    return parts
+
+
+# --- actions: each calls the function the CLI command calls ----------------------------------------------------------
+
+def _decide_pattern(store: Store, request: Request, form) -> str:
+    result = review.decide(store, request.path_params["id"], str(form.get("decision", "")))
+    moved = ", ".join(f"{v} counterexamples {k.removeprefix('examples_')}" for k, v in result.items()
+                      if k.startswith("examples_"))
+    return f"{result['id']} {result['status']} ({moved})."
+
+
+def _rename_pattern(store: Store, request: Request, form) -> str:
+    pattern = review.rename_pattern(store, request.path_params["id"], str(form.get("label", "")))
+    return f"{pattern.id} is now labelled: {pattern.label}"
+
+
+def _merge_pattern(store: Store, request: Request, form) -> str:
+    other = str(form.get("other", ""))
+    pattern = review.merge_patterns(store, request.path_params["id"], other)
+    return f"Merged {other} into {pattern.id}: now {pattern.size} members."
+
+
+def _relabel(store: Store, request: Request, form) -> str:
+    """Refuses a new output that fails an applicable check, naming the failures, unless the person ticks
+    'save anyway' (the rules can be what is wrong)."""
+    example_id, output = request.path_params["id"], str(form.get("output", "")).replace("\r\n", "\n")
+    row = store.one("SELECT input, fields FROM examples WHERE id = ?", [example_id])
+    from refinery.rules import load_rules
+    rules = load_rules(_project_of(request).rules_dir)
+    failing = review.check_output(rules, input=row[0], output=output,
+                                  fields=json.loads(row[1]) if row and row[1] else {}) if row else []
+    if failing and not form.get("anyway"):
+        raise RefineryError(f"not relabelled: the new output of {example_id} fails {'; '.join(failing)}. Fix it, "
+                            f"or tick 'save anyway' if the rule is what is wrong.")
+    result = review.relabel(store, example_id, output)
+    note = f" (saved although it fails {'; '.join(failing)})" if failing else " (passes every applicable check)"
+    return f"Relabelled {result['old']} -> {result['new']} ({result['split']}){note}."
+
+
+def _decide_examples(store: Store, request: Request, form) -> str:
+    every = form.get("all") == "1"
+    result = review.decide_examples(store, [str(i) for i in form.getlist("id")], str(form.get("decision", "")),
+                                    every_pending=every)
+    return f"{result['examples']} examples {result['status']}; {result['pending_left']} still pending."
+
+
+def _project_of(request: Request):
+    return request.app.state.project
