@@ -186,7 +186,7 @@ def _run_stages(project, number, train_rows, rules, env, base_model, embedder, r
                                    severities={c.name: c.severity for c in rules.checks}, clusterer=clusterer)
         for cluster in clusters:
             cluster.id = f"r{number:03d}-c{cluster.rank:02d}"
-        note(f"{failures.height} failing analysis cases in {len(clusters)} clusters")
+        note(f"{failures.height} failing analysis cases in {len(clusters)} patterns")
     with timer.stage("generate") as note:
         candidates, targets = generate_round(project, env, rules, clusters, rows, number, embedder,
                                              known_words=known)

@@ -101,25 +101,32 @@ def plan_targets(project, rules, clusters, rows: pl.DataFrame, number: int, *,
     budget = min(settings.clusters * settings.per_cluster, settings.per_round)
     shares = share_budget(weights, budget)
     for cluster in aimed:
-        templates = rules.templates_for(list(cluster.checks), cluster.feature)
+        templates = rules.templates_for([own_check(cluster)], cluster.feature)
         turn = turns[cluster.id] % len(templates)
-        targets.append(Target(cluster.id, list(cluster.checks), cluster.members, templates[turn:] + templates[:turn],
+        targets.append(Target(cluster.id, [own_check(cluster)], cluster.members, templates[turn:] + templates[:turn],
                               shares[cluster.id], pattern_scope(cluster, by_id, known_words), why[cluster.id]))
     return targets
+
+
+def own_check(cluster) -> str:
+    """The check a pattern is about (the first of its members' failing checks). Its templates answer that check
+    only: members also failing other checks (an unseen weather word and a wrong sum) would otherwise draw the other
+    checks' families into a pattern they do not answer."""
+    return next(iter(cluster.checks))
 
 
 def choose_patterns(clusters: list, rules, limit: int) -> list:
     """The worst `limit` patterns that have templates. An embedding cluster whose inputs fail no more often than
     the rest (not significant) is shown, not targeted: nothing sets its failures apart for a template to aim at;
     such clusters are taken only when nothing else is left."""
-    answerable = [c for c in clusters if rules.templates_for(list(c.checks), c.feature)]
+    answerable = [c for c in clusters if rules.templates_for([own_check(c)], c.feature)]
     standing_out = [c for c in answerable if c.significant is not False]
     return (standing_out or answerable)[:limit]
 
 
 def pattern_key(cluster) -> tuple[str, str]:
     """What makes two rounds' patterns the same cause: the main check and the feature (or the pattern's kind)."""
-    return next(iter(cluster.checks)), cluster.feature or cluster.kind
+    return own_check(cluster), cluster.feature or cluster.kind
 
 
 def _history(project, number: int) -> dict[tuple[str, str], dict[str, Any]]:
@@ -161,7 +168,7 @@ def _accepted(project, rules, number: int, share: int) -> list[Target]:
             GROUP BY ALL ORDER BY min(c.round), min(c.rank)""", [number])
     out = []
     for r in accepted.iter_rows(named=True):
-        failing = list(json.loads(r["checks"]))
+        failing = list(json.loads(r["checks"]))[:1]  # the pattern's own check (see own_check)
         scope = {"id": r["id"], "kind": r["kind"], "check": failing[0], "feature": r["feature"],
                  "statement": r["statement"], "words": feature_words(r["feature"], [], set()), "marks": list(PUNCT),
                  "members": []}
@@ -177,7 +184,7 @@ def pattern_scope(cluster, by_id: dict[str, dict], known_words: set[str]) -> dic
     from refinery.hypotheses import PUNCT
 
     members = [by_id[m] for m in cluster.members if m in by_id][:MEMBERS_IN_SCOPE]
-    return {"id": cluster.id, "kind": cluster.kind, "check": next(iter(cluster.checks)), "feature": cluster.feature,
+    return {"id": cluster.id, "kind": cluster.kind, "check": own_check(cluster), "feature": cluster.feature,
             "statement": cluster.statement, "words": feature_words(cluster.feature, [m["input"] for m in members],
                                                                    known_words),
             "marks": list(PUNCT), "members": [json.loads(m["fields"]) if m["fields"] else {} for m in members]}

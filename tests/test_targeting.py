@@ -149,9 +149,13 @@ def test_a_cluster_that_does_not_stand_out_is_targeted_only_when_nothing_else_is
         return SimpleNamespace(id=name, checks={check: 1}, feature=None, kind=kind, significant=significant)
 
     noise = pattern("c1", "answer_correct", "cluster", False)
+    # its members also fail emoji_correct, but the pattern is about answer_correct: only answer_correct's templates
+    mixed = SimpleNamespace(id="c5", checks={"no_such_check": 3, "emoji_correct": 3}, feature=None, kind="cause",
+                            significant=None)
     cause = pattern("c2", "emoji_correct", "cause", None)
     real = pattern("c3", "answer_correct", "cluster", True)
     unanswered = pattern("c4", "no_such_check", "cause", None)
     assert choose_patterns([noise, unanswered, cause, real], demo_rules, 3) == [cause, real]
     assert choose_patterns([noise, cause, real], demo_rules, 1) == [cause]
     assert choose_patterns([noise, unanswered], demo_rules, 3) == [noise]
+    assert choose_patterns([mixed], demo_rules, 3) == []  # its own check has no templates
