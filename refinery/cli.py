@@ -179,14 +179,25 @@ def export(ctx: typer.Context,
                show_default=False)] = None,
            force: Annotated[bool, typer.Option("--force", help="Write over an existing file given with -o (never "
                                                               "the store or a file refinery keeps in runs/).")] = False,
+           pairs: Annotated[bool, typer.Option("--pairs", help="Write the rounds' active preference pairs instead "
+                                               "(prompt/chosen/rejected, for trl's DPOTrainer). Default file: "
+                                               "runs/export/pairs.jsonl.")] = False,
            as_json: JsonOption = False) -> None:
-    """Write a split as prompt/completion pairs (trl's conversational format) to JSONL or Parquet."""
-    from refinery.export import export_split, export_target
+    """Write a split as prompt/completion pairs (trl's conversational format) to JSONL or Parquet; with --pairs,
+    the preference pairs as prompt/chosen/rejected."""
+    from refinery.export import export_pairs, export_split, export_target
     from refinery.store import Store
     project = _project(ctx)
-    target = export_target(project, output, split=split, fmt=fmt, force=force)
+    target = export_target(project, output, split="pairs" if pairs else split, fmt=fmt, force=force)
     with Store(project.store_path, read_only=True) as store:
-        count = export_split(store, target, split=split, fmt=fmt)
+        if pairs:
+            count = export_pairs(store, target, fmt=fmt)
+        else:
+            count = export_split(store, target, split=split, fmt=fmt)
+    if pairs:
+        if as_json:
+            return _print_json({"path": str(target), "pairs": count})
+        return console.print(f"Wrote {count} preference pairs to {target}")
     if as_json:
         return _print_json({"path": str(target), "split": split, "examples": count})
     console.print(f"Wrote {count} examples (split: {split}) to {target}")

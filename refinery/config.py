@@ -103,6 +103,18 @@ class TrainSettings:
     precision: str = opt("auto", "auto uses bf16 on a GPU that supports it and fp32 elsewhere.",
                          choices=("auto", "fp32", "bf16", "fp16"))
     seed: int = opt(0, "Seed of the training run.", min=0, max=2**32 - 1)
+    objective: str = opt(
+        "sft", "What a round optimises. sft: supervised fine-tuning on the training set. sft+dpo: the same, then "
+        "DPO (direct preference optimisation) on the preference pairs earlier rounds collected from their failures "
+        "(expected output chosen, the model's output rejected), starting from the SFT weights with them as the "
+        "reference; the DPO weights are the round's. Round 1 has no pairs yet and trains SFT only.",
+        choices=("sft", "sft+dpo"))
+    dpo_beta: float = opt(0.1, "DPO beta: how far the policy may move from the reference (the SFT weights); "
+                          "lower lets it move further.", min=0.0, max=10.0)
+    dpo_steps: int = opt(20, "DPO optimizer steps per round (objective = \"sft+dpo\"), at batch_size pairs a step.",
+                         min=1)
+    dpo_learning_rate: float = opt(1e-3, "DPO learning rate (constant after warmup). 1e-3 suits the bundled tiny "
+                                   "model; about 5e-6 suits a 1B model.", min=0.0, max=1.0)
 
 
 @dataclass(frozen=True)

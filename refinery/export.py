@@ -1,4 +1,5 @@
-"""Export a split in the prompt/completion form trl's SFTTrainer reads (conversational, one turn each)."""
+"""Export a split in the prompt/completion form trl's SFTTrainer reads, or the preference pairs in the
+prompt/chosen/rejected form its DPOTrainer reads (conversational, one turn each)."""
 
 from __future__ import annotations
 
@@ -41,15 +42,32 @@ def export_target(project: Project, output: str | Path | None, *, split: str, fm
 def export_split(store: Store, path: str | Path, *, split: str = "train", fmt: str | None = None) -> int:
     """Write the active examples of `split` ("all" for every split) to `path`; return how many."""
     path = Path(path)
-    fmt = fmt or {".parquet": "parquet", ".pq": "parquet"}.get(path.suffix.lower(), "jsonl")
-    if fmt not in EXPORT_FORMATS:
-        raise DataError(f"export format '{fmt}': expected one of: {', '.join(EXPORT_FORMATS)}.")
+    fmt = _format(path, fmt)
     if split != "all" and split not in SPLITS:
         raise DataError(f"split '{split}': expected one of: {', '.join(SPLITS)}, all.")
     where = "" if split == "all" else "AND split = ?"
     rows = store.frame(f"SELECT id, input, output, kind, split, source FROM examples "
                        f"WHERE status = 'active' {where} ORDER BY rowid", [] if split == "all" else [split])
-    frame = to_prompt_completion(rows)
+    return _write(to_prompt_completion(rows), path, fmt)
+
+
+def export_pairs(store: Store, path: str | Path, *, fmt: str | None = None) -> int:
+    """Write the active preference pairs of every round to `path`; return how many."""
+    from refinery.pairs import active_pairs
+
+    path = Path(path)
+    fmt = _format(path, fmt)
+    return _write(to_preference(active_pairs(store)), path, fmt)
+
+
+def _format(path: Path, fmt: str | None) -> str:
+    fmt = fmt or {".parquet": "parquet", ".pq": "parquet"}.get(path.suffix.lower(), "jsonl")
+    if fmt not in EXPORT_FORMATS:
+        raise DataError(f"export format '{fmt}': expected one of: {', '.join(EXPORT_FORMATS)}.")
+    return fmt
+
+
+def _write(frame: pl.DataFrame, path: Path, fmt: str) -> int:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "parquet":
@@ -61,11 +79,27 @@ def export_split(store: Store, path: str | Path, *, split: str = "train", fmt: s
     return frame.height
 
 
+def _turn(role: str, column: str) -> pl.Expr:
+    return pl.concat_list(pl.struct(pl.lit(role).alias("role"), pl.col(column).alias("content")))
+
+
+def to_preference(pairs: pl.DataFrame) -> pl.DataFrame:
+    """Pairs as trl's conversational preference data (prompt, chosen, rejected), with their lineage."""
+    return pairs.select(
+        "id",
+        _turn("user", "prompt").alias("prompt"),
+        _turn("assistant", "chosen").alias("chosen"),
+        _turn("assistant", "rejected").alias("rejected"),
+        "round",
+        "source",
+        "example_id",
+        "pattern",
+    )
+
+
 def to_prompt_completion(rows: pl.DataFrame) -> pl.DataFrame:
     """Examples as trl's conversational prompt/completion pairs; the model's chat template renders them."""
-    def turn(role: str, column: str) -> pl.Expr:
-        return pl.concat_list(pl.struct(pl.lit(role).alias("role"), pl.col(column).alias("content")))
-
+    turn = _turn
     return rows.select(
         "id",
         turn("user", "input").alias("prompt"),

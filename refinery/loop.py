@@ -15,7 +15,7 @@ import os
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ import polars as pl
 from refinery.device import check_loadable
 from refinery.errors import RefineryError
 from refinery.measure import check_mix_settings, held_out, questions, references, score, versions
+from refinery.pairs import active_pairs, collect_pairs, insert_pairs
 from refinery.project import Project, resolve_base_model
 from refinery.store import ROUND_WAIT as STORE_WAIT
 from refinery.store import Store, content_hash, detect_kind, insert_frame, small_splits
@@ -124,6 +125,24 @@ def _warm_start(project: Project, number: int, train_rows: pl.DataFrame) -> tupl
     return found[1], step_budget(project.config.train, new)
 
 
+def _then_dpo(project: Project, number: int, sft, base_model: str, round_dir: Path, timer) -> tuple[Any, str]:
+    """`[train] objective = "sft+dpo"`: DPO from the round's SFT weights on the active pairs of earlier rounds (this
+    round's pairs need this round's evaluation, which is of the weights DPO makes). The result carries the DPO
+    weights, the round's; unchanged, with the reason, when no round has collected pairs yet."""
+    from refinery.train import train_dpo
+
+    with Store(project.store_path, wait=STORE_WAIT) as store:
+        pairs = active_pairs(store, before=number)
+    if pairs.height == 0:
+        return sft, "; no preference pairs yet, so no DPO"
+    dpo = train_dpo(pairs, base_model=base_model, settings=project.config.train, start_from=sft.weights_path,
+                    out_dir=round_dir, on_step=timer.progress)
+    detail = {"steps": dpo.steps, "pairs": dpo.examples, "seconds": dpo.seconds, "final_loss": dpo.final_loss,
+              "sft_weights": sft.weights_path}
+    return replace(sft, weights_path=dpo.weights_path, dpo=detail), \
+        f"; then DPO {dpo.steps} steps on {dpo.examples} pairs, loss {dpo.final_loss:.3f}"
+
+
 def _restart_note(number: int, attempt: int, error: str | None, resume: bool) -> str:
     """"Restarting interrupted round 2 (attempt 2; ...)": what the next `iterate` does with a round that did not
     finish, from the error its last attempt recorded ("attempt 1: interrupted")."""
@@ -148,8 +167,10 @@ def _run_stages(project, number, train_rows, rules, env, base_model, embedder, r
                                  on_step=timer.progress, start_from=start_from, steps=steps)
             warm = f", from round {Path(start_from).parent.name.split('-')[-1].lstrip('0')}'s adapter" \
                 if start_from else ""
+            result, then = _then_dpo(project, number, result, base_model, round_dir, timer) \
+                if config.train.objective == "sft+dpo" else (result, "")
             note(f"{result.steps} steps on {result.examples} examples{warm}, loss {result.final_loss:.3f}, "
-                 f"{result.device}")
+                 f"{result.device}{then}")
         (round_dir / "train.json").write_text(json.dumps(asdict(result)))
     weights = result.weights_path
     model_path, adapter = (weights, None) if result.method == "full" else (base_model, weights)
@@ -193,9 +214,12 @@ def _run_stages(project, number, train_rows, rules, env, base_model, embedder, r
         kept = sum(c.outcome in ("stored", "pending") for c in candidates)
         held = " (pending review)" if project.config.generate.review else ""
         why = "" if candidates else why_none(project, rules, clusters, rows)
+        pairs = collect_pairs(project, rules, failures=failures, clusters=clusters, candidates=candidates,
+                              model_path=model_path, adapter=adapter, embedder=embedder)
         note(f"{kept} of {len(candidates)} candidates kept{held}" + (f": {why}" if why else ""))
-    with timer.stage("record"):
-        _record(project, number, clusters, candidates, metrics, result, weights, targets)
+    with timer.stage("record") as note:
+        _record(project, number, clusters, candidates, metrics, result, weights, targets, pairs=pairs)
+        note(f"{sum(p.status == 'active' for p in pairs)} preference pairs")
     summary = _summary(project, number, result, metrics, clusters, candidates, rows, timer.seconds, targets)
     summary.round_dir, summary.nothing_generated = str(round_dir), why
     (round_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
@@ -296,7 +320,7 @@ def make_toggles(project, env, rules, embedder, *, share: float | None) -> list:
     return kept[:missing]
 
 
-def _record(project, number, clusters, candidates, metrics, result, weights, targets) -> None:
+def _record(project, number, clusters, candidates, metrics, result, weights, targets, *, pairs: list) -> None:
     shares = {t.cluster_id: t.share for t in targets}
     with Store(project.store_path, wait=STORE_WAIT) as store, store.transaction() as con:
         for cluster in clusters:
@@ -313,6 +337,7 @@ def _record(project, number, clusters, candidates, metrics, result, weights, tar
                             [[cluster.id, m, d, m in cluster.representatives]
                              for m, d in zip(cluster.members, cluster.distances, strict=True)])
         _insert_generated(con, candidates, number, project.config.data.think_pattern)
+        insert_pairs(con, pairs, number)
         con.execute("UPDATE rounds SET status = 'done', metrics = ?, adapter_path = ?, finished_at = current_timestamp "
                     "WHERE number = ?", [json.dumps(metrics), weights, number])
 
@@ -359,7 +384,7 @@ def _summary(project, number, result, metrics, clusters, candidates, rows, stage
         entry[c.outcome] += 1
     train = {"examples": result.examples, "steps": result.steps, "seconds": result.seconds,
              "final_loss": result.final_loss, "device": result.device, "dtype": result.dtype,
-             "weights": result.weights_path}
+             "weights": result.weights_path, **({"dpo": result.dpo} if result.dpo else {})}
     return RoundSummary(number=number, status="done", train=train, metrics=metrics,
                         previous=previous[0] if previous else None,
                         previous_metrics=json.loads(previous[1]) if previous else None,

@@ -236,3 +236,28 @@ def m004_patterns_per_cause(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE generations ADD COLUMN feature VARCHAR")
     con.execute("ALTER TABLE generations ADD COLUMN carries BOOLEAN")
     con.execute("ALTER TABLE examples ADD COLUMN feature VARCHAR")
+
+
+@migration
+def m005_preference_pairs(con: duckdb.DuckDBPyConnection) -> None:
+    # Preference pairs a round collected from its failures (`[train] objective = "sft+dpo"` trains on them): the
+    # expected output chosen, the model's output rejected, with the example, pattern and checks they came from.
+    # Skipped ones are kept with their reason ('leak': its prompt is, or nearly is, a test or corner input;
+    # 'duplicate': the same prompt, chosen and rejected as a pair already kept).
+    con.execute("CREATE SEQUENCE pair_ids START 1")
+    con.execute("""
+        CREATE TABLE pairs (
+            id            INTEGER PRIMARY KEY DEFAULT nextval('pair_ids'),
+            round         INTEGER NOT NULL,         -- the round whose model gave the rejected output
+            example_id    VARCHAR NOT NULL,         -- the analysis example, or the counterexample's example id
+            pattern       VARCHAR,                  -- the round's cluster it is a member of, if any
+            checks        JSON,                     -- the failing checks of the rejected output
+            source        VARCHAR NOT NULL CHECK (source IN ('analysis', 'counterexample')),
+            prompt        VARCHAR NOT NULL,         -- the input, as stored (rendered at training time)
+            chosen        VARCHAR NOT NULL,
+            rejected      VARCHAR NOT NULL,
+            pair_hash     VARCHAR NOT NULL,         -- sha256 of prompt, chosen and rejected
+            status        VARCHAR NOT NULL CHECK (status IN ('active', 'leak', 'duplicate', 'rejected')),
+            detail        VARCHAR,
+            created_at    TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )""")

@@ -1,7 +1,8 @@
-"""Train: a LoRA adapter (or a full fine-tune) through trl's SFTTrainer on prompt/completion pairs.
+"""Train: a LoRA adapter (or a full fine-tune) through trl's SFTTrainer on prompt/completion pairs, and DPO on
+preference pairs through trl's DPOTrainer after it (`[train] objective = "sft+dpo"`).
 
 This is the one module that knows trl's and peft's argument names: refinery's `TrainSettings` are translated
-here into `LoraConfig` and `SFTConfig`.
+here into `LoraConfig`, `SFTConfig` and `DPOConfig`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class TrainResult:
     dtype: str
     log: list[dict[str, Any]]
     start_from: str | None = None  # the adapter it started from ([train] warm_start), else a fresh one
+    dpo: dict[str, Any] | None = None  # objective "sft+dpo": the DPO run after SFT, whose weights these are
 
 
 def train(rows: pl.DataFrame, *, base_model: str, settings: TrainSettings, out_dir: Path,
@@ -52,19 +54,11 @@ def train(rows: pl.DataFrame, *, base_model: str, settings: TrainSettings, out_d
     """Train on rows (input, output); write weights and `train_log.json` under `out_dir`. `start_from`: an
     adapter folder whose weights the new adapter starts from (`[train] warm_start`), instead of a fresh one.
     `steps`: optimizer steps, when not the step rule's for all of `rows`."""
-    import datasets
-    import torch
     from datasets import Dataset
-    from transformers import PrinterCallback, TrainerCallback
-    from transformers.utils import logging
+    from transformers import PrinterCallback
     from trl import SFTTrainer
 
-    logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)  # peft's call
-    torch.manual_seed(settings.seed)
-    device = pick_device()
-    dtype = pick_dtype(device, settings.precision)
+    device, dtype = _prepare(settings)
     tokenizer = load_tokenizer(base_model)
     model = load_base(base_model, dtype=dtype)
     peft_config = lora_config(settings)
@@ -76,17 +70,12 @@ def train(rows: pl.DataFrame, *, base_model: str, settings: TrainSettings, out_d
         model, peft_config = PeftModel.from_pretrained(model, start_from, is_trainable=True), None
     dataset = Dataset.from_dict(training_pairs(rows, tokenizer))
 
-    class Progress(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if on_step:
-                on_step(state.global_step, state.max_steps)
-
     started = time.perf_counter()
     steps = steps or step_budget(settings, rows.height)
     trainer_class = SFTTrainer if fused_loss(model, settings) else _plain_loss_trainer(SFTTrainer)
     trainer = trainer_class(model=model, args=sft_config(settings, out_dir, steps=steps, device=device, dtype=dtype),
                             train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
-                            callbacks=[Progress()])
+                            callbacks=[_progress(on_step)])
     trainer.remove_callback(PrinterCallback)  # the log goes to train_log.json, progress to on_step
     trainer.train()
     seconds = time.perf_counter() - started
@@ -94,12 +83,44 @@ def train(rows: pl.DataFrame, *, base_model: str, settings: TrainSettings, out_d
     trainer.model.save_pretrained(weights)
     if settings.method == "full":
         tokenizer.save_pretrained(weights)
+    return _result(trainer, out_dir / "train_log.json", weights=weights, settings=settings, examples=rows.height,
+                   seconds=seconds, device=device, dtype=dtype, start_from=start_from)
+
+
+def _prepare(settings: TrainSettings) -> tuple[str, Any]:
+    """Quiet the libraries' progress bars, seed torch, and pick the device and precision to train in."""
+    import datasets
+    import torch
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)  # peft's call
+    torch.manual_seed(settings.seed)
+    device = pick_device()
+    return device, pick_dtype(device, settings.precision)
+
+
+def _result(trainer: Any, log_file: Path, *, weights: Path, settings: TrainSettings, examples: int, seconds: float,
+            device: str, dtype: Any, start_from: str | None) -> TrainResult:
+    """The run's log written to `log_file`, and what it made."""
     log = [entry for entry in trainer.state.log_history if "loss" in entry]
-    (out_dir / "train_log.json").write_text(json.dumps(log, indent=1))
+    log_file.write_text(json.dumps(log, indent=1))
     return TrainResult(weights_path=str(weights), method=settings.method, steps=trainer.state.global_step,
-                       examples=rows.height, seconds=round(seconds, 2),
-                       final_loss=log[-1]["loss"] if log else None, device=device, dtype=str(dtype).split(".")[-1],
-                       log=log, start_from=start_from)
+                       examples=examples, seconds=round(seconds, 2), final_loss=log[-1]["loss"] if log else None,
+                       device=device, dtype=str(dtype).split(".")[-1], log=log, start_from=start_from)
+
+
+def _progress(on_step: Callable[[int, int], None] | None) -> Any:
+    """A trainer callback reporting (step, of steps) after each optimizer step."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if on_step:
+                on_step(state.global_step, state.max_steps)
+
+    return Progress()
 
 
 def step_budget(settings: TrainSettings, examples: int) -> int:
@@ -174,29 +195,79 @@ def lora_config(settings: TrainSettings) -> Any:
 
 
 def sft_config(settings: TrainSettings, out_dir: Path, *, steps: int, device: str, dtype: Any) -> Any:
-    import torch
     from trl import SFTConfig
 
-    # trl's defaults are GPU-minded (bf16 on, activation checkpointing on, lr 2e-5, max_length 1024): set them all.
-    return SFTConfig(
-        output_dir=str(out_dir / "trainer"),
-        max_steps=steps,
-        per_device_train_batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type=SCHEDULES[settings.lr_schedule],
-        warmup_steps=max(1, round(steps * settings.warmup)) if settings.warmup else 0,
-        weight_decay=0.0,
-        max_length=settings.max_length,
-        completion_only_loss=True,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        activation_checkpointing=False,
-        use_cpu=device == "cpu",
-        seed=settings.seed,
-        data_seed=settings.seed,
-        logging_steps=max(1, steps // 20),
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    return SFTConfig(output_dir=str(out_dir / "trainer"), learning_rate=settings.learning_rate,
+                     lr_scheduler_type=SCHEDULES[settings.lr_schedule], completion_only_loss=True,
+                     **_trainer_args(settings, steps=steps, device=device, dtype=dtype))
+
+
+def _trainer_args(settings: TrainSettings, *, steps: int, device: str, dtype: Any) -> dict[str, Any]:
+    """What SFTConfig and DPOConfig share. trl's defaults are GPU-minded (bf16 on, activation checkpointing on,
+    max_length 1024, a learning rate for large models): refinery sets them all."""
+    import torch
+
+    return {"max_steps": steps, "per_device_train_batch_size": settings.batch_size,
+            "warmup_steps": max(1, round(steps * settings.warmup)) if settings.warmup else 0, "weight_decay": 0.0,
+            "max_length": settings.max_length, "bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16,
+            "activation_checkpointing": False, "use_cpu": device == "cpu", "seed": settings.seed,
+            "data_seed": settings.seed, "logging_steps": max(1, steps // 20), "save_strategy": "no",
+            "report_to": [], "disable_tqdm": True, "dataloader_num_workers": 0}
+
+
+def train_dpo(pairs: pl.DataFrame, *, base_model: str, settings: TrainSettings, start_from: str, out_dir: Path,
+              on_step: Callable[[int, int], None] | None = None) -> TrainResult:
+    """DPO on pairs (prompt, chosen, rejected; the prompt is the input as stored) from the weights at `start_from`
+    (the round's SFT adapter, or its full model folder), which are also the reference the policy is held to; write
+    the new weights and `dpo_log.json` under `out_dir`."""
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import DPOTrainer
+
+    device, dtype = _prepare(settings)
+    model, tokenizer = _dpo_policy(base_model, start_from, method=settings.method, dtype=dtype)
+
+    started = time.perf_counter()
+    # ref_model=None: with a PeftModel that already holds an adapter, trl copies it into a frozen "ref" adapter and
+    # scores the reference with it, so the reference is the SFT policy (not the base model with adapters disabled,
+    # which is what it uses for a fresh adapter); for a full model it loads a second copy from `start_from`.
+    trainer = DPOTrainer(model=model, ref_model=None,
+                         args=dpo_config(settings, out_dir, device=device, dtype=dtype),
+                         train_dataset=Dataset.from_dict(preference_rows(pairs, tokenizer)),
+                         processing_class=tokenizer, callbacks=[_progress(on_step)])
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    seconds = time.perf_counter() - started
+    weights = out_dir / ("dpo-adapter" if settings.method == "lora" else "dpo-model")
+    if settings.method == "lora":
+        trainer.model.save_pretrained(weights, selected_adapters=["default"])  # not trl's frozen "ref" copy
+    else:
+        trainer.model.save_pretrained(weights)
+        tokenizer.save_pretrained(weights)
+    return _result(trainer, out_dir / "dpo_log.json", weights=weights, settings=settings, examples=pairs.height,
+                   seconds=seconds, device=device, dtype=dtype, start_from=start_from)
+
+
+def _dpo_policy(base_model: str, start_from: str, *, method: str, dtype: Any) -> tuple[Any, Any]:
+    """The model DPO trains and its tokenizer: the base model with the adapter at `start_from` loaded trainable, or
+    the full model saved there."""
+    if method == "full":
+        return load_base(start_from, dtype=dtype), load_tokenizer(start_from)
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(load_base(base_model, dtype=dtype), start_from, is_trainable=True)
+    return model, load_tokenizer(base_model)
+
+
+def preference_rows(pairs: pl.DataFrame, tokenizer: Any) -> dict[str, list[str]]:
+    """prompt/chosen/rejected columns: the rendered prompt and the two outputs (trl appends the EOS token)."""
+    return {"prompt": [render_prompt(tokenizer, text) for text in pairs["prompt"]],
+            "chosen": pairs["chosen"].to_list(), "rejected": pairs["rejected"].to_list()}
+
+
+def dpo_config(settings: TrainSettings, out_dir: Path, *, device: str, dtype: Any) -> Any:
+    from trl import DPOConfig
+
+    return DPOConfig(output_dir=str(out_dir / "dpo-trainer"), learning_rate=settings.dpo_learning_rate,
+                     lr_scheduler_type="constant_with_warmup", beta=settings.dpo_beta, loss_type=["sigmoid"],
+                     **_trainer_args(settings, steps=settings.dpo_steps, device=device, dtype=dtype))

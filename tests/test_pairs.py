@@ -1,0 +1,143 @@
+"""Preference pairs from the loop's failures, and DPO on them after SFT, with the real tiny model and a real store."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import REPO, make_demo, write
+
+from refinery.config import TrainSettings
+from refinery.errors import ConfigError
+from refinery.loop import run_round
+from refinery.pairs import Pair, vet_pairs
+from refinery.project import load_project
+from refinery.store import Store
+
+BASE = str(REPO / "data" / "tiny-base")
+
+
+def completion_logprob(model, tokenizer, prompt: str, completion: str) -> float:
+    """sum log p(completion + EOS | prompt), the prompt rendered as training and inference render it."""
+    import torch
+
+    from refinery.prompts import render_prompt
+
+    rendered = render_prompt(tokenizer, prompt)
+    start = len(tokenizer(rendered)["input_ids"])
+    ids = tokenizer(rendered + completion + tokenizer.eos_token)["input_ids"]
+    with torch.no_grad():
+        logps = model(torch.tensor([ids])).logits.log_softmax(-1)[0]
+    return sum(logps[i - 1, ids[i]].item() for i in range(start, len(ids)))
+
+
+def margin(adapter: str, pairs: pl.DataFrame) -> float:
+    """Mean log p(chosen) - log p(rejected) over `pairs` under the base model with `adapter`."""
+    import torch
+    from peft import PeftModel
+
+    from refinery.device import load_base, load_tokenizer
+
+    tokenizer = load_tokenizer(BASE)
+    model = PeftModel.from_pretrained(load_base(BASE, dtype=torch.float32), adapter).eval()
+    gaps = [completion_logprob(model, tokenizer, p, c) - completion_logprob(model, tokenizer, p, r)
+            for p, c, r in pairs.select("prompt", "chosen", "rejected").iter_rows()]
+    return sum(gaps) / len(gaps)
+
+
+def wrong(output: str) -> str:
+    """The failure the demo's first rounds make: the weather tag dropped, or one where none belongs."""
+    if "<display_weather>" in output:
+        return re.sub(r"<display_weather>.*</display_weather>", "", output)
+    return output + "<display_weather>☀️</display_weather>"
+
+
+def test_dpo_lowers_the_rejected_output_against_the_chosen_one(tmp_path: Path) -> None:
+    from refinery.train import train, train_dpo
+
+    seed = pl.read_ndjson(REPO / "data" / "demo" / "seed.jsonl").select("input", "output")
+    settings = TrainSettings(batch_size=4, steps=6, dpo_steps=8)
+    sft = train(seed, base_model=BASE, settings=settings, out_dir=tmp_path / "sft")
+    pairs = seed.head(4).select(pl.col("input").alias("prompt"), pl.col("output").alias("chosen"),
+                                pl.col("output").map_elements(wrong, return_dtype=pl.String).alias("rejected"))
+    dpo = train_dpo(pairs, base_model=BASE, settings=settings, start_from=sft.weights_path, out_dir=tmp_path / "dpo")
+    assert dpo.steps == 8 and Path(dpo.weights_path, "adapter_config.json").is_file()
+    assert not Path(dpo.weights_path, "ref").exists()  # trl's frozen reference copy is not saved
+    # The SFT adapter is the reference: policy and reference start equal, so the first loss is log 2.
+    assert dpo.log[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
+    before, after = margin(sft.weights_path, pairs), margin(dpo.weights_path, pairs)
+    assert after > before + 1.0, (before, after)
+
+
+@pytest.fixture(scope="module")
+def dpo_rounds(tmp_path_factory: pytest.TempPathFactory):
+    """The demo project with objective "sft+dpo", after two rounds: round 1 collects pairs, round 2 trains on them."""
+    project = make_demo(tmp_path_factory.mktemp("pairs") / "demo")
+    project = project.with_config(project.config.override("train", objective="sft+dpo", dpo_steps=4))
+    return project, [run_round(project), run_round(project)]
+
+
+def test_a_sft_dpo_round_records_pairs_none_from_test_or_corner(dpo_rounds) -> None:
+    project, (first, second) = dpo_rounds
+    assert "dpo" not in first.train  # round 1: no pairs yet, SFT only
+    assert second.train["dpo"]["pairs"] > 0 and second.train["weights"].endswith("dpo-adapter")
+    with Store(project.store_path, read_only=True) as store:
+        assert store.scalar("SELECT adapter_path FROM rounds WHERE number = 2") == second.train["weights"]
+        counts = dict(store.frame("SELECT round, count(*) FROM pairs WHERE status = 'active' GROUP BY round").rows())
+        assert counts.get(1, 0) > 0 and counts.get(2, 0) > 0
+        # Analysis pairs are analysis examples; counterexample pairs are the generated examples stored with them.
+        assert store.frame("SELECT p.source, e.split, e.source FROM pairs p JOIN examples e ON e.id = p.example_id "
+                           "GROUP BY ALL ORDER BY ALL").rows() in (
+            [("analysis", "analysis", "import")],
+            [("analysis", "analysis", "import"), ("counterexample", "train", "generated")])
+        held = "SELECT input FROM examples WHERE split IN ('test', 'corner')"
+        assert store.scalar(f"SELECT count(*) FROM pairs p JOIN examples e ON e.id = p.example_id "
+                            f"WHERE e.split IN ('test', 'corner') OR p.prompt IN ({held})") == 0
+        assert store.scalar("SELECT count(*) FROM pairs WHERE chosen = rejected") == 0
+        row = store.frame("SELECT p.example_id, p.pattern, p.checks FROM pairs p WHERE p.round = 1 "
+                          "AND p.pattern IS NOT NULL LIMIT 1").row(0)
+        assert store.scalar("SELECT count(*) FROM cluster_members WHERE cluster_id = ? AND example_id = ?",
+                            [row[1], row[0]]) == 1 and json.loads(row[2])
+
+
+def test_pairs_leaking_a_test_input_or_stored_twice_are_not_active(dpo_rounds) -> None:
+    from refinery.analyze import make_embedder
+
+    project, _ = dpo_rounds
+    with Store(project.store_path) as store:
+        test_input = store.scalar("SELECT input FROM examples WHERE split = 'test' ORDER BY id LIMIT 1")
+        stored = store.frame("SELECT example_id, prompt, chosen, rejected FROM pairs WHERE status = 'active' "
+                             "LIMIT 1").row(0, named=True)
+        pairs = [Pair("x1", test_input, "a", "b", "analysis"),
+                 Pair("x2", test_input.replace("?", " ?"), "a", "b", "analysis"),  # a near-duplicate
+                 Pair(stored["example_id"], stored["prompt"], stored["chosen"], stored["rejected"], "analysis")]
+        vetted = vet_pairs(store, pairs, embedder=make_embedder("all-MiniLM-L6-v2"), near_test=0.95)
+    assert [p.status for p in vetted] == ["leak", "leak", "duplicate"]
+    assert vetted[1].detail.startswith("near-duplicate of ")
+
+
+def test_export_pairs_writes_trl_preference_format(dpo_rounds, cli, tmp_path: Path) -> None:
+    project, _ = dpo_rounds
+    with Store(project.store_path, read_only=True) as store:
+        active = store.frame("SELECT prompt, chosen, rejected FROM pairs WHERE status = 'active' ORDER BY id")
+    for name in ("pairs.jsonl", "pairs.parquet"):
+        result = cli("--project", str(project.root), "export", "--pairs", "-o", str(tmp_path / name))
+        assert result.code == 0 and result.out.strip() == f"Wrote {active.height} preference pairs to " \
+            f"{tmp_path / name}"
+        back = pl.read_parquet(tmp_path / name) if name.endswith("parquet") else pl.read_ndjson(tmp_path / name)
+        assert back.height == active.height
+        first = back.row(0, named=True)
+        assert first["prompt"] == [{"role": "user", "content": active["prompt"][0]}]
+        assert first["chosen"] == [{"role": "assistant", "content": active["chosen"][0]}]
+        assert first["rejected"] == [{"role": "assistant", "content": active["rejected"][0]}]
+
+
+def test_an_unknown_objective_names_the_choices(tmp_path: Path) -> None:
+    write(tmp_path / "refinery.toml", '[train]\nobjective = "dpo"\n')
+    with pytest.raises(ConfigError) as err:
+        load_project(tmp_path, environ={})
+    assert str(err.value) == f"{tmp_path / 'refinery.toml'}:2: [train] objective = \"dpo\": " \
+        "expected one of: sft, sft+dpo."
