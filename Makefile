@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all install chromium smollm2
+.PHONY: demo demo-smollm2 test test-all test-models install chromium smollm2
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,20 @@ demo: install
 	$(BIN)/refinery status
 	$(BIN)/refinery report
 
+# The same demo on a real pretrained model, SmolLM2-135M-Instruct, with the budget of examples/smollm2-cpu (about an
+# hour on a 2-core CPU). On a GPU: make demo-smollm2 SMOLLM2_PROJECT=examples/smollm2-gpu (the full budget).
+SMOLLM2_PROJECT ?= examples/smollm2-cpu
+SMOL := $(BIN)/refinery --project $(SMOLLM2_PROJECT)
+demo-smollm2: smollm2
+	$(SMOL) ingest data/demo/seed.jsonl --split train --source seed
+	$(SMOL) ingest data/demo/eval.jsonl --split analysis
+	$(SMOL) ingest data/demo/test.jsonl --split test
+	$(SMOL) ingest data/demo/corner.jsonl --split corner
+	HF_HUB_OFFLINE=1 $(SMOL) baseline
+	HF_HUB_OFFLINE=1 $(SMOL) iterate --until-plateau
+	$(SMOL) status
+	$(SMOL) report
+
 # The report's test opens the page in headless Chromium, and the review page's test drives it through chromium-driver
 # (Selenium): Debian's packages, installed here when missing (as root).
 chromium:
@@ -51,3 +65,8 @@ test: install chromium
 
 test-all: install chromium
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# The tests with the real pretrained model (SmolLM2-135M-Instruct, slow-marked): `.ci/run` runs them after `make test`.
+# They convert the model into a temporary cache once (about 20 s to 2 min) and train two LoRA steps on a CPU.
+test-models: smollm2
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m slow tests/test_models.py

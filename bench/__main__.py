@@ -5,6 +5,8 @@
     bench/run --parts efficiency --seeds 5 --rounds 3
     bench/run --parts ceiling      # the recipe on oracle data alone (a few minutes)
     bench/run --report-only        # re-render the markdown and plots from the last results JSON
+    bench/run --parts objective --seeds 3 --rounds 5                 # SFT against SFT+DPO (about 40 minutes)
+    bench/run --parts objective,model --model-project examples/smollm2-cpu   # and a real model's rounds beside
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from typing import Any  # noqa: E402
 
 from bench.demo import REPO  # noqa: E402
 
-PARTS = ("ceiling", "demo", "efficiency", "stages", "scale")
+PARTS = ("ceiling", "demo", "efficiency", "stages", "scale", "objective", "model")
+DEFAULT_PARTS = PARTS[:5]  # objective and model are asked for by name: each adds its own section to the page
 FULL = {"seeds": 3, "rounds": 4, "steps": None, "eval_rows": None, "analysis_sizes": [1000, 10000, 100000],
         "clusterers": ["silhouette", "kmeans-fixed"], "ingest_sizes": [10000, 100000, 1000000],
         "embed_texts": 2000, "scale_timeout": 150.0}
@@ -40,7 +43,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny setting (smoke test); output to OUT/quick")
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of: {', '.join(PARTS)}")
+    parser.add_argument("--parts", default=",".join(DEFAULT_PARTS),
+                        help=f"comma-separated subset of: {', '.join(PARTS)} (default: {', '.join(DEFAULT_PARTS)})")
+    parser.add_argument("--arms", default="sft,sft+dpo",
+                        help="objective part: the [train] objectives to compare (sft, sft+dpo, dpo)")
+    parser.add_argument("--model-project", type=Path, metavar="DIR",
+                        help="model part: a project that ran the demo on another base model (its rounds are read)")
+    parser.add_argument("--reference-project", type=Path, metavar="DIR",
+                        help="model part: a project that ran the demo on the bundled model on this machine (default: "
+                             "the objective part's sft arm of seed 0, run in the same invocation)")
     parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (full: 3)")
     parser.add_argument("--rounds", type=int, help="rounds per arm (full: 4)")
     parser.add_argument("--steps", type=int, help="fixed [train] steps of a round (full: unset, the demo's step rule)")
@@ -69,6 +80,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.parts = [p for p in args.parts.split(",") if p]
+    args.arms = tuple(a for a in args.arms.split(",") if a)
+    if "model" in args.parts and not args.model_project:
+        parser.error("--parts model needs --model-project DIR")
     unknown = [p for p in args.parts if p not in PARTS]
     if unknown:
         parser.error(f"--parts: unknown {', '.join(unknown)} (expected: {', '.join(PARTS)})")
@@ -103,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         results_path.write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
 
-    fresh = {"efficiency", "stages"} | (set() if args.from_project else {"ceiling", "demo"})
+    fresh = {"efficiency", "stages", "objective"} | (set() if args.from_project else {"ceiling", "demo"})
     if set(args.parts) & fresh:
         from bench.stages import warm_up
 
@@ -189,7 +203,26 @@ def _demo(args, work: Path, log, results: dict[str, Any], save) -> dict[str, Any
                     max_rounds=args.rounds if args.quick else None)
 
 
-RUNNERS = {"ceiling": _ceiling, "demo": _demo, "efficiency": _efficiency, "stages": _stages, "scale": _scale}
+def _objective(args, work: Path, log, results: dict[str, Any], save) -> list[dict[str, Any]]:
+    from bench.objective import run_objective
+
+    def partial(rows: list[dict[str, Any]]) -> None:
+        results["objective"] = rows
+        save()
+
+    return run_objective(seeds=list(range(args.seeds)), rounds=args.rounds, steps=args.steps,
+                         eval_rows=args.eval_rows, work=work, log=log, arms=args.arms, on_row=partial)
+
+
+def _model(args, work: Path, log, results: dict[str, Any], save) -> dict[str, Any]:
+    from bench.models import compare
+
+    reference = args.reference_project or work / "objective" / "seed-0" / "sft"
+    return compare(args.model_project, reference)
+
+
+RUNNERS = {"ceiling": _ceiling, "demo": _demo, "efficiency": _efficiency, "stages": _stages, "scale": _scale,
+           "objective": _objective, "model": _model}
 
 
 def _logger(started: float):

@@ -22,11 +22,26 @@ from typing import Any
 from bench.demo import make_project
 
 ARMS = ("targeted", "random", "steps")
+OBJECTIVES = ("sft", "sft+dpo", "dpo")
 
 
 def run_efficiency(*, seeds: list[int], rounds: int, steps: int | None, eval_rows: int | None, work: Path,
                    log, on_row=None) -> list[dict[str, Any]]:
     """Every arm for every seed; one row per (seed, arm, round). `on_row` is called after each round."""
+    def arms(seed: int, keep) -> None:
+        targeted = run_arm("targeted", seed, rounds, steps, eval_rows, work, log, keep, wanted=None)
+        run_arm("random", seed, rounds, steps, eval_rows, work, log, keep,
+                wanted=[row["added"] for row in targeted])
+        keep({**targeted[0], "arm": "steps", "added": 0, "by_template": {}, "shared_with": "targeted"})
+        run_arm("steps", seed, rounds, steps, eval_rows, work, log, keep, wanted=None, first=2,
+                compute=[row["steps"] for row in targeted])
+
+    return per_seed(seeds, arms, log=log, on_row=on_row)
+
+
+def per_seed(seeds: list[int], arms, *, log, on_row=None) -> list[dict[str, Any]]:
+    """`arms(seed, keep)` for every seed, `keep` collecting its rows (and passing them all to `on_row` after each);
+    logs the time per seed and what is left."""
     rows: list[dict[str, Any]] = []
 
     def keep(row: dict[str, Any]) -> None:
@@ -36,16 +51,11 @@ def run_efficiency(*, seeds: list[int], rounds: int, steps: int | None, eval_row
 
     began = time.perf_counter()
     for done, seed in enumerate(seeds):
-        targeted = _run_arm("targeted", seed, rounds, steps, eval_rows, work, log, keep, wanted=None)
-        _run_arm("random", seed, rounds, steps, eval_rows, work, log, keep,
-                 wanted=[row["added"] for row in targeted])
-        keep({**targeted[0], "arm": "steps", "added": 0, "by_template": {}, "shared_with": "targeted"})
-        _run_arm("steps", seed, rounds, steps, eval_rows, work, log, keep, wanted=None, first=2,
-                 compute=[row["steps"] for row in targeted])
-        per_seed = (time.perf_counter() - began) / (done + 1)
+        arms(seed, keep)
+        each = (time.perf_counter() - began) / (done + 1)
         if done + 1 < len(seeds):
-            log(f"{per_seed / 60:.1f} min per seed; about {per_seed * (len(seeds) - done - 1) / 60:.0f} min to go "
-                f"in this part")
+            log(f"{each / 60:.1f} min per seed; about {each * (len(seeds) - done - 1) / 60:.0f} min to go in this "
+                f"part")
     return rows
 
 
@@ -54,11 +64,13 @@ def arm_overrides(arm: str, seed: int, steps: int | None) -> dict[str, dict[str,
     train: dict[str, Any] = {"seed": seed}
     if steps is not None:
         train["steps"] = steps
-    targeting = {"targeted": "patterns", "random": "random", "steps": "off"}[arm]
+    if arm in OBJECTIVES:  # bench/objective.py's arms: targeted data, trained under one `[train] objective`
+        train["objective"] = arm
+    targeting = {"random": "random", "steps": "off"}.get(arm, "patterns")
     return {"core": {"seed": seed}, "train": train, "generate": {"targeting": targeting, "review": False}}
 
 
-def _run_arm(arm: str, seed: int, rounds: int, steps: int | None, eval_rows: int | None, work: Path, log, keep,
+def run_arm(arm: str, seed: int, rounds: int, steps: int | None, eval_rows: int | None, work: Path, log, keep,
              *, wanted: list[int] | None, first: int = 1, compute: list[int] | None = None
              ) -> list[dict[str, Any]]:
     from refinery.loop import run_round
@@ -94,6 +106,7 @@ def _run_arm(arm: str, seed: int, rounds: int, steps: int | None, eval_rows: int
             "analysis_pass_rate": summary.metrics.get("analysis", {}).get("pass_rate"),
             "corner_pass_rate": summary.metrics.get("corner", {}).get("pass_rate"),
             "final_loss": summary.train["final_loss"], "train_seconds": summary.train["seconds"],
+            "dpo": summary.train.get("dpo"), "pairs": _pair_count(project, summary.number),
             "stages": summary.stages, "seconds": round(seconds, 2), "project": str(project.root),
             "test_outcomes": _test_outcomes(project, summary.number),
         }
@@ -110,6 +123,14 @@ def _train_count(project) -> int:
 
     with Store(project.store_path) as store:
         return store.scalar("SELECT count(*) FROM examples WHERE split = 'train' AND status = 'active'")
+
+
+def _pair_count(project, number: int) -> int:
+    """The active preference pairs round `number` collected (what later rounds' DPO can train on)."""
+    from refinery.store import Store
+
+    with Store(project.store_path) as store:
+        return store.scalar("SELECT count(*) FROM pairs WHERE round = ? AND status = 'active'", [number])
 
 
 def _test_outcomes(project, number: int) -> dict[str, bool]:

@@ -16,11 +16,23 @@ PLOT = "benchmarks/sample-efficiency.svg"
 
 
 def write_report(results: dict[str, Any], docs: Path, *, target: float | None = None) -> Path:
+    """docs/benchmarks.md: rendered anew when the run measured any of the page's main parts (keeping the objective
+    and model sections of the old page when it did not measure those), else the old page with only the sections of
+    the parts this run measured replaced."""
+    from bench.report_parts import SPLICED, carry, splice
+
     docs.mkdir(parents=True, exist_ok=True)
-    if results.get("efficiency"):
-        plot_efficiency(results["efficiency"], docs / PLOT)
     page = docs / "benchmarks.md"
-    page.write_text(render(results, target=target), encoding="utf-8")
+    old = page.read_text(encoding="utf-8") if page.is_file() else ""
+    if any(results.get(part) for part in ("ceiling", "demo", "efficiency", "stages", "scale")) or not old:
+        if results.get("efficiency"):
+            plot_efficiency(results["efficiency"], docs / PLOT)
+        text = carry(render(results, target=target), old, results)
+    else:
+        text = old
+    if any(results.get(part) for part in SPLICED):
+        text = splice(text, results)
+    page.write_text(text, encoding="utf-8")
     return page
 
 

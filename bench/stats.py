@@ -21,10 +21,10 @@ def spread(values: list[float]) -> dict[str, Any]:
             "q1": q1, "q3": q3}
 
 
-def curves(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def curves(rows: list[dict[str, Any]], arms: tuple[str, ...] = ARMS) -> dict[str, list[dict[str, Any]]]:
     """Per arm, per round: the spread of the test pass rate and of the examples added before the round."""
     out: dict[str, list[dict[str, Any]]] = {}
-    for arm in ARMS:
+    for arm in arms:
         mine = [r for r in rows if r["arm"] == arm]
         for number in sorted({r["round"] for r in mine}):
             these = [r for r in mine if r["round"] == number]
@@ -132,22 +132,30 @@ def paired_test(differences: list[float]) -> dict[str, Any] | None:
 def mcnemar(rows: list[dict[str, Any]], number: int) -> dict[str, Any] | None:
     """Targeted against random on the same test examples at one round, pooled over seeds: how many only targeted
     passed (b), only random passed (c), and the exact two-sided McNemar p-value (a binomial test on b of b + c)."""
+    out = mcnemar_arms(rows, number, "targeted", "random")
+    return out and {"pairs": out["pairs"], "only_targeted": out["only_a"], "only_random": out["only_b"],
+                    "p": out["p"]}
+
+
+def mcnemar_arms(rows: list[dict[str, Any]], number: int, a: str, b: str) -> dict[str, Any] | None:
+    """Arm `a` against arm `b` on the same test examples at round `number`, pooled over seeds: how many only `a`
+    passed, only `b` passed, and the exact two-sided McNemar p-value (a binomial test on the first of the two)."""
     from scipy.stats import binomtest
 
     by = {(r["arm"], r["seed"]): r.get("test_outcomes") for r in rows if r["round"] == number}
-    b = c = pairs = 0
-    for (arm, seed), targeted in by.items():
-        random_ = by.get(("random", seed))
-        if arm != "targeted" or not targeted or not random_:
+    only_a = only_b = pairs = 0
+    for (arm, seed), first in by.items():
+        second = by.get((b, seed))
+        if arm != a or not first or not second:
             continue
-        for example_id in targeted.keys() & random_.keys():
+        for example_id in first.keys() & second.keys():
             pairs += 1
-            b += targeted[example_id] and not random_[example_id]
-            c += random_[example_id] and not targeted[example_id]
+            only_a += first[example_id] and not second[example_id]
+            only_b += second[example_id] and not first[example_id]
     if not pairs:
         return None
-    p = binomtest(b, b + c, 0.5).pvalue if b + c else 1.0
-    return {"pairs": pairs, "only_targeted": b, "only_random": c, "p": float(p)}
+    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return {"pairs": pairs, "only_a": only_a, "only_b": only_b, "p": float(p)}
 
 
 def data_ratio(t: dict[str, Any] | None, r: dict[str, Any] | None) -> dict[str, Any] | None:

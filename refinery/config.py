@@ -107,12 +107,13 @@ class TrainSettings:
         "sft", "What a round optimises. sft: supervised fine-tuning on the training set. sft+dpo: the same, then "
         "DPO (direct preference optimisation) on the preference pairs earlier rounds collected from their failures "
         "(expected output chosen, the model's output rejected), starting from the SFT weights with them as the "
-        "reference; the DPO weights are the round's. Round 1 has no pairs yet and trains SFT only.",
-        choices=("sft", "sft+dpo"))
+        "reference; the DPO weights are the round's. dpo: DPO alone from the last round's weights (which are the "
+        "reference), no SFT; needs method = \"lora\". Round 1 has no pairs yet and trains SFT only.",
+        choices=("sft", "sft+dpo", "dpo"))
     dpo_beta: float = opt(0.1, "DPO beta: how far the policy may move from the reference (the SFT weights); "
                           "lower lets it move further.", min=0.0, max=10.0)
-    dpo_steps: int = opt(20, "DPO optimizer steps per round (objective = \"sft+dpo\"), at batch_size pairs a step.",
-                         min=1)
+    dpo_steps: int = opt(20, "DPO optimizer steps per round (objective \"sft+dpo\" or \"dpo\"), at batch_size "
+                         "pairs a step.", min=1)
     dpo_learning_rate: float = opt(1e-3, "DPO learning rate (constant after warmup). 1e-3 suits the bundled tiny "
                                    "model; about 5e-6 suits a 1B model.", min=0.0, max=1.0)
 
@@ -357,6 +358,11 @@ def _check_section(cls: type, values: dict[str, Any], where: _Where, *, extra_na
         raise ConfigError(f"{where.at(key)} min_steps = {settings.min_steps} is above max_steps = "
                           f"{settings.max_steps}: expected min_steps <= max_steps. Lower min_steps or raise "
                           f"max_steps.")
+    if isinstance(settings, TrainSettings) and settings.objective == "dpo" and settings.method == "full":
+        key = "objective" if "objective" in values else "method"
+        raise ConfigError(f"{where.at(key)} objective = \"dpo\" with method = \"full\": DPO alone continues the "
+                          f"last round's LoRA adapter, which a full fine-tune does not make. Use objective = "
+                          f"\"sft+dpo\", or method = \"lora\".")
     return settings
 
 

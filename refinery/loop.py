@@ -15,7 +15,7 @@ import os
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -125,24 +125,6 @@ def _warm_start(project: Project, number: int, train_rows: pl.DataFrame) -> tupl
     return found[1], step_budget(project.config.train, new)
 
 
-def _then_dpo(project: Project, number: int, sft, base_model: str, round_dir: Path, timer) -> tuple[Any, str]:
-    """`[train] objective = "sft+dpo"`: DPO from the round's SFT weights on the active pairs of earlier rounds (this
-    round's pairs need this round's evaluation, which is of the weights DPO makes). The result carries the DPO
-    weights, the round's; unchanged, with the reason, when no round has collected pairs yet."""
-    from refinery.train import train_dpo
-
-    with Store(project.store_path, wait=STORE_WAIT) as store:
-        pairs = active_pairs(store, before=number)
-    if pairs.height == 0:
-        return sft, "; no preference pairs yet, so no DPO"
-    dpo = train_dpo(pairs, base_model=base_model, settings=project.config.train, start_from=sft.weights_path,
-                    out_dir=round_dir, on_step=timer.progress)
-    detail = {"steps": dpo.steps, "pairs": dpo.examples, "seconds": dpo.seconds, "final_loss": dpo.final_loss,
-              "sft_weights": sft.weights_path}
-    return replace(sft, weights_path=dpo.weights_path, dpo=detail), \
-        f"; then DPO {dpo.steps} steps on {dpo.examples} pairs, loss {dpo.final_loss:.3f}"
-
-
 def _restart_note(number: int, attempt: int, error: str | None, resume: bool) -> str:
     """"Restarting interrupted round 2 (attempt 2; ...)": what the next `iterate` does with a round that did not
     finish, from the error its last attempt recorded ("attempt 1: interrupted")."""
@@ -161,16 +143,18 @@ def _run_stages(project, number, train_rows, rules, env, base_model, embedder, r
         result = train.TrainResult(**json.loads((round_dir / "train.json").read_text()))
         timer.resumed("train", result.seconds, "adapter of the interrupted attempt reused")
     else:
-        start_from, steps = _warm_start(project, number, train_rows) if config.train.warm_start else (None, None)
+        # objective "dpo" continues the last round's weights whatever warm_start says: DPO needs a policy to move
+        start_from, steps = _warm_start(project, number, train_rows) \
+            if config.train.warm_start or config.train.objective == "dpo" else (None, None)
         with timer.stage("train") as note:
-            result = train.train(train_rows, base_model=base_model, settings=config.train, out_dir=round_dir,
-                                 on_step=timer.progress, start_from=start_from, steps=steps)
+            with Store(project.store_path, wait=STORE_WAIT) as store:  # this round's pairs need its own evaluation
+                pairs = active_pairs(store, before=number)
+            result, what = train.train_round(train_rows, pairs.clear() if config.train.objective == "sft" else pairs,
+                                             base_model=base_model, settings=config.train, out_dir=round_dir,
+                                             on_step=timer.progress, start_from=start_from, steps=steps)
             warm = f", from round {Path(start_from).parent.name.split('-')[-1].lstrip('0')}'s adapter" \
                 if start_from else ""
-            result, then = _then_dpo(project, number, result, base_model, round_dir, timer) \
-                if config.train.objective == "sft+dpo" else (result, "")
-            note(f"{result.steps} steps on {result.examples} examples{warm}, loss {result.final_loss:.3f}, "
-                 f"{result.device}{then}")
+            note(f"{what}{warm}, {result.device}")
         (round_dir / "train.json").write_text(json.dumps(asdict(result)))
     weights = result.weights_path
     model_path, adapter = (weights, None) if result.method == "full" else (base_model, weights)

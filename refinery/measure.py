@@ -22,6 +22,7 @@ import polars as pl
 
 from refinery.errors import RefineryError
 from refinery.mix import cue_metrics, cue_variants
+from refinery.pairs import active_pairs
 from refinery.project import Project, resolve_base_model
 from refinery.store import ROUND_WAIT as STORE_WAIT
 from refinery.store import Store, insert_frame
@@ -271,8 +272,9 @@ def run_ceiling(project: Project, *, on_start=None, on_step=None) -> dict[str, A
 
 
 def rerun_round(project: Project, number: int, *, on_start=None, on_step=None) -> dict[str, Any]:
-    """Train round `number` again from what it recorded (its config snapshot and its exact training set) and
-    measure it on the test split; compare with the figures and the weights it recorded."""
+    """Train round `number` again from what it recorded (its config snapshot, its exact training set and, under
+    `[train] objective` "sft+dpo" or "dpo", the preference pairs of the rounds before it) and measure it on the
+    test split; compare with the figures and the weights it recorded."""
     from refinery import train
     from refinery.config import config_from_table
     from refinery.rules import load_rules
@@ -287,6 +289,7 @@ def rerun_round(project: Project, number: int, *, on_start=None, on_step=None) -
         examples = store.frame("SELECT e.id, e.input, e.output, e.kind FROM round_examples r JOIN examples e "
                                "ON e.id = r.example_id WHERE r.round = ? ORDER BY e.id", [number])
         test = held_out(store, splits=("test",))
+        pairs = active_pairs(store, before=number)  # what its DPO trained on (a pair never changes once stored)
     snapshot = json.loads(row[2])
     snapshot.pop("reference", None)
     config = config_from_table(snapshot, path=Path(f"round {number} snapshot"), text="", pyproject=False)
@@ -300,8 +303,8 @@ def rerun_round(project: Project, number: int, *, on_start=None, on_step=None) -
     start_from, steps = _started_from(project, number)
     out_dir = project.runs_dir / f"round-{number:03d}" / time.strftime("rerun-%Y%m%d-%H%M%S")
     base_model = resolve_base_model(recorded)
-    result = train.train(examples, base_model=base_model, settings=config.train, out_dir=out_dir, on_step=on_step,
-                         start_from=start_from, steps=steps)
+    result, _ = train.train_round(examples, pairs, base_model=base_model, settings=config.train, out_dir=out_dir,
+                                  on_step=on_step, start_from=start_from, steps=steps)
     model_path, adapter = ((result.weights_path, None) if result.method == "full"
                            else (base_model, result.weights_path))
     asked = ask(recorded, load_rules(project.rules_dir), test, model_path=model_path, adapter=adapter)

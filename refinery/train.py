@@ -1,5 +1,5 @@
 """Train: a LoRA adapter (or a full fine-tune) through trl's SFTTrainer on prompt/completion pairs, and DPO on
-preference pairs through trl's DPOTrainer after it (`[train] objective = "sft+dpo"`).
+preference pairs through trl's DPOTrainer after it (`[train] objective = "sft+dpo"`) or in its place ("dpo").
 
 This is the one module that knows trl's and peft's argument names: refinery's `TrainSettings` are translated
 here into `LoraConfig`, `SFTConfig` and `DPOConfig`.
@@ -12,7 +12,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,40 @@ def train(rows: pl.DataFrame, *, base_model: str, settings: TrainSettings, out_d
         tokenizer.save_pretrained(weights)
     return _result(trainer, out_dir / "train_log.json", weights=weights, settings=settings, examples=rows.height,
                    seconds=seconds, device=device, dtype=dtype, start_from=start_from)
+
+
+def train_round(rows: pl.DataFrame, pairs: pl.DataFrame, *, base_model: str, settings: TrainSettings, out_dir: Path,
+                on_step: Callable[[int, int], None] | None = None, start_from: str | None = None,
+                steps: int | None = None) -> tuple[TrainResult, str]:
+    """A round's training under `[train] objective`, and a note on what ran. sft: `train` on `rows`. sft+dpo: then
+    DPO on `pairs` from the SFT weights. dpo: DPO on `pairs` from `start_from` (the last round's weights) in place
+    of SFT. Without pairs, or for dpo without weights to start from (round 1), SFT alone. The result carries the
+    weights the round ends with; for DPO, `dpo` says how it ran (and, after SFT, which SFT weights it started from)."""
+    if settings.objective == "dpo" and start_from and pairs.height:
+        dpo = train_dpo(pairs, base_model=base_model, settings=settings, start_from=start_from, out_dir=out_dir,
+                        on_step=on_step)
+        return replace(dpo, dpo=_dpo_detail(dpo, start_from)), \
+            f"DPO {dpo.steps} steps on {dpo.examples} pairs (no SFT), loss {_loss(dpo)}"
+    sft = train(rows, base_model=base_model, settings=settings, out_dir=out_dir, on_step=on_step,
+                start_from=start_from, steps=steps)
+    note = f"{sft.steps} steps on {sft.examples} examples, loss {_loss(sft)}"
+    if settings.objective == "sft":
+        return sft, note
+    if pairs.height == 0:
+        return sft, f"{note}; no preference pairs yet, so no DPO"
+    dpo = train_dpo(pairs, base_model=base_model, settings=settings, start_from=sft.weights_path, out_dir=out_dir,
+                    on_step=on_step)
+    return replace(sft, weights_path=dpo.weights_path, dpo=_dpo_detail(dpo, sft.weights_path)), \
+        f"{note}; then DPO {dpo.steps} steps on {dpo.examples} pairs, loss {_loss(dpo)}"
+
+
+def _dpo_detail(dpo: TrainResult, start_from: str) -> dict[str, Any]:
+    return {"steps": dpo.steps, "pairs": dpo.examples, "seconds": dpo.seconds, "final_loss": dpo.final_loss,
+            "start_from": start_from}
+
+
+def _loss(result: TrainResult) -> str:
+    return "n/a" if result.final_loss is None else f"{result.final_loss:.3f}"
 
 
 def _prepare(settings: TrainSettings) -> tuple[str, Any]:

@@ -162,3 +162,40 @@ def test_the_paired_test_over_seeds() -> None:
     assert result["p"] == pytest.approx(ttest_1samp(gaps, 0.0).pvalue) and result["p"] < 0.05
     assert result["wilcoxon_p"] == pytest.approx(0.0625)  # 2 / 2^5: the least five seeds can give
     assert paired_test([0.02] * 5)["p"] is None and paired_test([0.0, 0.0]) is None and paired_test([0.1]) is None
+
+
+def _objective_rows(gap: float) -> list[dict]:
+    """Two seeds, SFT and SFT+DPO, two rounds; at round 2 SFT+DPO passes examples a2, a3 that SFT fails."""
+    rows = []
+    for seed in (0, 1):
+        for arm in ("sft", "sft+dpo"):
+            for number in (1, 2):
+                better = arm == "sft+dpo" and number == 2
+                outcomes = {"a1": True, "a2": better, "a3": better, "a4": False}
+                rows.append({"seed": seed, "arm": arm, "round": number, "steps": 40, "batch_size": 16,
+                             "test_pass_rate": sum(outcomes.values()) / 4 + (gap if better else 0.0),
+                             "test_outcomes": outcomes, "train_seconds": 10.0, "seconds": 30.0,
+                             "stages": {"train": 12.0}, "pairs": 7, "added_before": 0, "added": 5,
+                             "dpo": {"steps": 20, "pairs": 7, "seconds": 2.5} if better else None})
+    return rows
+
+
+def test_the_objective_section_is_spliced_into_the_page_and_replaced_by_the_next_run(tmp_path: Path) -> None:
+    from bench.report import write_report
+    from bench.report_parts import carry
+
+    (tmp_path / "benchmarks.md").write_text("# Benchmarks\n\nThe efficiency run's page.\n", encoding="utf-8")
+    results = {"settings": {"parts": ["objective"], "train": []}, "date": "2026-12-05", "commit": "abc1234",
+               "seconds": {"objective": 240.0}, "machine": {"load_at_start": ["1.00"]}}
+    write_report({**results, "objective": _objective_rows(0.0)}, tmp_path)
+    page = (tmp_path / "benchmarks.md").read_text(encoding="utf-8")
+    assert page.startswith("# Benchmarks\n\nThe efficiency run's page.\n\n<!-- bench:objective -->\n")
+    # round 2: +50 points on both seeds; 2 examples x 2 seeds only SFT+DPO passed, none only SFT: p = 2 / 2^4
+    assert "| 2 | +50.0 points | 2 / 0 / 0 | 4 | 0 | 0.125 |" in page
+    assert "| 2 | 25.0 % | 75.0 % | 7 |" in page  # pairs of round 1, what round 2's DPO trains on
+    assert "of which DPO training 2.5 s (median of 2 runs)" in page
+    write_report({**results, "objective": _objective_rows(0.01)}, tmp_path)  # measured again: replaced in place
+    again = (tmp_path / "benchmarks.md").read_text(encoding="utf-8")
+    assert again.count("<!-- bench:objective -->") == 1 and "| 2 | 25.0 % | 76.0 % | 7 |" in again
+    kept = carry("# Benchmarks\n\nA new main run.\n", again, {"efficiency": [{}]})
+    assert kept.endswith(again[again.index("<!-- bench:objective -->"):])

