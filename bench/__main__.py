@@ -29,6 +29,7 @@ from typing import Any  # noqa: E402
 
 from bench.demo import REPO  # noqa: E402
 
+OBJECTIVE_ARMS = ("sft", "sft+dpo", "dpo")  # the objective part's arms: values of [train] objective
 PARTS = ("ceiling", "demo", "efficiency", "stages", "scale", "objective", "model")
 DEFAULT_PARTS = PARTS[:5]  # objective and model are asked for by name: each adds its own section to the page
 FULL = {"seeds": 3, "rounds": 4, "steps": None, "eval_rows": None, "analysis_sizes": [1000, 10000, 100000],
@@ -83,6 +84,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.arms = tuple(a for a in args.arms.split(",") if a)
     if "model" in args.parts and not args.model_project:
         parser.error("--parts model needs --model-project DIR")
+    if "model" in args.parts and not args.reference_project and not ("objective" in args.parts and "sft" in args.arms):
+        parser.error("--parts model compares with a bundled-model project: give --reference-project DIR, or run the "
+                     "objective part in the same call with sft among --arms (its seed 0 sft arm is the default)")
+    wrong = [a for a in args.arms if a not in OBJECTIVE_ARMS]
+    if wrong or not args.arms:
+        parser.error(f"--arms: unknown {', '.join(wrong) or '(none given)'} (expected some of: "
+                     f"{', '.join(OBJECTIVE_ARMS)}, comma-separated)")
     unknown = [p for p in args.parts if p not in PARTS]
     if unknown:
         parser.error(f"--parts: unknown {', '.join(unknown)} (expected: {', '.join(PARTS)})")

@@ -94,10 +94,11 @@ def run_arm(arm: str, seed: int, rounds: int, steps: int | None, eval_rows: int 
         summary = run_round(project.with_config(config))
         seconds = time.perf_counter() - began
         added = sum(g.get("stored", 0) for g in summary.generated)
+        size = _training_set(project, summary.number)  # not summary.train's count: a DPO-alone round trains on pairs
         row = {
             "seed": seed, "arm": arm, "round": number, "steps": summary.train["steps"],
             "batch_size": config.train.batch_size,
-            "train_examples": summary.train["examples"], "added_before": summary.train["examples"] - seed_examples,
+            "train_examples": size, "added_before": size - seed_examples,
             "added": added, "wanted": wanted[number - 1] if wanted else None,
             "by_template": _by_template(summary.generated),
             "test_pass_rate": summary.metrics["test"]["pass_rate"],
@@ -113,8 +114,11 @@ def run_arm(arm: str, seed: int, rounds: int, steps: int | None, eval_rows: int 
         out.append(row)
         keep(row)
         short = f" (wanted {row['wanted']})" if wanted and row["wanted"] != added else ""
-        log(f"seed {seed} {arm:8s} round {number}: test pass {row['test_pass_rate']:.1%} on "
-            f"{row['train_examples']} examples, {row['steps']} steps; added {added}{short}; {seconds:.1f} s")
+        dpo = row["dpo"] or {}
+        what = (f"DPO {dpo['steps']} steps on {dpo['pairs']} pairs" if dpo and not dpo.get("after_sft", True)
+                else f"{row['train_examples']} examples, {row['steps']} steps")
+        log(f"seed {seed} {arm:8s} round {number}: test pass {row['test_pass_rate']:.1%} on {what}; "
+            f"added {added}{short}; {seconds:.1f} s")
     return out
 
 
@@ -123,6 +127,14 @@ def _train_count(project) -> int:
 
     with Store(project.store_path) as store:
         return store.scalar("SELECT count(*) FROM examples WHERE split = 'train' AND status = 'active'")
+
+
+def _training_set(project, number: int) -> int:
+    """The examples round `number`'s training set held."""
+    from refinery.store import Store
+
+    with Store(project.store_path) as store:
+        return store.scalar("SELECT count(*) FROM round_examples WHERE round = ?", [number])
 
 
 def _pair_count(project, number: int) -> int:

@@ -9,6 +9,7 @@ stages; per project: seconds per optimizer step, per training example and per ge
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,8 @@ def _speed(rounds: list[dict[str, Any]]) -> dict[str, float]:
     return {"seconds_per_step": median([r["train_seconds"] / r["steps"] for r in rounds]),
             "seconds_per_example_step": median([r["train_seconds"] / (r["steps"] * r["batch_size"])
                                                 for r in rounds]),
-            "seconds_per_token": median([r["stages"]["infer"] / r["generated_tokens"] for r in rounds
-                                         if r["generated_tokens"]]),
+            "seconds_per_token": median([r["stages"].get("infer", 0) / r["generated_tokens"] for r in rounds
+                                         if r["generated_tokens"]] or [math.nan]),
             "seconds_per_round": median([r["seconds"] for r in rounds])}
 
 

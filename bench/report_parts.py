@@ -9,8 +9,10 @@ from typing import Any
 
 from bench import stats
 from bench.report import _minutes, _pct, _pts, _spread_pct
+from refinery.config import TrainSettings
 
 SPLICED = ("objective", "model")
+DPO_KEYS = ("dpo_steps", "dpo_beta", "dpo_learning_rate", "dpo_sft_weight")
 ARM_NAMES = {"sft": "SFT", "sft+dpo": "SFT then DPO", "dpo": "DPO alone after round 1"}
 
 
@@ -57,7 +59,8 @@ def _objective(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]
     rounds = max(r["round"] for r in rows)
     train = dict(results["settings"].get("train") or [])  # the --train KEY=VALUE overrides
     first = next(r for r in rows if r["round"] == 1)
-    out = ["## 2. SFT alone against SFT then DPO on the loop's own preference pairs", "",
+    dpo_arms = [a for a in arms if a != "sft"]
+    out = ["## SFT alone against SFT then DPO on the loop's own preference pairs", "",
            _run_line(results, "objective"), "",
            f"- The bundled demo as `make demo` sets it up, {len(seeds)} seed{'s' if len(seeds) != 1 else ''} "
            f"({', '.join(map(str, seeds))}; each sets `[core] seed` and `[train] seed`, shared by the arms), "
@@ -65,23 +68,24 @@ def _objective(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]
            f"SFT steps at batch "
            f"{first['batch_size']}, later rounds by the step rule, continuing the last adapter).",
            "- Arms: " + "; ".join(f"**{ARM_NAMES[a]}** (`[train] objective = \"{a}\"`)" for a in arms) + ". DPO "
-           "trains on the active pairs of the rounds before (`dpo_steps` "
-           f"{train.get('dpo_steps', 20)}, `dpo_beta` {train.get('dpo_beta', 0.1)}, `dpo_learning_rate` "
-           f"{train.get('dpo_learning_rate', 1e-3)}: the defaults unless set here), so round 1 is SFT in every arm.",
+           "trains on the active pairs of the rounds before (" + ", ".join(
+               f"`{key}` {train.get(key, getattr(TrainSettings(), key))}" for key in DPO_KEYS) +
+           ": the defaults unless set here), so round 1 is SFT in every arm.",
            "- Equal data, in the sense the loop can give it: every arm generates with the same settings and budget "
            "from its own failures, so the arms' added examples differ after round 1. DPO's chosen outputs are the "
            "expected outputs of failing *analysis* examples (and of counterexamples): labels SFT does not train on. "
            "The test split, which no arm mines or trains on, is the measure.", "",
            "### Test pass rate per round", "",
-           "| round | " + " | ".join(ARM_NAMES[a] for a in arms) + " | pairs available to DPO (median) |",
-           "|---|" + "---|" * (len(arms) + 1)]
+           "| round | " + " | ".join(ARM_NAMES[a] for a in arms) + "".join(
+               f" | pairs available to {ARM_NAMES[a]} (median)" for a in dpo_arms) + " |",
+           "|---|" + "---|" * (len(arms) + len(dpo_arms))]
     for i in range(rounds):
         cells = [_spread_pct(table[a][i]["pass_rate"]) if i < len(table[a]) else "" for a in arms]
-        pool = [sum(r["pairs"] or 0 for r in rows if r["arm"] == "sft+dpo" and r["seed"] == s and r["round"] <= i)
-                for s in seeds]
-        out.append(f"| {i + 1} | " + " | ".join(cells) + f" | {statistics.median(pool):.0f} |")
+        pools = [statistics.median([sum(r["pairs"] or 0 for r in rows if r["arm"] == a and r["seed"] == s
+                                        and r["round"] <= i) for s in seeds]) for a in dpo_arms]
+        out.append(f"| {i + 1} | " + " | ".join(cells + [f"{p:.0f}" for p in pools]) + " |")
     out += ["", "Median, with min-max over seeds in brackets.", ""]
-    for arm in arms[1:]:
+    for arm in (dpo_arms if "sft" in arms else []):
         out += _versus(rows, arm, seeds, rounds)
     out += _dpo_time(rows, arms)
     out += ["### Every run", "", "| seed | arm | round | SFT steps | DPO steps on pairs | test pass rate | train "
@@ -138,7 +142,7 @@ def _dpo_time(rows: list[dict[str, Any]], arms: tuple[str, ...]) -> list[str]:
 
 def _model(m: dict[str, Any], results: dict[str, Any]) -> list[str]:
     ours, ref, ratios = m["model"], m["reference"], m["ratios"]
-    out = ["## 3. The demo on a real pretrained model", "",
+    out = ["## The demo on a real pretrained model", "",
            _run_line(results, "model"), "",
            f"- Real model: `{ours['base_model']}`, the project in `{ours['project']}`; reference: `{ref['base_model']}`"
            f" in `{ref['project']}`, run on this machine. Both on the demo's data "

@@ -302,8 +302,9 @@ def ceiling(ctx: typer.Context, as_json: JsonOption = False) -> None:
 def rerun(ctx: typer.Context,
           number: Annotated[int, typer.Argument(metavar="N", help="The round to train again.")],
           as_json: JsonOption = False) -> None:
-    """Train round N again from its record (config snapshot, seeds, exact training set) and compare the test
-    figures and the weights with what it recorded. Adds nothing to the store."""
+    """Train round N again from its record (config snapshot, seeds, exact training set; under objective "sft+dpo"
+    or "dpo" its DPO too, on the pairs of the rounds before it) and compare the test figures and the weights with
+    what it recorded. Adds nothing to the store."""
     from refinery.measure import rerun_round
     with _StageReporter() as reporter:
         title = f"Re-running round {number} from its record: {{}} examples"

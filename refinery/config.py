@@ -110,12 +110,16 @@ class TrainSettings:
         "reference; the DPO weights are the round's. dpo: DPO alone from the last round's weights (which are the "
         "reference), no SFT; needs method = \"lora\". Round 1 has no pairs yet and trains SFT only.",
         choices=("sft", "sft+dpo", "dpo"))
-    dpo_beta: float = opt(0.1, "DPO beta: how far the policy may move from the reference (the SFT weights); "
-                          "lower lets it move further.", min=0.0, max=10.0)
+    dpo_beta: float = opt(0.1, "DPO beta: how far the policy may move from the reference (the weights DPO "
+                          "starts from: the round's SFT, or the last round's under \"dpo\"); lower lets it move "
+                          "further.", min=0.0, max=10.0)
     dpo_steps: int = opt(20, "DPO optimizer steps per round (objective \"sft+dpo\" or \"dpo\"), at batch_size "
                          "pairs a step.", min=1)
     dpo_learning_rate: float = opt(1e-3, "DPO learning rate (constant after warmup). 1e-3 suits the bundled tiny "
                                    "model; about 5e-6 suits a 1B model.", min=0.0, max=1.0)
+    dpo_sft_weight: float = opt(0.0, "Weight of a supervised loss (negative log-likelihood of the chosen output) "
+                                "added to DPO's, as RPO does: it keeps the chosen outputs likely while DPO widens "
+                                "their margin over the rejected ones. 0 is plain DPO.", min=0.0, max=100.0)
 
 
 @dataclass(frozen=True)

@@ -113,16 +113,20 @@ def _warm_start(project: Project, number: int, train_rows: pl.DataFrame) -> tupl
     """`[train] warm_start`: the adapter of the last finished round before `number`, and the steps of this round:
     the step rule on the examples that adapter has not trained on (the rest it has learnt already). (None, None)
     when there is no such adapter (the first round, or a full fine-tune before it): a fresh start on every example."""
-    from refinery.train import step_budget
+    from refinery.train import dpo_alone, recorded_training, step_budget
 
     with Store(project.store_path, wait=STORE_WAIT) as store:
-        found = store.one("SELECT number, adapter_path FROM rounds WHERE kind = 'round' AND status = 'done' "
-                          "AND number < ? AND adapter_path IS NOT NULL ORDER BY number DESC LIMIT 1", [number])
-        if found is None or not (Path(found[1]) / "adapter_config.json").is_file():
+        found = store.con.execute("SELECT number, adapter_path FROM rounds WHERE kind = 'round' AND status = 'done' "
+                                  "AND number < ? AND adapter_path IS NOT NULL ORDER BY number DESC",
+                                  [number]).fetchall()
+        if not found or not (Path(found[0][1]) / "adapter_config.json").is_file():
             return None, None
-        seen = set(store.frame("SELECT example_id FROM round_examples WHERE round = ?", [found[0]])["example_id"])
+        # what the adapter has learnt is the training set of the last round that ran SFT: a round of DPO alone
+        # moved the weights on pairs and learnt none of its training set
+        learnt = next((n for n, _ in found if not dpo_alone(recorded_training(project.runs_dir, n))), None)
+        seen = set(store.frame("SELECT example_id FROM round_examples WHERE round = ?", [learnt])["example_id"])
     new = sum(i not in seen for i in train_rows["id"])
-    return found[1], step_budget(project.config.train, new)
+    return found[0][1], step_budget(project.config.train, new)
 
 
 def _restart_note(number: int, attempt: int, error: str | None, resume: bool) -> str:
@@ -134,6 +138,29 @@ def _restart_note(number: int, attempt: int, error: str | None, resume: bool) ->
     return f"Restarting {word} round {number} (attempt {attempt}; the last attempt: {reason}); {then}."
 
 
+def _train_stage(project: Project, number: int, train_rows: pl.DataFrame, base_model: str, round_dir: Path,
+                 timer: _Timer) -> Any:
+    """The round's training under `[train] objective`, recorded in `train.json`. The last round's adapter is where
+    SFT starts with `[train] warm_start`, and where DPO alone (objective "dpo") starts whatever warm_start says."""
+    from refinery import train
+
+    config = project.config.train
+    with Store(project.store_path, wait=STORE_WAIT) as store:  # this round's pairs need its own evaluation
+        pairs = active_pairs(store, before=number)
+    if config.objective == "sft":
+        pairs = pairs.clear()
+    last, steps = _warm_start(project, number, train_rows)
+    if not (config.warm_start or (config.objective == "dpo" and last and pairs.height)):
+        last = steps = None
+    with timer.stage("train") as note:
+        result, what = train.train_round(train_rows, pairs, base_model=base_model, settings=config,
+                                         out_dir=round_dir, on_step=timer.progress, start_from=last, steps=steps)
+        warm = f", from round {Path(last).parent.name.split('-')[-1].lstrip('0')}'s adapter" if last else ""
+        note(f"{what}{warm}, {result.device}")
+    (round_dir / "train.json").write_text(json.dumps(asdict(result)))
+    return result
+
+
 def _run_stages(project, number, train_rows, rules, env, base_model, embedder, round_dir, timer,
                 resume: bool) -> RoundSummary:
     from refinery import analyze, infer, train
@@ -143,19 +170,7 @@ def _run_stages(project, number, train_rows, rules, env, base_model, embedder, r
         result = train.TrainResult(**json.loads((round_dir / "train.json").read_text()))
         timer.resumed("train", result.seconds, "adapter of the interrupted attempt reused")
     else:
-        # objective "dpo" continues the last round's weights whatever warm_start says: DPO needs a policy to move
-        start_from, steps = _warm_start(project, number, train_rows) \
-            if config.train.warm_start or config.train.objective == "dpo" else (None, None)
-        with timer.stage("train") as note:
-            with Store(project.store_path, wait=STORE_WAIT) as store:  # this round's pairs need its own evaluation
-                pairs = active_pairs(store, before=number)
-            result, what = train.train_round(train_rows, pairs.clear() if config.train.objective == "sft" else pairs,
-                                             base_model=base_model, settings=config.train, out_dir=round_dir,
-                                             on_step=timer.progress, start_from=start_from, steps=steps)
-            warm = f", from round {Path(start_from).parent.name.split('-')[-1].lstrip('0')}'s adapter" \
-                if start_from else ""
-            note(f"{what}{warm}, {result.device}")
-        (round_dir / "train.json").write_text(json.dumps(asdict(result)))
+        result = _train_stage(project, number, train_rows, base_model, round_dir, timer)
     weights = result.weights_path
     model_path, adapter = (weights, None) if result.method == "full" else (base_model, weights)
     with Store(project.store_path, wait=STORE_WAIT) as store:

@@ -323,14 +323,17 @@ def rerun_round(project: Project, number: int, *, on_start=None, on_step=None) -
 
 
 def _started_from(project: Project, number: int) -> tuple[str | None, int | None]:
-    """The adapter round `number` started from (`[train] warm_start`) and its steps, which a re-run takes too."""
-    train_file = project.runs_dir / f"round-{number:03d}" / "train.json"
-    recorded = json.loads(train_file.read_text()) if train_file.is_file() else {}
+    """The adapter round `number` started from (`[train] warm_start`, or DPO alone under objective "dpo") and its
+    steps, which a re-run takes too."""
+    from refinery.train import dpo_alone, recorded_training
+
+    recorded = recorded_training(project.runs_dir, number)
     start_from = recorded.get("start_from")
     if not start_from:
         return None, None
     if not Path(start_from).is_dir():
-        raise RefineryError(f"round {number} started from the adapter in {start_from} ([train] warm_start), which "
+        why = "[train] objective = \"dpo\"" if dpo_alone(recorded) else "[train] warm_start"
+        raise RefineryError(f"round {number} started from the adapter in {start_from} ({why}), which "
                             f"is gone: a re-run cannot start where the round did. Re-run the round before it first, "
                             f"or restore that folder.")
     return start_from, recorded["steps"]

@@ -44,8 +44,8 @@ class TrainResult:
     device: str
     dtype: str
     log: list[dict[str, Any]]
-    start_from: str | None = None  # the adapter it started from ([train] warm_start), else a fresh one
-    dpo: dict[str, Any] | None = None  # objective "sft+dpo": the DPO run after SFT, whose weights these are
+    start_from: str | None = None  # the adapter it started from (warm_start, or objective "dpo"), else a fresh one
+    dpo: dict[str, Any] | None = None  # the DPO run whose weights these are: after SFT ("sft+dpo") or alone ("dpo")
 
 
 def train(rows: pl.DataFrame, *, base_model: str, settings: TrainSettings, out_dir: Path,
@@ -97,7 +97,7 @@ def train_round(rows: pl.DataFrame, pairs: pl.DataFrame, *, base_model: str, set
     if settings.objective == "dpo" and start_from and pairs.height:
         dpo = train_dpo(pairs, base_model=base_model, settings=settings, start_from=start_from, out_dir=out_dir,
                         on_step=on_step)
-        return replace(dpo, dpo=_dpo_detail(dpo, start_from)), \
+        return replace(dpo, dpo=_dpo_detail(dpo, start_from, after_sft=False)), \
             f"DPO {dpo.steps} steps on {dpo.examples} pairs (no SFT), loss {_loss(dpo)}"
     sft = train(rows, base_model=base_model, settings=settings, out_dir=out_dir, on_step=on_step,
                 start_from=start_from, steps=steps)
@@ -106,15 +106,28 @@ def train_round(rows: pl.DataFrame, pairs: pl.DataFrame, *, base_model: str, set
         return sft, note
     if pairs.height == 0:
         return sft, f"{note}; no preference pairs yet, so no DPO"
+    if settings.objective == "dpo":  # DPO alone needs a round's weights to move: none before this one
+        return sft, f"{note}; no earlier round's weights for DPO to start from, so SFT alone"
     dpo = train_dpo(pairs, base_model=base_model, settings=settings, start_from=sft.weights_path, out_dir=out_dir,
                     on_step=on_step)
-    return replace(sft, weights_path=dpo.weights_path, dpo=_dpo_detail(dpo, sft.weights_path)), \
+    return replace(sft, weights_path=dpo.weights_path, dpo=_dpo_detail(dpo, sft.weights_path, after_sft=True)), \
         f"{note}; then DPO {dpo.steps} steps on {dpo.examples} pairs, loss {_loss(dpo)}"
 
 
-def _dpo_detail(dpo: TrainResult, start_from: str) -> dict[str, Any]:
+def _dpo_detail(dpo: TrainResult, start_from: str, *, after_sft: bool) -> dict[str, Any]:
     return {"steps": dpo.steps, "pairs": dpo.examples, "seconds": dpo.seconds, "final_loss": dpo.final_loss,
-            "start_from": start_from}
+            "start_from": start_from, "after_sft": after_sft}
+
+
+def recorded_training(runs_dir: Path, number: int) -> dict[str, Any]:
+    """Round `number`'s `train.json` (its TrainResult), or {} when it has none."""
+    path = runs_dir / f"round-{number:03d}" / "train.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def dpo_alone(recorded: dict[str, Any]) -> bool:
+    """Whether a round's recorded training (`train.json`) was DPO alone: its weights learnt no example by SFT."""
+    return not (recorded.get("dpo") or {}).get("after_sft", True)
 
 
 def _loss(result: TrainResult) -> str:
@@ -302,6 +315,8 @@ def preference_rows(pairs: pl.DataFrame, tokenizer: Any) -> dict[str, list[str]]
 def dpo_config(settings: TrainSettings, out_dir: Path, *, device: str, dtype: Any) -> Any:
     from trl import DPOConfig
 
+    losses = {"sigmoid": 1.0} | ({"sft": settings.dpo_sft_weight} if settings.dpo_sft_weight else {})
     return DPOConfig(output_dir=str(out_dir / "dpo-trainer"), learning_rate=settings.dpo_learning_rate,
-                     lr_scheduler_type="constant_with_warmup", beta=settings.dpo_beta, loss_type=["sigmoid"],
+                     lr_scheduler_type="constant_with_warmup", beta=settings.dpo_beta, loss_type=list(losses),
+                     loss_weights=list(losses.values()),
                      **_trainer_args(settings, steps=settings.dpo_steps, device=device, dtype=dtype))

@@ -92,8 +92,9 @@ def test_explicit_folder_without_project(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "message"), [
     ("[tool.refinery.train]\nrank = 8\nrnak = 4\n",
      "pyproject.toml:3: [tool.refinery.train] unknown key 'rnak' (expected one of: alpha, batch_size, dpo_beta, "
-     "dpo_learning_rate, dpo_steps, dropout, epochs, learning_rate, lr_schedule, max_length, max_steps, method, "
-     "min_steps, objective, precision, rank, seed, steps, target_modules, warm_start, warmup). Did you mean 'rank'?"),
+     "dpo_learning_rate, dpo_sft_weight, dpo_steps, dropout, epochs, learning_rate, lr_schedule, max_length, "
+     "max_steps, method, min_steps, objective, precision, rank, seed, steps, target_modules, warm_start, warmup). "
+     "Did you mean 'rank'?"),
     ("[tool.refinery.train]\nmin_steps = 500\nmax_steps = 400\n",
      "pyproject.toml:2: [tool.refinery.train] min_steps = 500 is above max_steps = 400: expected min_steps <= "
      "max_steps. Lower min_steps or raise max_steps."),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
@@ -34,8 +35,8 @@ def completion_logprob(model, tokenizer, prompt: str, completion: str) -> float:
     return sum(logps[i - 1, ids[i]].item() for i in range(start, len(ids)))
 
 
-def margin(adapter: str, pairs: pl.DataFrame) -> float:
-    """Mean log p(chosen) - log p(rejected) over `pairs` under the base model with `adapter`."""
+def logprobs(adapter: str, pairs: pl.DataFrame) -> list[tuple[float, float]]:
+    """(log p(chosen), log p(rejected)) of each pair under the base model with `adapter`."""
     import torch
     from peft import PeftModel
 
@@ -43,9 +44,19 @@ def margin(adapter: str, pairs: pl.DataFrame) -> float:
 
     tokenizer = load_tokenizer(BASE)
     model = PeftModel.from_pretrained(load_base(BASE, dtype=torch.float32), adapter).eval()
-    gaps = [completion_logprob(model, tokenizer, p, c) - completion_logprob(model, tokenizer, p, r)
+    return [(completion_logprob(model, tokenizer, p, c), completion_logprob(model, tokenizer, p, r))
             for p, c, r in pairs.select("prompt", "chosen", "rejected").iter_rows()]
+
+
+def margin(adapter: str, pairs: pl.DataFrame) -> float:
+    """Mean log p(chosen) - log p(rejected) over `pairs` under the base model with `adapter`."""
+    gaps = [c - r for c, r in logprobs(adapter, pairs)]
     return sum(gaps) / len(gaps)
+
+
+def chosen_logprob(adapter: str, pairs: pl.DataFrame) -> float:
+    """Mean log p(chosen) over `pairs` under the base model with `adapter`."""
+    return sum(c for c, _ in logprobs(adapter, pairs)) / pairs.height
 
 
 def wrong(output: str) -> str:
@@ -70,6 +81,11 @@ def test_dpo_lowers_the_rejected_output_against_the_chosen_one(tmp_path: Path) -
     assert dpo.log[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
     before, after = margin(sft.weights_path, pairs), margin(dpo.weights_path, pairs)
     assert after > before + 1.0, (before, after)
+    # With dpo_sft_weight the chosen outputs' own likelihood is held up while the margin still widens (RPO).
+    held = train_dpo(pairs, base_model=BASE, settings=replace(settings, dpo_sft_weight=1.0),
+                     start_from=sft.weights_path, out_dir=tmp_path / "rpo")
+    assert margin(held.weights_path, pairs) > before + 1.0
+    assert chosen_logprob(held.weights_path, pairs) > chosen_logprob(dpo.weights_path, pairs)
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +170,35 @@ def test_a_dpo_round_continues_the_last_rounds_weights_without_sft(dpo_rounds) -
     assert third.train["steps"] == 4 and third.train["dpo"]["pairs"] == pairs
     assert third.train["weights"].endswith("dpo-adapter")
     assert not Path(third.round_dir, "adapter").exists()  # no SFT ran
+    assert third.train["dpo"]["after_sft"] is False
+
+
+def test_a_warm_start_after_a_dpo_round_counts_what_the_last_sft_round_learnt(dpo_rounds) -> None:
+    from refinery.loop import _warm_start
+    from refinery.train import step_budget
+
+    project, _ = dpo_rounds
+    if not Path(project.runs_dir, "round-003", "train.json").is_file():
+        run_round(project.with_config(project.config.override("train", objective="dpo")))
+    with Store(project.store_path, read_only=True) as store:
+        learnt, third = (store.frame("SELECT example_id AS id FROM round_examples WHERE round = ?", [n])
+                         for n in (2, 3))
+    start_from, steps = _warm_start(project, 4, third)
+    assert start_from.endswith("round-003/dpo-adapter")
+    new = third.join(learnt, on="id", how="anti").height  # round 3 trained on pairs, none of its own examples
+    assert new > 0 and steps == step_budget(project.config.train, new)
+
+
+def test_dpo_alone_without_weights_to_start_from_trains_sft_alone(tmp_path: Path) -> None:
+    from refinery.train import train_round
+
+    seed = pl.read_ndjson(REPO / "data" / "demo" / "seed.jsonl").select("input", "output")
+    pairs = seed.head(2).select(pl.col("input").alias("prompt"), pl.col("output").alias("chosen"),
+                                pl.col("output").map_elements(wrong, return_dtype=pl.String).alias("rejected"))
+    settings = TrainSettings(batch_size=4, steps=2, objective="dpo")
+    result, note = train_round(seed, pairs, base_model=BASE, settings=settings, out_dir=tmp_path)
+    assert result.dpo is None and result.steps == 2 and result.weights_path == str(tmp_path / "adapter")
+    assert note.endswith("; no earlier round's weights for DPO to start from, so SFT alone")
 
 
 def test_an_unknown_objective_names_the_choices(tmp_path: Path) -> None:
