@@ -165,7 +165,7 @@ def _efficiency(args, work: Path, log, results: dict[str, Any], save) -> list[di
         results["efficiency"] = rows
         save()
 
-    return run_efficiency(seeds=list(range(args.seeds)), rounds=args.rounds, steps=args.steps,
+    return run_efficiency(seeds=list(range(args.seeds)), rounds=args.rounds, train=_train(args),
                           eval_rows=args.eval_rows, work=work / "efficiency", log=log, on_row=partial)
 
 
@@ -218,7 +218,7 @@ def _objective(args, work: Path, log, results: dict[str, Any], save) -> list[dic
         results["objective"] = rows
         save()
 
-    return run_objective(seeds=list(range(args.seeds)), rounds=args.rounds, steps=args.steps,
+    return run_objective(seeds=list(range(args.seeds)), rounds=args.rounds, train=_train(args),
                          eval_rows=args.eval_rows, work=work, log=log, arms=args.arms, on_row=partial)
 
 

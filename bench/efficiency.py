@@ -25,15 +25,16 @@ ARMS = ("targeted", "random", "steps")
 OBJECTIVES = ("sft", "sft+dpo", "dpo")
 
 
-def run_efficiency(*, seeds: list[int], rounds: int, steps: int | None, eval_rows: int | None, work: Path,
+def run_efficiency(*, seeds: list[int], rounds: int, train: dict[str, Any], eval_rows: int | None, work: Path,
                    log, on_row=None) -> list[dict[str, Any]]:
-    """Every arm for every seed; one row per (seed, arm, round). `on_row` is called after each round."""
+    """Every arm for every seed; one row per (seed, arm, round). `train`: [train] overrides every arm takes (with
+    `steps`, a fixed budget a round). `on_row` is called after each round."""
     def arms(seed: int, keep) -> None:
-        targeted = run_arm("targeted", seed, rounds, steps, eval_rows, work, log, keep, wanted=None)
-        run_arm("random", seed, rounds, steps, eval_rows, work, log, keep,
+        targeted = run_arm("targeted", seed, rounds, train, eval_rows, work, log, keep, wanted=None)
+        run_arm("random", seed, rounds, train, eval_rows, work, log, keep,
                 wanted=[row["added"] for row in targeted])
         keep({**targeted[0], "arm": "steps", "added": 0, "by_template": {}, "shared_with": "targeted"})
-        run_arm("steps", seed, rounds, steps, eval_rows, work, log, keep, wanted=None, first=2,
+        run_arm("steps", seed, rounds, train, eval_rows, work, log, keep, wanted=None, first=2,
                 compute=[row["steps"] for row in targeted])
 
     return per_seed(seeds, arms, log=log, on_row=on_row)
@@ -59,23 +60,21 @@ def per_seed(seeds: list[int], arms, *, log, on_row=None) -> list[dict[str, Any]
     return rows
 
 
-def arm_overrides(arm: str, seed: int, steps: int | None) -> dict[str, dict[str, Any]]:
-    """The settings every arm shares for one seed, and the arm's own."""
-    train: dict[str, Any] = {"seed": seed}
-    if steps is not None:
-        train["steps"] = steps
+def arm_overrides(arm: str, seed: int, shared: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The settings every arm shares for one seed (with the run's [train] overrides `shared`), and the arm's own."""
+    train: dict[str, Any] = {**shared, "seed": seed}
     if arm in OBJECTIVES:  # bench/objective.py's arms: targeted data, trained under one `[train] objective`
         train["objective"] = arm
     targeting = {"random": "random", "steps": "off"}.get(arm, "patterns")
     return {"core": {"seed": seed}, "train": train, "generate": {"targeting": targeting, "review": False}}
 
 
-def run_arm(arm: str, seed: int, rounds: int, steps: int | None, eval_rows: int | None, work: Path, log, keep,
+def run_arm(arm: str, seed: int, rounds: int, train: dict[str, Any], eval_rows: int | None, work: Path, log, keep,
              *, wanted: list[int] | None, first: int = 1, compute: list[int] | None = None
              ) -> list[dict[str, Any]]:
     from refinery.loop import run_round
 
-    project = make_project(work / f"seed-{seed}" / arm, overrides=arm_overrides(arm, seed, steps),
+    project = make_project(work / f"seed-{seed}" / arm, overrides=arm_overrides(arm, seed, train),
                            eval_rows=eval_rows)
     base = project.config
     seed_examples = _train_count(project)

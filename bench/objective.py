@@ -20,11 +20,11 @@ from bench.efficiency import per_seed, run_arm
 ARMS = ("sft", "sft+dpo")
 
 
-def run_objective(*, seeds: list[int], rounds: int, steps: int | None, eval_rows: int | None, work: Path, log,
+def run_objective(*, seeds: list[int], rounds: int, train: dict[str, Any], eval_rows: int | None, work: Path, log,
                   arms: tuple[str, ...] = ARMS, on_row=None) -> list[dict[str, Any]]:
     """Every arm for every seed; one row per (seed, arm, round). `on_row` is called after each round."""
     def run_arms(seed: int, keep) -> None:
         for arm in arms:
-            run_arm(arm, seed, rounds, steps, eval_rows, work / "objective", log, keep, wanted=None)
+            run_arm(arm, seed, rounds, train, eval_rows, work / "objective", log, keep, wanted=None)
 
     return per_seed(seeds, run_arms, log=log, on_row=on_row)

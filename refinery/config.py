@@ -117,9 +117,10 @@ class TrainSettings:
                          "pairs a step.", min=1)
     dpo_learning_rate: float = opt(1e-3, "DPO learning rate (constant after warmup). 1e-3 suits the bundled tiny "
                                    "model; about 5e-6 suits a 1B model.", min=0.0, max=1.0)
-    dpo_sft_weight: float = opt(0.0, "Weight of a supervised loss (negative log-likelihood of the chosen output) "
+    dpo_sft_weight: float = opt(1.0, "Weight of a supervised loss (negative log-likelihood of the chosen output) "
                                 "added to DPO's, as RPO does: it keeps the chosen outputs likely while DPO widens "
-                                "their margin over the rejected ones. 0 is plain DPO.", min=0.0, max=100.0)
+                                "their margin over the rejected ones. 0 is plain DPO, which on the demo drove the "
+                                "test pass rate toward 0 (docs/benchmarks.md).", min=0.0, max=100.0)
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ def test_dpo_lowers_the_rejected_output_against_the_chosen_one(tmp_path: Path) -
     from refinery.train import train, train_dpo
 
     seed = pl.read_ndjson(REPO / "data" / "demo" / "seed.jsonl").select("input", "output")
-    settings = TrainSettings(batch_size=4, steps=6, dpo_steps=8)
+    settings = TrainSettings(batch_size=4, steps=6, dpo_steps=8, dpo_sft_weight=0.0)  # plain DPO first
     sft = train(seed, base_model=BASE, settings=settings, out_dir=tmp_path / "sft")
     pairs = seed.head(4).select(pl.col("input").alias("prompt"), pl.col("output").alias("chosen"),
                                 pl.col("output").map_elements(wrong, return_dtype=pl.String).alias("rejected"))
