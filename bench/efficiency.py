@@ -73,6 +73,7 @@ def run_arm(arm: str, seed: int, rounds: int, train: dict[str, Any], eval_rows: 
              *, wanted: list[int] | None, first: int = 1, compute: list[int] | None = None
              ) -> list[dict[str, Any]]:
     from refinery.loop import run_round
+    from refinery.train import dpo_alone
 
     project = make_project(work / f"seed-{seed}" / arm, overrides=arm_overrides(arm, seed, train),
                            eval_rows=eval_rows)
@@ -113,8 +114,7 @@ def run_arm(arm: str, seed: int, rounds: int, train: dict[str, Any], eval_rows: 
         out.append(row)
         keep(row)
         short = f" (wanted {row['wanted']})" if wanted and row["wanted"] != added else ""
-        dpo = row["dpo"] or {}
-        what = (f"DPO {dpo['steps']} steps on {dpo['pairs']} pairs" if dpo and not dpo.get("after_sft", True)
+        what = (f"DPO {row['dpo']['steps']} steps on {row['dpo']['pairs']} pairs" if dpo_alone(summary.train)
                 else f"{row['train_examples']} examples, {row['steps']} steps")
         log(f"seed {seed} {arm:8s} round {number}: test pass {row['test_pass_rate']:.1%} on {what}; "
             f"added {added}{short}; {seconds:.1f} s")

@@ -146,11 +146,10 @@ def _train_stage(project: Project, number: int, train_rows: pl.DataFrame, base_m
 
     config = project.config.train
     with Store(project.store_path, wait=STORE_WAIT) as store:  # this round's pairs need its own evaluation
-        pairs = active_pairs(store, before=number)
-    if config.objective == "sft":
-        pairs = pairs.clear()
-    last, steps = _warm_start(project, number, train_rows)
-    if not (config.warm_start or (config.objective == "dpo" and last and pairs.height)):
+        pairs = active_pairs(store, before=number)  # train_round uses them only under objective sft+dpo or dpo
+    last, steps = _warm_start(project, number, train_rows) \
+        if config.warm_start or config.objective == "dpo" else (None, None)
+    if not (config.warm_start or (last and pairs.height)):  # no DPO alone to start: SFT starts fresh
         last = steps = None
     with timer.stage("train") as note:
         result, what = train.train_round(train_rows, pairs, base_model=base_model, settings=config,
