@@ -3,6 +3,7 @@
     bench/run                      # the full setting (about 25 minutes on a quiet 2-core CPU machine)
     bench/run --quick              # a tiny setting, to check it all runs (about a minute); writes to bench/out/quick
     bench/run --parts efficiency --seeds 5 --rounds 3
+    bench/run --parts efficiency,usually_right --seeds 5 --rounds 5   # both regimes: cold start, usually right
     bench/run --parts ceiling      # the recipe on oracle data alone (a few minutes)
     bench/run --report-only        # re-render the markdown and plots from the last results JSON
     bench/run --parts objective --seeds 3 --rounds 5                 # SFT against SFT+DPO (about 40 minutes)
@@ -30,8 +31,8 @@ from typing import Any  # noqa: E402
 from bench.demo import REPO  # noqa: E402
 
 OBJECTIVE_ARMS = ("sft", "sft+dpo", "dpo")  # the objective part's arms: values of [train] objective
-PARTS = ("ceiling", "demo", "efficiency", "stages", "scale", "objective", "model")
-DEFAULT_PARTS = PARTS[:5]  # objective and model are asked for by name: each adds its own section to the page
+PARTS = ("ceiling", "demo", "efficiency", "usually_right", "stages", "scale", "objective", "model")
+DEFAULT_PARTS = PARTS[:6]  # objective and model are asked for by name: each adds its own section to the page
 FULL = {"seeds": 3, "rounds": 4, "steps": None, "eval_rows": None, "analysis_sizes": [1000, 10000, 100000],
         "clusterers": ["silhouette", "kmeans-fixed"], "ingest_sizes": [10000, 100000, 1000000],
         "embed_texts": 2000, "scale_timeout": 150.0}
@@ -48,6 +49,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help=f"comma-separated subset of: {', '.join(PARTS)} (default: {', '.join(DEFAULT_PARTS)})")
     parser.add_argument("--arms", default="sft,sft+dpo",
                         help="objective part: the [train] objectives to compare (sft, sft+dpo, dpo)")
+    parser.add_argument("--efficiency-arms", default="targeted,random,steps",
+                        help="efficiency and usually_right parts: the arms to run (targeted always; random, steps)")
     parser.add_argument("--model-project", type=Path, metavar="DIR",
                         help="model part: a project that ran the demo on another base model (its rounds are read)")
     parser.add_argument("--reference-project", type=Path, metavar="DIR",
@@ -82,6 +85,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, key, value)
     args.parts = [p for p in args.parts.split(",") if p]
     args.arms = tuple(a for a in args.arms.split(",") if a)
+    args.efficiency_arms = tuple(a for a in args.efficiency_arms.split(",") if a)
+    if not set(args.efficiency_arms) <= {"targeted", "random", "steps"}:
+        parser.error(f"--efficiency-arms: {','.join(args.efficiency_arms)} (expected some of: targeted, random, steps)")
     if "model" in args.parts and not args.model_project:
         parser.error("--parts model needs --model-project DIR")
     if "model" in args.parts and not args.reference_project and not ("objective" in args.parts and "sft" in args.arms):
@@ -125,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         results_path.write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
 
-    fresh = {"efficiency", "stages", "objective"} | (set() if args.from_project else {"ceiling", "demo"})
+    fresh = {"efficiency", "usually_right", "stages", "objective"} | (
+        set() if args.from_project else {"ceiling", "demo"})
     if set(args.parts) & fresh:
         from bench.stages import warm_up
 
@@ -166,7 +173,22 @@ def _efficiency(args, work: Path, log, results: dict[str, Any], save) -> list[di
         save()
 
     return run_efficiency(seeds=list(range(args.seeds)), rounds=args.rounds, train=_train(args),
-                          eval_rows=args.eval_rows, work=work / "efficiency", log=log, on_row=partial)
+                          eval_rows=args.eval_rows, work=work / "efficiency", log=log, on_row=partial,
+                          arms=args.efficiency_arms)
+
+
+def _usually_right(args, work: Path, log, results: dict[str, Any], save) -> list[dict[str, Any]]:
+    """The same arms on the usually-right scenario (bench/README.md): a broad seed set, rare hard slices."""
+    from bench.demo import USUALLY_RIGHT
+    from bench.efficiency import run_efficiency
+
+    def partial(rows: list[dict[str, Any]]) -> None:
+        results["usually_right"] = rows
+        save()
+
+    return run_efficiency(seeds=list(range(args.seeds)), rounds=args.rounds, train=_train(args),
+                          eval_rows=args.eval_rows, work=work / "usually-right", log=log, on_row=partial,
+                          source=USUALLY_RIGHT, arms=args.efficiency_arms)
 
 
 def _stages(args, work: Path, log, results: dict[str, Any], save) -> dict[str, Any]:
@@ -229,8 +251,8 @@ def _model(args, work: Path, log, results: dict[str, Any], save) -> dict[str, An
     return compare(args.model_project, reference)
 
 
-RUNNERS = {"ceiling": _ceiling, "demo": _demo, "efficiency": _efficiency, "stages": _stages, "scale": _scale,
-           "objective": _objective, "model": _model}
+RUNNERS = {"ceiling": _ceiling, "demo": _demo, "efficiency": _efficiency, "usually_right": _usually_right,
+           "stages": _stages, "scale": _scale, "objective": _objective, "model": _model}
 
 
 def _logger(started: float):

@@ -10,6 +10,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "data" / "demo"
+USUALLY_RIGHT = DEMO_DATA / "usually-right"  # the second regime's data (data/demo/make_usually_right.py)
 SPLITS = {"seed": "train", "eval": "analysis", "test": "test", "corner": "corner"}  # file -> split, as `make demo`
 
 
@@ -23,9 +24,10 @@ def demo_settings() -> dict[str, Any]:
     return settings
 
 
-def make_project(root: Path, *, overrides: dict[str, dict[str, Any]], eval_rows: int | None = None):
+def make_project(root: Path, *, overrides: dict[str, dict[str, Any]], eval_rows: int | None = None,
+                 source: Path = DEMO_DATA):
     """A demo project in `root` with `overrides` ({"train": {"steps": 8}, "core": {"seed": 1}, ...}) merged over
-    the demo's settings, its data ingested; returns the loaded project."""
+    the demo's settings, the seed, eval, test and corner files of `source` ingested; returns the loaded project."""
     from refinery.ingest import ingest_files
     from refinery.project import load_project
     from refinery.store import Store
@@ -44,7 +46,7 @@ def make_project(root: Path, *, overrides: dict[str, dict[str, Any]], eval_rows:
     data = root / "data"
     data.mkdir()
     for name in SPLITS:
-        lines = (DEMO_DATA / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+        lines = (source / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
         if name in ("eval", "test") and eval_rows is not None:
             lines = lines[:eval_rows]
         (data / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -19,25 +19,36 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.demo import make_project
+from bench.demo import DEMO_DATA, make_project
 
 ARMS = ("targeted", "random", "steps")
 OBJECTIVES = ("sft", "sft+dpo", "dpo")
 
 
 def run_efficiency(*, seeds: list[int], rounds: int, train: dict[str, Any], eval_rows: int | None, work: Path,
-                   log, on_row=None) -> list[dict[str, Any]]:
-    """Every arm for every seed; one row per (seed, arm, round). `train`: [train] overrides every arm takes (with
-    `steps`, a fixed budget a round). `on_row` is called after each round."""
-    def arms(seed: int, keep) -> None:
-        targeted = run_arm("targeted", seed, rounds, train, eval_rows, work, log, keep, wanted=None)
-        run_arm("random", seed, rounds, train, eval_rows, work, log, keep,
-                wanted=[row["added"] for row in targeted])
-        keep({**targeted[0], "arm": "steps", "added": 0, "by_template": {}, "shared_with": "targeted"})
-        run_arm("steps", seed, rounds, train, eval_rows, work, log, keep, wanted=None, first=2,
-                compute=[row["steps"] for row in targeted])
+                   log, on_row=None, source: Path = DEMO_DATA, arms: tuple[str, ...] = ARMS
+                   ) -> list[dict[str, Any]]:
+    """Every arm for every seed on the demo data in `source` (the bundled demo, or a scenario folder with a
+    slices.jsonl); one row per (seed, arm, round). `train`: [train] overrides every arm takes (with `steps`, a
+    fixed budget a round). `on_row` is called after each round."""
+    slices = read_slices(source)
 
-    return per_seed(seeds, arms, log=log, on_row=on_row)
+    def run(seed: int, keep) -> None:
+        common = {"train": train, "eval_rows": eval_rows, "work": work, "log": log, "keep": keep,
+                  "source": source, "slices": slices}
+        targeted = run_arm("targeted", seed, rounds, wanted=None, **common)
+        if "random" in arms:
+            random_rows = run_arm("random", seed, rounds, wanted=[row["added"] for row in targeted], **common)
+            for row, effects in zip(targeted, pattern_effects(targeted, random_rows), strict=True):
+                row["effects"] = effects
+            keep(None)  # the targeted rows changed: save again
+        if "steps" in arms:
+            keep({**targeted[0], "arm": "steps", "added": 0, "by_template": {}, "shared_with": "targeted",
+                  "effects": []})
+            run_arm("steps", seed, rounds, wanted=None, first=2, compute=[row["steps"] for row in targeted],
+                    **common)
+
+    return per_seed(seeds, run, log=log, on_row=on_row)
 
 
 def per_seed(seeds: list[int], arms, *, log, on_row=None) -> list[dict[str, Any]]:
@@ -45,8 +56,9 @@ def per_seed(seeds: list[int], arms, *, log, on_row=None) -> list[dict[str, Any]
     logs the time per seed and what is left."""
     rows: list[dict[str, Any]] = []
 
-    def keep(row: dict[str, Any]) -> None:
-        rows.append(row)
+    def keep(row: dict[str, Any] | None) -> None:
+        if row is not None:
+            rows.append(row)
         if on_row:
             on_row(rows)
 
@@ -69,14 +81,14 @@ def arm_overrides(arm: str, seed: int, shared: dict[str, Any]) -> dict[str, dict
     return {"core": {"seed": seed}, "train": train, "generate": {"targeting": targeting, "review": False}}
 
 
-def run_arm(arm: str, seed: int, rounds: int, train: dict[str, Any], eval_rows: int | None, work: Path, log, keep,
-             *, wanted: list[int] | None, first: int = 1, compute: list[int] | None = None
-             ) -> list[dict[str, Any]]:
+def run_arm(arm: str, seed: int, rounds: int, *, train: dict[str, Any], eval_rows: int | None, work: Path,
+            log, keep, wanted: list[int] | None, first: int = 1, compute: list[int] | None = None,
+            source: Path = DEMO_DATA, slices: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
     from refinery.loop import run_round
     from refinery.train import dpo_alone
 
     project = make_project(work / f"seed-{seed}" / arm, overrides=arm_overrides(arm, seed, train),
-                           eval_rows=eval_rows)
+                           eval_rows=eval_rows, source=source)
     base = project.config
     seed_examples = _train_count(project)
     out = []
@@ -109,7 +121,9 @@ def run_arm(arm: str, seed: int, rounds: int, train: dict[str, Any], eval_rows: 
             "final_loss": summary.train["final_loss"], "train_seconds": summary.train["seconds"],
             "dpo": summary.train.get("dpo"), "pairs": _pair_count(project, summary.number),
             "stages": summary.stages, "seconds": round(seconds, 2), "project": str(project.root),
+            "store": str(project.store_path),
             "test_outcomes": _test_outcomes(project, summary.number),
+            "plan": summary.plan, "slices": slice_rates(project, summary.number, slices) if slices else None,
         }
         out.append(row)
         keep(row)
@@ -165,3 +179,69 @@ def _by_template(generated: list[dict[str, Any]]) -> dict[str, int]:
 
 def save_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def read_slices(source: Path) -> dict[str, list[str]] | None:
+    """Test inputs -> their hard slices, from a scenario's slices.jsonl (None for the bundled demo). The engine
+    never sees these labels: they are read here only to report pass rates per slice."""
+    path = source / "slices.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {r["input"]: r["slices"] for r in rows if r["set"] == "test"}
+
+
+def slice_rates(project, number: int, slices: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    """Per hard slice (and "none", the inputs in no slice): test examples and the share that passed."""
+    from refinery.store import Store
+
+    with Store(project.store_path) as store:
+        rows = store.con.execute("""
+            SELECT e.input, coalesce(bool_and(r.passed) FILTER (WHERE r.applies), true)
+            FROM examples e JOIN rule_results r ON r.example_id = e.id AND r.round = ? AND r.variant = ''
+            WHERE e.split = 'test' AND e.status = 'active' GROUP BY e.input""", [number]).fetchall()
+    counts: dict[str, list[int]] = {}
+    for text, ok in rows:
+        for name in slices.get(text) or ["none"]:
+            counts.setdefault(name, [0, 0])
+            counts[name][0] += 1
+            counts[name][1] += bool(ok)
+    return {name: {"examples": n, "pass_rate": passed / n} for name, (n, passed) in sorted(counts.items())}
+
+
+def pattern_effects(targeted: list[dict[str, Any]], random_rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Per targeted round: each pattern the round stored counterexamples for, with its members' failure rate on
+    its own check in that round, in the targeted arm's next round, and in the random arm's next round (the same
+    analysis examples, asked by the model trained on random data of the same count)."""
+    from refinery.store import Store
+
+    t_store, r_store = (Path(rows[0]["store"]) for rows in (targeted, random_rows))
+    out = []
+    with Store(t_store, read_only=True) as ts, Store(r_store, read_only=True) as rs:
+        for row in targeted:
+            number = row["round"]
+            patterns = ts.frame("""
+                SELECT c.id, c.checks, c.feature, c.kind, list(DISTINCT m.example_id) AS members FROM clusters c
+                JOIN cluster_members m ON m.cluster_id = c.id
+                WHERE c.round = ? AND EXISTS (SELECT 1 FROM examples e WHERE e.cluster_id = c.id
+                                              AND e.source = 'generated')
+                GROUP BY ALL ORDER BY c.id""", [number])
+            effects = []
+            for p in patterns.iter_rows(named=True):
+                check = next(iter(json.loads(p["checks"])))
+                effects.append({"pattern": p["id"], "check": check, "feature": p["feature"] or p["kind"],
+                                "members": len(p["members"]),
+                                "before": _failing(ts, number, check, p["members"]),
+                                "targeted_after": _failing(ts, number + 1, check, p["members"]),
+                                "random_after": _failing(rs, number + 1, check, p["members"])})
+            out.append(effects)
+    return out
+
+
+def _failing(store, number: int, check: str, members: list[str]) -> float | None:
+    """The share of `members` failing `check` in round `number` (None when that round was not run)."""
+    found = store.con.execute("""
+        SELECT count(*), count(*) FILTER (WHERE NOT passed) FROM rule_results
+        WHERE round = ? AND check_name = ? AND applies AND variant = '' AND list_contains(?, example_id)""",
+                              [number, check, members]).fetchall()[0]
+    return found[1] / found[0] if found[0] else None

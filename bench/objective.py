@@ -25,6 +25,7 @@ def run_objective(*, seeds: list[int], rounds: int, train: dict[str, Any], eval_
     """Every arm for every seed; one row per (seed, arm, round). `on_row` is called after each round."""
     def run_arms(seed: int, keep) -> None:
         for arm in arms:
-            run_arm(arm, seed, rounds, train, eval_rows, work / "objective", log, keep, wanted=None)
+            run_arm(arm, seed, rounds, train=train, eval_rows=eval_rows, work=work / "objective", log=log, keep=keep,
+                    wanted=None)
 
     return per_seed(seeds, run_arms, log=log, on_row=on_row)

@@ -83,9 +83,9 @@ def reach_table(rows: list[dict[str, Any]], target: float) -> dict[str, Any]:
 def verdict(rows: list[dict[str, Any]], target: float) -> dict[str, Any]:
     """Targeted against random: paired by seed at the last round, over rounds 2.., and in examples to target."""
     last = max((r["round"] for r in rows), default=0)
-    pairs = _paired(rows, last)
+    pairs = paired_rates(rows, last)
     differences = [t - r for t, r in pairs]
-    later = [t - r for number in range(2, last + 1) for t, r in _paired(rows, number)]
+    later = [t - r for number in range(2, last + 1) for t, r in paired_rates(rows, number)]
     reach = reach_table(rows, target)
     out: dict[str, Any] = {
         "rounds": last, "seeds": len(pairs), "target": target,
@@ -174,7 +174,7 @@ def data_ratio(t: dict[str, Any] | None, r: dict[str, Any] | None) -> dict[str, 
     return None
 
 
-def _paired(rows: list[dict[str, Any]], number: int) -> list[tuple[float, float]]:
+def paired_rates(rows: list[dict[str, Any]], number: int) -> list[tuple[float, float]]:
     by = {(r["arm"], r["seed"]): r["test_pass_rate"] for r in rows if r["round"] == number}
     seeds = sorted({seed for arm, seed in by if arm == "targeted"})
     return [(by[("targeted", s)], by[("random", s)]) for s in seeds if ("random", s) in by]

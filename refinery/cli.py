@@ -423,7 +423,7 @@ def _print_round(summary) -> None:
     held = (f", {total['pending']} held for review (`refinery examples --pending`)" if total["pending"] else "")
     if summary.nothing_generated:
         return console.print(f"Generated no counterexamples: {summary.nothing_generated}.", markup=False)
-    _print_budget(summary.budget)
+    _print_budget(summary.budget, summary.plan)
     kept = total["stored"] + total["pending"]
     console.print(f"Generated {total['stored']} counterexamples{held} (not stored: {total['duplicate']} duplicates, "
                   f"{total['leak']} leaks, {total['failed_checks']} failing their checks, {total['over_cap']} over "
@@ -433,14 +433,17 @@ def _print_round(summary) -> None:
             console.print(f"  {g['cluster'] or 'untargeted'}  {g['template']:<20} {g['stored'] + g['pending']}")
 
 
-def _print_budget(budget: list[dict]) -> None:
-    """"Budget 120, shared by failing mass: r003-c01 64 (new), ..." and how many stored carry their feature."""
-    aimed = [b for b in budget if b["cluster"]]
+def _print_budget(budget: list[dict], plan: dict | None) -> None:
+    """"Budget 120: 36 of 120 from random analysis examples (...), 84 over 2 patterns by failing mass:
+    r003-c01 64 (new), ..." and how many stored carry their feature."""
+    aimed = [b for b in budget if b["cluster"] and b["share"]]
+    if plan:
+        console.print(f"Budget {plan['budget']}: {plan['why']}" + (":" if aimed else "."), markup=False)
     if not aimed:
         return
     parts = [f"{b['cluster']} {b['share']} ({b['why']})" for b in aimed]
-    console.print(f"Budget {sum(b['share'] for b in aimed)}, shared by failing mass: {'; '.join(parts)}.",
-                  markup=False)
+    console.print(("  " if plan else f"Budget {sum(b['share'] for b in aimed)}, shared by failing mass: ")
+                  + "; ".join(parts) + ".", markup=False)
     featured = [b for b in aimed if b["feature"] and b["stored"]]
     if featured:
         console.print("Carrying the pattern's feature: " + "; ".join(

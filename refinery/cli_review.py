@@ -35,8 +35,11 @@ def clusters(ctx: typer.Context,
             table = review.pattern_history(store, cues=cues)
             return _print_json(table.to_dicts()) if as_json else _print_history(table)
         patterns = review.list_patterns(store, round=round)
+        plan = review.round_plan(store, round=round)
     if as_json:
         return _print_json([vars(p) for p in patterns])
+    if plan:
+        console.print(f"Budget {plan['budget']}: {plan['why']}.", markup=False)
     if not patterns:
         console.print("No failure patterns in that round.")
     for p in patterns:

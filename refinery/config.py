@@ -147,8 +147,16 @@ class AnalyzeSettings:
 class GenerateSettings:
     """How many counterexamples each round adds."""
 
-    clusters: int = opt(3, "Target the worst N failure patterns each round.", min=0)
-    per_cluster: int = opt(12, "Counterexamples to store per targeted pattern.", min=1)
+    clusters: int = opt(3, "The round's budget in patterns: clusters x per_cluster counterexamples (at most "
+                        "per_round), shared by failing mass over every pattern with templates.", min=0)
+    per_cluster: int = opt(12, "Counterexamples per pattern in the budget, and for a pattern a person accepted.",
+                           min=1)
+    explore: float | None = opt(None, "Share of the budget rendered from random analysis examples (every template "
+                                "in turn). Unset: the failing share of the analysis split, at least 10 %: as broad "
+                                "as random augmentation when nearly everything fails, concentrated on the causes "
+                                "when few inputs fail, and never nothing for failures no pattern names. A number "
+                                "fixes the share (0: every example aimed at a pattern).",
+                                min=0.0, max=1.0, example=0.2)
     per_parent: int = opt(2, "Renders of each template per failing example used as a parent.", min=1)
     per_round: int = opt(200, "Most counterexamples stored in one round, all patterns together.", min=1)
     near_test: float = opt(0.95, "Drop a counterexample whose input embedding has at least this cosine similarity "

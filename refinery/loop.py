@@ -69,6 +69,7 @@ class RoundSummary:
     nothing_generated: str = ""  # why the round rendered no counterexample, when it rendered none
     warnings: list[str] = field(default_factory=list)  # splits too small to measure
     budget: list[dict[str, Any]] = field(default_factory=list)  # how the counterexample budget was shared
+    plan: dict[str, Any] | None = None  # targeting.Plan: exploration against patterns, and why
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -207,8 +208,8 @@ def _run_stages(project, number, train_rows, rules, env, base_model, embedder, r
             cluster.id = f"r{number:03d}-c{cluster.rank:02d}"
         note(f"{failures.height} failing analysis cases in {len(clusters)} patterns")
     with timer.stage("generate") as note:
-        candidates, targets = generate_round(project, env, rules, clusters, rows, number, embedder,
-                                             known_words=known)
+        candidates, targets, plan = generate_round(project, env, rules, clusters, rows, number, embedder,
+                                                   known_words=known, failing=failures.height)
         kept = sum(c.outcome in ("stored", "pending") for c in candidates)
         held = " (pending review)" if project.config.generate.review else ""
         why = "" if candidates else why_none(project, rules, clusters, rows)
@@ -216,9 +217,10 @@ def _run_stages(project, number, train_rows, rules, env, base_model, embedder, r
                               model_path=model_path, adapter=adapter, embedder=embedder)
         note(f"{kept} of {len(candidates)} candidates kept{held}" + (f": {why}" if why else ""))
     with timer.stage("record") as note:
-        _record(project, number, clusters, candidates, metrics, result, weights, targets, pairs=pairs)
+        _record(project, number, clusters, candidates, metrics, result, weights, targets, plan, pairs=pairs)
         note(f"{sum(p.status == 'active' for p in pairs)} preference pairs")
     summary = _summary(project, number, result, metrics, clusters, candidates, rows, timer.seconds, targets)
+    summary.plan = plan.to_dict() if plan else None
     summary.round_dir, summary.nothing_generated = str(round_dir), why
     (round_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     return summary
@@ -318,7 +320,8 @@ def make_toggles(project, env, rules, embedder, *, share: float | None) -> list:
     return kept[:missing]
 
 
-def _record(project, number, clusters, candidates, metrics, result, weights, targets, *, pairs: list) -> None:
+def _record(project, number, clusters, candidates, metrics, result, weights, targets, plan, *,
+            pairs: list) -> None:
     shares = {t.cluster_id: t.share for t in targets}
     with Store(project.store_path, wait=STORE_WAIT) as store, store.transaction() as con:
         for cluster in clusters:
@@ -336,8 +339,9 @@ def _record(project, number, clusters, candidates, metrics, result, weights, tar
                              for m, d in zip(cluster.members, cluster.distances, strict=True)])
         _insert_generated(con, candidates, number, project.config.data.think_pattern)
         insert_pairs(con, pairs, number)
-        con.execute("UPDATE rounds SET status = 'done', metrics = ?, adapter_path = ?, finished_at = current_timestamp "
-                    "WHERE number = ?", [json.dumps(metrics), weights, number])
+        con.execute("UPDATE rounds SET status = 'done', metrics = ?, adapter_path = ?, plan = ?, "
+                    "finished_at = current_timestamp WHERE number = ?",
+                    [json.dumps(metrics), weights, json.dumps(plan.to_dict()) if plan else None, number])
 
 
 def _insert_generated(con, candidates: list, number: int, think_pattern: str) -> None:

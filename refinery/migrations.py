@@ -261,3 +261,10 @@ def m005_preference_pairs(con: duckdb.DuckDBPyConnection) -> None:
             detail        VARCHAR,
             created_at    TIMESTAMP NOT NULL DEFAULT current_timestamp
         )""")
+
+
+@migration
+def m006_round_plan(con: duckdb.DuckDBPyConnection) -> None:
+    # How a round shared its budget (targeting.Plan as JSON): budget, failing share of the analysis split, examples
+    # from random parents (exploration), each pattern's share, and the sentence that says why.
+    con.execute("ALTER TABLE rounds ADD COLUMN plan JSON")

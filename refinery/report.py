@@ -118,7 +118,7 @@ def render_html(report: Report) -> str:
 
 def _rounds(store: Store) -> list[dict[str, Any]]:
     frame = store.frame("""
-        SELECT r.number, r.kind, r.status, r.metrics, r.stop_reason, r.error, r.started_at,
+        SELECT r.number, r.kind, r.status, r.metrics, r.stop_reason, r.error, r.started_at, r.plan,
                CASE WHEN r.kind = 'round' THEN date_diff('millisecond', r.started_at, r.finished_at) / 1000.0
                     ELSE (SELECT sum(s.seconds) FROM round_stages s WHERE s.round = r.number) END AS seconds,
                (SELECT count(*) FROM round_examples x WHERE x.round = r.number)::INTEGER AS trained_on
@@ -133,7 +133,8 @@ def _rounds(store: Store) -> list[dict[str, Any]]:
             "weighted_score": main.get("weighted_score"),
             **{f"{split}_pass_rate": measured.get(split, {}).get("pass_rate") for split in ("analysis", "corner")},
             "seconds": r["seconds"], "started_at": r["started_at"].isoformat(sep=" ", timespec="seconds"),
-            "stop_reason": r["stop_reason"], "error": r["error"], "metrics": measured})
+            "stop_reason": r["stop_reason"], "error": r["error"], "metrics": measured,
+            "plan": json.loads(r["plan"]) if r["plan"] else None})
     return rows
 
 
@@ -278,6 +279,8 @@ def views(report: Report) -> dict[str, Any]:
         "patterns": {n: [p for p in report.patterns if p["round"] == n]
                      for n in sorted({p["round"] for p in report.patterns})},
         "regressions": {p["round"]: (p["next_round"], p["regressions"]) for p in report.patterns if p["regressions"]},
+        "plans": {r["number"]: f"Budget {r['plan']['budget']}: {r['plan']['why']}." for r in report.rounds
+                  if r["plan"]},
         "map": _map_summary(report),
         "map_section": 6 if report.mix_section else 5,  # the failure map's number: 5 when there is no mix section
     }
@@ -441,6 +444,7 @@ def _patterns_text(report: Report, v: dict[str, Any]) -> list:
         notes = [f"   {p['pattern']}: analysis inputs with {p['feature']} failing {p['check']}: "
                  f"{_arrow(p['feature_failing_before'], p['feature_failing_after'])}"
                  for p in patterns if p["feature"] and p["feature_failing_before"] is not None]
+        notes = ([f"   {v['plans'][n]}"] if n in v["plans"] else []) + notes
         if n in v["regressions"]:
             notes.append(f"   checks that fell on the analysis split from round {n} to round {v['regressions'][n][0]}: "
                          f"{v['regressions'][n][1]}")

@@ -55,6 +55,13 @@ def list_patterns(store: Store, *, round: int | None = None, members: int = 3) -
     return [show_pattern(store, i, members=members) for i in ids["id"]]
 
 
+def round_plan(store: Store, *, round: int | None = None) -> dict[str, Any] | None:
+    """How a round (default: the last done one) shared its counterexample budget (targeting.Plan), if recorded."""
+    plan = store.scalar("SELECT plan FROM rounds WHERE number = coalesce(?, (SELECT max(number) FROM rounds "
+                        "WHERE status = 'done'))", [round])
+    return json.loads(plan) if plan else None
+
+
 def show_pattern(store: Store, cluster_id: str, *, members: int | None = None) -> Pattern:
     """One pattern with its members (all of them unless `members` is given): input, output, expected."""
     row = _cluster(store, cluster_id)

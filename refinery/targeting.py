@@ -1,11 +1,17 @@
-"""What a round renders: the patterns it aims at, each one's share of the budget, and the vetting of what comes out.
+"""What a round renders: the plan of its budget, the patterns it aims at, and the vetting of what comes out.
 
-The round's budget (`[generate] clusters x per_cluster`, at most `per_round`) is shared across the worst patterns
-that have templates (embedding clusters marked not significant only when nothing else is left) by failing mass
-(members x severity), weighed by what earlier rounds' targeting did: a pattern
-that shrank after it was targeted gets less, one that did not shrink gets more and another template family first, a
-pattern that no longer fails is not there to get any. Each template renders with the pattern in scope, so that what
-it renders carries the pattern's feature; whether it does is checked and stored.
+The round's budget (`[generate] clusters x per_cluster`, at most `per_round`) is planned in two parts. An
+exploration share is rendered from analysis examples drawn at random, every template in turn (what `targeting =
+"random"` does with the whole budget): the failing share of the analysis split, at least 10 % (or the fixed share
+`[generate] explore`). When nearly everything fails, a random example is a failure anyway and random parents cover
+every family, so the plan is as broad as random augmentation; when failures are few, most of the budget goes to
+their causes, and the floor keeps data flowing to what analysis cannot see. The rest is shared across every pattern that has templates
+(embedding clusters marked not significant only when nothing else is left) by failing mass (members x severity),
+weighed by what earlier rounds' targeting did: a pattern that shrank after it was targeted gets less, one that did
+not shrink gets more and another template family first, a pattern that no longer fails is not there to get any.
+Within a pattern, parents take its templates in turn, so the share spreads over members and families. Each
+template renders with the pattern in scope, so that what it renders carries the pattern's feature; whether it does
+is checked and stored.
 """
 
 from __future__ import annotations
@@ -39,33 +45,74 @@ class Target:
     why: str = ""  # how its share was decided, for the round summary
 
 
+@dataclass
+class Plan:
+    """How a round's budget is spent: `explore` examples from random parents, `shares` per pattern, and why."""
+
+    budget: int
+    failing_share: float  # of the analysis split
+    explore: int
+    shares: dict[str, int]
+    why: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget": self.budget, "failing_share": round(self.failing_share, 4), "explore": self.explore,
+                "patterns": dict(self.shares), "why": self.why}
+
+
+EXPLORE_FLOOR = 0.1  # the least exploration share when `[generate] explore` is unset
+
+
+def plan_budget(weights: dict[str, float], *, budget: int, failing_share: float, explore: float | None) -> Plan:
+    """Share `budget` between exploration (random parents) and the patterns (`weights`: weighed failing mass).
+
+    Exploration takes the failing share of the analysis split, at least EXPLORE_FLOOR (or the fixed share
+    `explore` when it is set): a random parent is then a failure about as often as a targeted one would be, and
+    random parents spread over every family; what is left follows the failing mass, which is concentrated exactly
+    when the failures are. With no pattern to aim at, everything explores."""
+    from refinery.generate import share_budget
+
+    aimed = {key: w for key, w in weights.items() if w > 0}
+    share = (max(EXPLORE_FLOOR, failing_share) if explore is None else explore) if aimed else 1.0
+    explored = min(budget, round(budget * share))
+    shares = share_budget(weights, budget - explored)
+    reason = ("no pattern to aim at" if not aimed else f"[generate] explore = {explore}" if explore is not None
+              else f"{failing_share:.0%} of the analysis split fails" if failing_share >= EXPLORE_FLOOR
+              else f"the exploration floor, {EXPLORE_FLOOR:.0%}")
+    why = (f"{explored} of {budget} from random analysis examples ({reason}), {budget - explored} over "
+           f"{_patterns(sum(1 for v in shares.values() if v))} by failing mass")
+    return Plan(budget, failing_share, explored, shares, why)
+
+
+def _patterns(n: int) -> str:
+    return f"{n} pattern" + ("" if n == 1 else "s")
+
+
 def generate_round(project, env, rules, clusters, rows: pl.DataFrame, number: int, embedder, *,
-                   known_words: set[str]) -> tuple[list, list[Target]]:
-    """Counterexamples for this round's targets, vetted and capped at each target's share; and the targets."""
+                   known_words: set[str], failing: int = 0) -> tuple[list, list[Target], Plan | None]:
+    """Counterexamples for this round's targets, vetted and capped at each target's share; the targets; the plan
+    (None unless patterns are targeted). `failing`: how many analysis examples failed a check."""
     from refinery.generate import render_candidates
 
     settings = project.config.generate
     if settings.targeting == "off":
-        return [], []
+        return [], [], None
     by_id = {r["example_id"]: r for r in rows.iter_rows(named=True)}
     seed = project.config.core.seed + number
     lookups = {lookup.name: dict(lookup.table) for lookup in rules.lookups}
-    targets = plan_targets(project, rules, clusters, rows, number, known_words=known_words)
+    targets, plan = plan_targets(project, rules, clusters, rows, number, known_words=known_words, failing=failing)
     candidates = []
     for target in targets:
         made: list = []
-        for i, example_id in enumerate(target.members):
+        for example_id, template in spread(target):
             row = by_id.get(example_id)
-            if row is None or target.share == 0:  # no longer active (relabelled), or no budget
+            if row is None:  # no longer active (relabelled)
                 continue
             parent = {"id": example_id, "input": row["input"], "output": row["expected"],
                       "fields": json.loads(row["fields"]) if row["fields"] else {}}
-            # Random augmentation renders one template per parent, in turn, so every family gets its share.
-            chosen = target.templates if target.cluster_id else [target.templates[i % len(target.templates)]]
-            for template in chosen:
-                made += render_candidates(env, template, parent, count=settings.per_parent, seed=seed,
-                                          cluster_id=target.cluster_id, targets=target.failing,
-                                          spec=rules.template(template), pattern=target.pattern, lookups=lookups)
+            made += render_candidates(env, template, parent, count=settings.per_parent, seed=seed,
+                                      cluster_id=target.cluster_id, targets=target.failing,
+                                      spec=rules.template(template), pattern=target.pattern, lookups=lookups)
             if len(made) >= target.share * 3:
                 break
         candidates += made
@@ -75,37 +122,56 @@ def generate_round(project, env, rules, clusters, rows: pl.DataFrame, number: in
     if settings.review:  # held for a person: `refinery examples --pending`, then accept or reject
         for c in capped:
             c.outcome = "pending" if c.outcome == "stored" else c.outcome
-    return capped, targets
+    return capped, targets, plan
 
 
-def plan_targets(project, rules, clusters, rows: pl.DataFrame, number: int, *,
-                 known_words: set[str]) -> list[Target]:
+def spread(target: Target):
+    """(parent, template) pairs in the order a target renders them: each parent takes the next template in turn,
+    and a second pass over the parents takes the templates after that, so a share spreads over members and
+    families instead of piling every family onto the first few members."""
+    if target.share == 0 or not target.templates:
+        return
+    for turn in range(len(target.templates)):
+        for i, example_id in enumerate(target.members):
+            yield example_id, target.templates[(i + turn) % len(target.templates)]
+
+
+def plan_targets(project, rules, clusters, rows: pl.DataFrame, number: int, *, known_words: set[str],
+                 failing: int = 0) -> tuple[list[Target], Plan | None]:
     """The round's targets with their shares: patterns a person accepted since the last round (a full pattern's
-    share each), then the worst patterns with templates sharing the budget by weighed failing mass."""
+    share each), the exploration share on random analysis examples, then every pattern with templates sharing
+    the rest by weighed failing mass (see `plan_budget`)."""
     settings = project.config.generate
     if settings.targeting == "random":
-        parents = sorted(rows.filter(pl.col("split") == "analysis")["example_id"].to_list())
-        random.Random(f"{project.config.core.seed}:{number}").shuffle(parents)
-        templates = sorted({s.file for s in rules.templates} | {t for g in rules.targets for t in g.templates})
-        return [Target(None, [], parents, templates, settings.per_round)] if templates else []
+        return [t for t in [explore_target(project, rules, rows, number, settings.per_round)] if t], None
     by_id = {r["example_id"]: r for r in rows.iter_rows(named=True)}
     targets = _accepted(project, rules, number, settings.per_cluster)
-    aimed = choose_patterns(clusters, rules, settings.clusters)
+    aimed = choose_patterns(clusters, rules)
     history = _history(project, number)
     weights, why, turns = {}, {}, {}
     for cluster in aimed:
         factor, why[cluster.id], turns[cluster.id] = _lineage(cluster, history.get(pattern_key(cluster)))
         weights[cluster.id] = cluster.score * factor
-    from refinery.generate import share_budget
-
-    budget = min(settings.clusters * settings.per_cluster, settings.per_round)
-    shares = share_budget(weights, budget)
+    analysis = rows.filter(pl.col("split") == "analysis").height
+    plan = plan_budget(weights, budget=min(settings.clusters * settings.per_cluster, settings.per_round),
+                       failing_share=failing / analysis if analysis else 0.0, explore=settings.explore)
+    exploring = explore_target(project, rules, rows, number, plan.explore)
+    targets += [exploring] if exploring and plan.explore else []
     for cluster in aimed:
         templates = rules.templates_for([own_check(cluster)], cluster.feature)
         turn = turns[cluster.id] % len(templates)
         targets.append(Target(cluster.id, [own_check(cluster)], cluster.members, templates[turn:] + templates[:turn],
-                              shares[cluster.id], pattern_scope(cluster, by_id, known_words), why[cluster.id]))
-    return targets
+                              plan.shares[cluster.id], pattern_scope(cluster, by_id, known_words), why[cluster.id]))
+    return targets, plan
+
+
+def explore_target(project, rules, rows: pl.DataFrame, number: int, share: int) -> Target | None:
+    """Random analysis examples as parents, every template in turn: random augmentation, or a plan's exploration.
+    The draw depends on the seed and round only, so the random arm of a benchmark draws the same parents."""
+    parents = sorted(rows.filter(pl.col("split") == "analysis")["example_id"].to_list())
+    random.Random(f"{project.config.core.seed}:{number}").shuffle(parents)
+    templates = sorted({s.file for s in rules.templates} | {t for g in rules.targets for t in g.templates})
+    return Target(None, [], parents, templates, share, why="random analysis examples") if templates else None
 
 
 def own_check(cluster) -> str:
@@ -115,13 +181,13 @@ def own_check(cluster) -> str:
     return next(iter(cluster.checks))
 
 
-def choose_patterns(clusters: list, rules, limit: int) -> list:
-    """The worst `limit` patterns that have templates. An embedding cluster whose inputs fail no more often than
+def choose_patterns(clusters: list, rules) -> list:
+    """The patterns that have templates, worst first. An embedding cluster whose inputs fail no more often than
     the rest (not significant) is shown, not targeted: nothing sets its failures apart for a template to aim at;
     such clusters are taken only when nothing else is left."""
     answerable = [c for c in clusters if rules.templates_for([own_check(c)], c.feature)]
     standing_out = [c for c in answerable if c.significant is not False]
-    return (standing_out or answerable)[:limit]
+    return standing_out or answerable
 
 
 def pattern_key(cluster) -> tuple[str, str]:

@@ -82,6 +82,51 @@ def test_quick_run_compares_the_three_arms_with_equal_data(quick) -> None:
     assert svg.read_text(encoding="utf-8").lstrip().startswith("<?xml") and "benchmarks/sample-efficiency.svg" in page
 
 
+def test_quick_run_measures_the_usually_right_regime_with_slices_and_pattern_effects(quick) -> None:
+    results, page, _ = quick
+    rows = results["usually_right"]
+    assert {(r["arm"], r["round"]) for r in rows} == {(a, n) for a in ("targeted", "random", "steps") for n in (1, 2)}
+    slices = {json.loads(line)["input"]: json.loads(line)["slices"]
+              for line in (REPO / "data" / "demo" / "usually-right" / "slices.jsonl").read_text().splitlines()}
+    for r in rows:
+        assert r["train_examples"] >= 300 and r["test_examples"] == 40  # the broad seed set; --eval-rows 40
+        # every test example counted once in "none" or in each of its slices
+        assert sum(s["examples"] for s in r["slices"].values()) >= r["test_examples"]
+        assert set(r["slices"]) <= {"none", *{name for names in slices.values() for name in names}}
+    targeted = [r for r in rows if r["arm"] == "targeted"]
+    for effect in targeted[0]["effects"]:  # round 1's patterns, measured in round 2 of both arms
+        assert 0.0 <= effect["before"] <= 1.0 and effect["targeted_after"] is not None
+        assert effect["random_after"] is not None and effect["members"] > 0
+    assert all(e["targeted_after"] is None for e in targeted[1]["effects"])  # no round 3 was run
+    assert targeted[0]["plan"]["budget"] == targeted[0]["plan"]["explore"] + sum(targeted[0]["plan"]["patterns"]
+                                                                                .values())
+    assert "## 2. Sample efficiency, the model starts usually right" in page
+    assert "### Targeted against random, round by round" in page and "### The worst hard slice per round" in page
+
+
+def test_the_regime_tables_from_planted_rows() -> None:
+    from bench.regimes import effect_lines, near_best_target, per_round_lines, slice_lines
+
+    rows = planted_rows([0.7, 0.8, 0.9], [0.7, 0.75, 0.85])
+    for r in rows:
+        r["slices"] = {"none": {"examples": 40, "pass_rate": 0.95}, "capitals": {"examples": 10, "pass_rate": 0.5},
+                       "tag_after": {"examples": 10, "pass_rate": 0.6 if r["arm"] == "targeted" else 0.4}}
+        r["plan"] = {"budget": 120, "explore": 30, "patterns": {"c1": 90}}
+        r["effects"] = [{"members": 10, "before": 0.8, "targeted_after": 0.2, "random_after": 0.6},
+                        {"members": 30, "before": 0.4, "targeted_after": 0.0, "random_after": 0.4}] \
+            if r["arm"] == "targeted" else []
+    assert near_best_target(rows) == pytest.approx(0.89)
+    table = "\n".join(per_round_lines(rows))
+    # round 2: 0.8 against 0.75 in every seed; 3 examples a seed pass only with targeted data
+    assert "| 2 | 80.0 % | 75.0 % | +5.0 (+5.0 to +5.0) | 9 / 0, p = 0.0039 | n/a | 0.25 | 30 of 120 |" in table
+    worst = "\n".join(slice_lines(rows))
+    assert "| 3 | 50.0 % (capitals) | 40.0 % (tag_after) | 40.0 % (tag_after) |" in worst
+    assert "| tag_after | 10 | 60.0 % | 40.0 % | 40.0 % |" in worst
+    effects = "\n".join(effect_lines(rows))
+    # pooled by members: before (8 + 12) / 40, targeted after (2 + 0) / 40, random after (6 + 12) / 40
+    assert "| 1 | 6 | 120 | 50.0 % | 5.0 % | 45.0 % | 3 / 0 |" in effects
+
+
 def test_quick_run_times_the_stages_against_the_bare_libraries(quick) -> None:
     results, page, _ = quick
     st = results["stages"]

@@ -171,7 +171,7 @@ def test_init_scaffolds_a_project_whose_commented_defaults_are_the_defaults(tmp_
     expected = (Config().override("mix", reasoning_share=0.4, cue="use thinking.",
                                   cue_pattern=r"(?i)(please )?use thinking[.!]?|think it through[.!]?",
                                   answer_check="answer_correct", toggle_template="think_toggle.jinja")
-                .override("train", steps=300)
+                .override("train", steps=300).override("generate", explore=0.2)
                 .override("plateau", target=0.95).override("baseline", production="runs/production-adapter"))
     assert read_config(config_file) == expected
     assert uncommented.count("\n# ") > 30  # the help text stays as comments

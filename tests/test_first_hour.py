@@ -134,7 +134,8 @@ def test_the_readme_own_project_section_runs_verbatim_and_round_2_trains_on_roun
     assert set(first["id"]) <= round_2
     # the review commands show round 1's patterns and the examples it added
     code, out, err = _output(seen, "refinery clusters")
-    assert out.startswith("#1 r001-c01  [")
+    assert re.match(r"Budget \d+: \d+ of \d+ from random analysis examples \(.*\), \d+ over \d+ patterns? by "
+                    r"failing mass\.\n#1 r001-c01  \[", out)
     code, out, err = _output(seen, "refinery examples")
     assert f"{first.height} examples generated" in out
     # the report, its failure map's legend naming each cluster of a round apart, and the export

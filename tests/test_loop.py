@@ -51,7 +51,7 @@ def test_a_round_records_every_figure_it_reports(demo_project) -> None:
         generated = store.frame("SELECT * FROM examples WHERE source = 'generated'")
         assert generated.height == sum(g["stored"] for g in summary.generated) > 0
         assert set(generated["round_added"]) == {1} and set(generated["split"]) == {"train"}
-        assert set(generated["cluster_id"]) <= set(clusters["id"])
+        assert set(generated["cluster_id"]) <= set(clusters["id"]) | {None}  # None: explored at random
         assert generated["template"].null_count() == 0
         parents = store.scalar("SELECT count(*) FROM examples g JOIN examples p ON p.id = g.parent_id "
                                "WHERE g.source = 'generated'")
@@ -63,8 +63,13 @@ def test_a_round_records_every_figure_it_reports(demo_project) -> None:
         assert set(clusters["kind"]) <= {"cause", "all", "cluster"}
         assert clusters.filter(pl.col("kind") == "cause")["feature"].null_count() == 0
         shares = {b["cluster"]: b["share"] for b in summary.budget}
+        aimed = {c: n for c, n in shares.items() if c is not None}
         assert sum(shares.values()) == 2 * 4 and dict(clusters.filter(pl.col("budget").is_not_null())
-                                                      .select("id", "budget").iter_rows()) == shares
+                                                      .select("id", "budget").iter_rows()) == aimed
+        # the plan: the round's failing share explored at random, the rest by failing mass; stored with the round
+        plan = json.loads(store.scalar("SELECT plan FROM rounds WHERE number = 1"))
+        assert plan == summary.plan and plan["explore"] == shares.get(None, 0)
+        assert plan["explore"] == round(8 * max(0.1, plan["failing_share"])) and plan["patterns"] == aimed
         stored = generated.group_by("cluster_id").len()
         assert all(n <= shares[c] for c, n in stored.iter_rows())
         aimed = store.frame("SELECT feature, carries FROM generations WHERE round = 1 AND feature IS NOT NULL")

@@ -50,7 +50,7 @@ def test_three_planted_patterns_of_different_kinds_are_the_top_patterns() -> Non
 @pytest.fixture
 def reviewed(demo_project):
     """The demo project after one round that targeted only its worst pattern, so others are left to review."""
-    project = demo_project.with_config(demo_project.config.override("generate", clusters=1))
+    project = demo_project.with_config(demo_project.config.override("generate", clusters=1, explore=0.0))
     summary = run_round(project)
     assert len(summary.clusters) >= 2
     return project, summary

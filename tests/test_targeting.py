@@ -3,6 +3,7 @@ the failing mass and what earlier targeting did, and `[[target]]` may name featu
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +14,7 @@ from refinery.errors import ConfigError
 from refinery.generate import render_candidates, share_budget, template_environment, vet_candidates
 from refinery.hypotheses import UNSEEN, collect_words, input_features
 from refinery.rules import load_rules
-from refinery.targeting import _lineage, choose_patterns, feature_words
+from refinery.targeting import Target, _lineage, choose_patterns, feature_words, plan_budget, plan_targets, spread
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +156,75 @@ def test_a_cluster_that_does_not_stand_out_is_targeted_only_when_nothing_else_is
     cause = pattern("c2", "emoji_correct", "cause", None)
     real = pattern("c3", "answer_correct", "cluster", True)
     unanswered = pattern("c4", "no_such_check", "cause", None)
-    assert choose_patterns([noise, unanswered, cause, real], demo_rules, 3) == [cause, real]
-    assert choose_patterns([noise, cause, real], demo_rules, 1) == [cause]
-    assert choose_patterns([noise, unanswered], demo_rules, 3) == [noise]
-    assert choose_patterns([mixed], demo_rules, 3) == []  # its own check has no templates
+    assert choose_patterns([noise, unanswered, cause, real], demo_rules) == [cause, real]
+    assert choose_patterns([noise, unanswered], demo_rules) == [noise]
+    assert choose_patterns([mixed], demo_rules) == []  # its own check has no templates
+
+
+def test_the_plan_explores_the_failing_share_and_gives_the_rest_by_failing_mass() -> None:
+    weights = {"a": 300.0, "b": 100.0, "c": 0.0}
+    plan = plan_budget(weights, budget=120, failing_share=0.25, explore=None)
+    assert (plan.explore, plan.shares) == (30, {"a": 68, "b": 22, "c": 0})
+    assert plan.why == ("30 of 120 from random analysis examples (25% of the analysis split fails), 90 over 2 "
+                        "patterns by failing mass")
+    floor = plan_budget(weights, budget=120, failing_share=0.02, explore=None)
+    assert (floor.explore, sum(floor.shares.values())) == (12, 108) and "the exploration floor, 10%" in floor.why
+    assert plan_budget({}, budget=120, failing_share=0.02, explore=None).explore == 120  # nothing to aim at
+    fixed = plan_budget(weights, budget=120, failing_share=0.95, explore=0.0)  # a fixed share: all aimed
+    assert (fixed.to_dict()["explore"], fixed.shares) == (0, {"a": 90, "b": 30, "c": 0})
+    assert "([generate] explore = 0.0), 120 over 2 patterns" in fixed.why
+
+
+def test_a_target_spreads_its_share_over_members_before_it_repeats_a_parent() -> None:
+    target = Target("c1", ["emoji_correct"], ["m1", "m2", "m3"], ["t1.jinja", "t2.jinja"], share=4)
+    assert list(spread(target)) == [("m1", "t1.jinja"), ("m2", "t2.jinja"), ("m3", "t1.jinja"),
+                                    ("m1", "t2.jinja"), ("m2", "t1.jinja"), ("m3", "t2.jinja")]
+    assert list(spread(Target("c1", [], ["m1"], ["t1.jinja"], share=0))) == []
+
+
+def _planted(demo_project, failing_share: float, causes: dict[str, int]):
+    """The demo project's 70 held-out rows as its analysis split, a share of them failing, and patterns with the
+    given sizes (check emoji_correct, a feature each), as analysis would hand them to the plan."""
+    from refinery.store import Store
+
+    with Store(demo_project.store_path) as store:
+        store.con.execute("UPDATE examples SET split = 'analysis' WHERE split = 'holdout'")
+        rows = store.frame("SELECT id AS example_id, input, output AS expected, fields, split FROM examples "
+                           "WHERE split = 'analysis' ORDER BY id")
+    ids = rows["example_id"].to_list()
+    config = demo_project.config  # the demo's budget: 3 x 40 = 120
+    project = replace(demo_project, config=replace(config, generate=replace(config.generate, clusters=3,
+                                                                             per_cluster=40)))
+    patterns, start = [], 0
+    for rank, (feature, size) in enumerate(causes.items(), start=1):
+        patterns.append(SimpleNamespace(id=f"r001-c{rank:02d}", checks={"emoji_correct": size}, feature=feature,
+                                        kind="cause", significant=None, score=2.0 * size, size=size, rank=rank,
+                                        statement=f"emoji_correct fails with {feature}",
+                                        members=ids[start:start + size]))
+        start += size
+    return project, rows, patterns, round(failing_share * len(ids))
+
+
+def test_when_nearly_everything_fails_the_plan_is_as_broad_as_random_augmentation(demo_project, demo_rules) -> None:
+    project, rows, patterns, failing = _planted(demo_project, 0.95, {"'sunny' touches punctuation": 20, UNSEEN: 18,
+                                                            "the tag after the question": 15})
+    targets, plan = plan_targets(project, demo_rules, patterns, rows, 1, known_words=seed_vocabulary(),
+                                 failing=failing)
+    budget = 120
+    assert plan.budget == budget and plan.explore == round(budget * failing / rows.height) >= 0.9 * budget
+    explore = next(t for t in targets if t.cluster_id is None)
+    families = {template for _, template in list(spread(explore))[:explore.share]}
+    every = {s.file for s in demo_rules.templates} | {t for g in demo_rules.targets for t in g.templates}
+    assert families == every  # random parents, every family in turn
+    assert sum(t.share for t in targets if t.cluster_id) == budget - plan.explore
+
+
+def test_when_failures_are_few_and_have_a_cause_the_plan_concentrates_on_it(demo_project, demo_rules) -> None:
+    project, rows, patterns, failing = _planted(demo_project, 0.08, {"'sunny' touches punctuation": 5, UNSEEN: 1})
+    targets, plan = plan_targets(project, demo_rules, patterns, rows, 1, known_words=seed_vocabulary(),
+                                 failing=failing)
+    shares = {t.cluster_id: t.share for t in targets}
+    assert plan.explore == shares[None] == 12  # the exploration floor, 10 % of 120
+    assert shares == {None: 12, "r001-c01": 90, "r001-c02": 18}  # 108 by failing mass, 5 : 1
+    aimed = next(t for t in targets if t.cluster_id == "r001-c01")
+    assert set(aimed.members) == set(patterns[0].members) and aimed.pattern["feature"] == patterns[0].feature
