@@ -13,6 +13,8 @@ from bench import stats
 def per_round_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Targeted against random at every round: medians, the per-seed gap, McNemar and the paired test."""
     rounds = sorted({r["round"] for r in rows})
+    if not any(r["arm"] == "random" for r in rows):
+        return []
     out = ["### Targeted against random, round by round", "",
            "| round | targeted | random | gap (median, min to max over seeds) | McNemar (only targeted / only random, "
            "p) | paired t-test p | Wilcoxon p | budget explored at random (targeted arm, median) |",
@@ -61,7 +63,8 @@ def slice_lines(rows: list[dict[str, Any]]) -> list[str]:
     for number in sorted({r["round"] for r in with_slices}):
         cells = []
         for arm in arms:
-            worst = [_worst(r["slices"]) for r in with_slices if r["arm"] == arm and r["round"] == number]
+            worst = [w for r in with_slices if r["arm"] == arm and r["round"] == number
+                     for w in [_worst(r["slices"])] if w]
             cells.append(f"{_pct(statistics.median(w[1] for w in worst))} "
                          f"({statistics.mode(w[0] for w in worst)})" if worst else "")
         out.append(f"| {number} | " + " | ".join(cells) + " |")
@@ -78,8 +81,10 @@ def slice_lines(rows: list[dict[str, Any]]) -> list[str]:
     return out + [""]
 
 
-def _worst(slices: dict[str, dict[str, Any]]) -> tuple[str, float]:
+def _worst(slices: dict[str, dict[str, Any]]) -> tuple[str, float] | None:
     hard = {name: s["pass_rate"] for name, s in slices.items() if name != "none"}
+    if not hard:  # a test split too small to hold any hard case
+        return None
     name = min(hard, key=lambda n: (hard[n], n))
     return name, hard[name]
 

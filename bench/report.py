@@ -53,10 +53,12 @@ def render(results: dict[str, Any], *, target: float | None = None) -> str:
              f"Written by `bench/run` on {results['date']} from one run of {_minutes(results['seconds'].get('total'))}"
              f" (commit {results['commit']}); raw results in `{_rel(Path(s['out']) / 'results.json')}`. "
              f"Re-run it all with `bench/run` (see `bench/README.md`).", ""]
-    answers = [(f"{REGIMES[part][0]}: ", results[part]) for part in REGIMES if results.get(part)]
+    answers = [(part, results[part]) for part in REGIMES if results.get(part)]
     if answers:
         lines += ["## The answer", ""]
-        lines += [(title if len(answers) > 1 else "") + statement(rows, target) + "\n" for title, rows in answers]
+        for part, rows in answers:  # named by its regime unless the cold start is all there is
+            named = part != "efficiency" or len(answers) > 1
+            lines += [(f"*{REGIMES[part][0].split('. ', 1)[1]}.* " if named else "") + statement(rows, target), ""]
     lines += _machine(results)
     if results.get("ceiling"):
         lines += _ceiling(results["ceiling"])
@@ -68,11 +70,8 @@ def render(results: dict[str, Any], *, target: float | None = None) -> str:
     if results.get("usually_right"):
         lines += _efficiency(results["usually_right"], s, target, regime="usually_right")
         lines += regime_lines(results["usually_right"])
-    if not results.get("efficiency"):
-        lines += ["## Sample efficiency", "", "Not run this time (`bench/run --parts efficiency`). The last verdict "
-                  "(2026-11-21, commit 29de123: targeted 26.4 % against random 30.2 % at round 4, McNemar p = 0.58) "
-                  "was measured under the old fixed 300 steps a round and a 53-example test split, so it no longer "
-                  "describes the engine; it is to be re-run on this demo.", ""]
+    if not answers:
+        lines += ["## Sample efficiency", "", "Not run this time (`bench/run --parts efficiency,usually_right`).", ""]
     if results.get("stages"):
         lines += _stages(results["stages"])
     if results.get("scale"):
@@ -401,7 +400,7 @@ def _stages(st: dict[str, Any]) -> list[str]:
         ("record (store)", engine.get("record"), "clusters, generated examples, metrics in one transaction",
          "none", None),
     ]
-    out = ["## 2. Where the time goes: one demo round", "",
+    out = ["## 3. Where the time goes: one demo round", "",
            f"{_capital(st.get('source', 'round 1 of the demo'))} ({c['train_examples']} training examples, "
            f"{c['steps']} steps, {c['outputs']} outputs, {c['failures']} failing analysis cases) in a warm process, "
            f"by stage as `round_stages` records it, {total:.1f} s in all. Each stage is set against the bare library "
@@ -427,7 +426,7 @@ def _stages(st: dict[str, Any]) -> list[str]:
 def _scale(sc: dict[str, Any], s: dict[str, Any]) -> list[str]:
     emb = sc.get("embed") or {}
     rate = emb.get("per_second")
-    out = ["## 3. Scale", "", "### Analysis of many failures", "",
+    out = ["## 4. Scale", "", "### Analysis of many failures", "",
            "refinery's `analyze` (cluster + describe, the analyse stage after embedding) on synthetic failures: "
            "demo inputs from the demo's generator (`data/demo/make_demo.py`), failing checks planted by input "
            "feature, a quarter as many passing cases, and **precomputed synthetic 384-d embeddings** (embedding "

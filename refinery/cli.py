@@ -430,20 +430,18 @@ def _print_round(summary) -> None:
                   f"budget)" + (":" if kept else "."), markup=False)
     for g in summary.generated:
         if g["stored"] or g["pending"]:
-            console.print(f"  {g['cluster'] or 'untargeted'}  {g['template']:<20} {g['stored'] + g['pending']}")
+            console.print(f"  {g['cluster'] or 'at random'}  {g['template']:<20} {g['stored'] + g['pending']}")
 
 
 def _print_budget(budget: list[dict], plan: dict | None) -> None:
-    """"Budget 120: 36 of 120 from random analysis examples (...), 84 over 2 patterns by failing mass:
-    r003-c01 64 (new), ..." and how many stored carry their feature."""
+    """"Budget 120: 36 of 120 from random analysis examples (...), 84 over 2 patterns by failing mass:" then
+    "r003-c01 64 (new); ..." (a pattern a person accepted: its own share), and how many carry their feature."""
     aimed = [b for b in budget if b["cluster"] and b["share"]]
     if plan:
         console.print(f"Budget {plan['budget']}: {plan['why']}" + (":" if aimed else "."), markup=False)
-    if not aimed:
-        return
-    parts = [f"{b['cluster']} {b['share']} ({b['why']})" for b in aimed]
-    console.print(("  " if plan else f"Budget {sum(b['share'] for b in aimed)}, shared by failing mass: ")
-                  + "; ".join(parts) + ".", markup=False)
+    if aimed:
+        console.print("  " + "; ".join(f"{b['cluster']} {b['share']} ({b['why']})" for b in aimed) + ".",
+                      markup=False)
     featured = [b for b in aimed if b["feature"] and b["stored"]]
     if featured:
         console.print("Carrying the pattern's feature: " + "; ".join(

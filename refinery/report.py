@@ -272,7 +272,7 @@ def views(report: Report) -> dict[str, Any]:
         "columns": [(n, kinds[n]) for n in columns],
         "checks": _pivot(report.checks, "check", "round", columns),
         "templates": _pivot(report.added, "template", "round", added_rounds, value="examples", total=True),
-        "by_pattern": _pivot([{**a, "pattern": a["pattern"] or "untargeted"} for a in report.added], "pattern",
+        "by_pattern": _pivot([{**a, "pattern": a["pattern"] or "at random"} for a in report.added], "pattern",
                              "round", added_rounds, value="examples", total=True),
         "outcomes": _pivot(report.outcomes, "outcome", "round", added_rounds, value="candidates", total=True),
         "added_rounds": added_rounds,

@@ -69,15 +69,15 @@ def plan_budget(weights: dict[str, float], *, budget: int, failing_share: float,
     Exploration takes the failing share of the analysis split, at least EXPLORE_FLOOR (or the fixed share
     `explore` when it is set): a random parent is then a failure about as often as a targeted one would be, and
     random parents spread over every family; what is left follows the failing mass, which is concentrated exactly
-    when the failures are. With no pattern to aim at, everything explores."""
+    when the failures are. With no pattern to aim at and no fixed share, everything explores."""
     from refinery.generate import share_budget
 
     aimed = {key: w for key, w in weights.items() if w > 0}
-    share = (max(EXPLORE_FLOOR, failing_share) if explore is None else explore) if aimed else 1.0
+    share = explore if explore is not None else max(EXPLORE_FLOOR, failing_share) if aimed else 1.0
     explored = min(budget, round(budget * share))
     shares = share_budget(weights, budget - explored)
-    reason = ("no pattern to aim at" if not aimed else f"[generate] explore = {explore}" if explore is not None
-              else f"{failing_share:.0%} of the analysis split fails" if failing_share >= EXPLORE_FLOOR
+    reason = (f"[generate] explore = {explore}" if explore is not None else "no pattern with templates to aim at"
+              if not aimed else f"{failing_share:.0%} of the analysis split fails" if failing_share >= EXPLORE_FLOOR
               else f"the exploration floor, {EXPLORE_FLOOR:.0%}")
     why = (f"{explored} of {budget} from random analysis examples ({reason}), {budget - explored} over "
            f"{_patterns(sum(1 for v in shares.values() if v))} by failing mass")
@@ -91,7 +91,7 @@ def _patterns(n: int) -> str:
 def generate_round(project, env, rules, clusters, rows: pl.DataFrame, number: int, embedder, *,
                    known_words: set[str], failing: int = 0) -> tuple[list, list[Target], Plan | None]:
     """Counterexamples for this round's targets, vetted and capped at each target's share; the targets; the plan
-    (None unless patterns are targeted). `failing`: how many analysis examples failed a check."""
+    (None under `targeting = "random"` or `"off"`). `failing`: how many analysis examples failed a check."""
     from refinery.generate import render_candidates
 
     settings = project.config.generate
@@ -127,11 +127,12 @@ def generate_round(project, env, rules, clusters, rows: pl.DataFrame, number: in
 
 def spread(target: Target):
     """(parent, template) pairs in the order a target renders them: each parent takes the next template in turn,
-    and a second pass over the parents takes the templates after that, so a share spreads over members and
-    families instead of piling every family onto the first few members."""
+    and for a pattern a second pass over its members takes the templates after that, so a share spreads over
+    members and families instead of piling every family onto the first few members. Random parents (no pattern)
+    get one pass, one template each, as random augmentation always rendered them."""
     if target.share == 0 or not target.templates:
         return
-    for turn in range(len(target.templates)):
+    for turn in range(len(target.templates) if target.cluster_id else 1):
         for i, example_id in enumerate(target.members):
             yield example_id, target.templates[(i + turn) % len(target.templates)]
 
@@ -296,7 +297,7 @@ def cap(candidates: list, shares: dict[str | None, int]) -> list:
             if kept[c.cluster_id] >= shares.get(c.cluster_id, 0):
                 c.outcome = "over_cap"
                 c.detail = f"budget: this pattern's share is {shares.get(c.cluster_id, 0)}" if c.cluster_id \
-                    else f"budget: {shares.get(None, 0)} per round"
+                    else f"budget: {shares.get(None, 0)} from random analysis examples this round"
             else:
                 kept[c.cluster_id] += 1
     return order

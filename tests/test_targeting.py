@@ -170,6 +170,7 @@ def test_the_plan_explores_the_failing_share_and_gives_the_rest_by_failing_mass(
     floor = plan_budget(weights, budget=120, failing_share=0.02, explore=None)
     assert (floor.explore, sum(floor.shares.values())) == (12, 108) and "the exploration floor, 10%" in floor.why
     assert plan_budget({}, budget=120, failing_share=0.02, explore=None).explore == 120  # nothing to aim at
+    assert plan_budget({}, budget=120, failing_share=0.02, explore=0.0).explore == 0  # unless told not to explore
     fixed = plan_budget(weights, budget=120, failing_share=0.95, explore=0.0)  # a fixed share: all aimed
     assert (fixed.to_dict()["explore"], fixed.shares) == (0, {"a": 90, "b": 30, "c": 0})
     assert "([generate] explore = 0.0), 120 over 2 patterns" in fixed.why
@@ -180,6 +181,9 @@ def test_a_target_spreads_its_share_over_members_before_it_repeats_a_parent() ->
     assert list(spread(target)) == [("m1", "t1.jinja"), ("m2", "t2.jinja"), ("m3", "t1.jinja"),
                                     ("m1", "t2.jinja"), ("m2", "t1.jinja"), ("m3", "t2.jinja")]
     assert list(spread(Target("c1", [], ["m1"], ["t1.jinja"], share=0))) == []
+    # random parents: one pass, one template each in turn, as random augmentation always rendered them
+    assert list(spread(Target(None, [], ["m1", "m2", "m3"], ["t1.jinja", "t2.jinja"], share=4))) == [
+        ("m1", "t1.jinja"), ("m2", "t2.jinja"), ("m3", "t1.jinja")]
 
 
 def _planted(demo_project, failing_share: float, causes: dict[str, int]):
