@@ -10,6 +10,17 @@ from typing import Any
 from bench import stats
 
 
+def second_run(results: dict[str, Any]) -> str:
+    """A part measured by a second invocation and merged into these results (said, never hidden)."""
+    second = results.get("second_run")
+    if not second:
+        return ""
+    s = second["settings"]
+    return (f" The usually-right part ran in a second invocation on {second['date']} at commit {second['commit']} "
+            f"(`--parts {','.join(s['parts'])} --seeds {s['seeds']} --rounds {s['rounds']} --efficiency-arms "
+            f"{','.join(s['efficiency_arms'])}`), merged into these results.")
+
+
 def per_round_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Targeted against random at every round: medians, the per-seed gap, McNemar and the paired test."""
     rounds = sorted({r["round"] for r in rows})

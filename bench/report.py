@@ -9,6 +9,7 @@ from typing import Any
 
 from bench import stats
 from bench.efficiency import ARMS
+from bench.regimes import second_run
 
 ARM_NAMES = {"targeted": "targeted (refinery)", "random": "random augmentation", "steps": "no new data, more steps"}
 ARM_COLOURS = {"targeted": "#1f77b4", "random": "#ff7f0e", "steps": "#7f7f7f"}
@@ -52,7 +53,7 @@ def render(results: dict[str, Any], *, target: float | None = None) -> str:
     lines = ["# Benchmarks", "",
              f"Written by `bench/run` on {results['date']} from one run of {_minutes(results['seconds'].get('total'))}"
              f" (commit {results['commit']}); raw results in `{_rel(Path(s['out']) / 'results.json')}`. "
-             f"Re-run it all with `bench/run` (see `bench/README.md`).", ""]
+             f"Re-run it all with `bench/run` (see `bench/README.md`)." + second_run(results), ""]
     answers = [(part, results[part]) for part in REGIMES if results.get(part)]
     if answers:
         lines += ["## The answer", ""]
