@@ -217,7 +217,7 @@ def test_random_targeting_renders_every_family_untargeted_within_the_budget(demo
     rules = load_rules(project.rules_dir)
     assert set(made["template"]) == {s.file for s in rules.templates}  # one template per parent, in turn
     over = made.filter(made["outcome"] == "over_cap")
-    assert over.height > 0 and set(over["detail"]) == {"budget: 10 per round"}
+    assert over.height > 0 and set(over["detail"]) == {"budget: 10 from random analysis examples this round"}
     assert sum(g["over_cap"] for g in summary.generated) == over.height
     off = project.with_config(project.config.override("generate", targeting="off"))
     assert run_round(off).generated == []
