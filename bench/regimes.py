@@ -50,7 +50,8 @@ def _explored(rows: list[dict[str, Any]], number: int) -> str:
     plans = [r["plan"] for r in rows if r["arm"] == "targeted" and r["round"] == number and r.get("plan")]
     if not plans:
         return "n/a"
-    return f"{statistics.median(p['explore'] for p in plans):.0f} of {statistics.median(p['budget'] for p in plans):.0f}"
+    explored, budget = (statistics.median(p[key] for p in plans) for key in ("explore", "budget"))
+    return f"{explored:.0f} of {budget:.0f}"
 
 
 def near_best_target(rows: list[dict[str, Any]]) -> float | None:

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from refinery.errors import Interrupted, RefineryError
+from refinery.errors import Interrupted, RefineryError, describe_os_error, shown_text
 
 
 class _PlainArgument(typer.core.TyperArgument):
@@ -63,13 +63,17 @@ ProjectOption = Annotated[Path | None, typer.Option(
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
 
 
-@app.callback()
-def _root(ctx: typer.Context, project: ProjectOption = None,
-          version: Annotated[bool, typer.Option("--version", help="Show the version and exit.")] = False) -> None:
-    if version:
+def _show_version(value: bool) -> None:
+    if value:
         from refinery import __version__
         print(f"refinery {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(ctx: typer.Context, project: ProjectOption = None,
+          version: Annotated[bool, typer.Option("--version", help="Show the version and exit.", is_eager=True,
+                                                callback=_show_version)] = False) -> None:
     ctx.obj = {"project": project}
 
 
@@ -111,6 +115,7 @@ def ingest(ctx: typer.Context,
            as_json: JsonOption = False) -> None:
     """Check, deduplicate and store examples. One bad row fails the whole ingest and stores nothing."""
     from refinery.ingest import DEALT, KINDS, SPLITS, ingest_files
+    from refinery.measure import over_context
     from refinery.store import Store
     _choice("--split", split, SPLITS + DEALT)
     _choice("--kind", kind, KINDS)
@@ -118,6 +123,7 @@ def ingest(ctx: typer.Context,
     project = _project(ctx)
     with Store(project.store_path) as store, console.status("Reading and checking examples...") as _:
         report = ingest_files(store, files, config=project.config, split=split, kind=kind, source=source)
+        report.warnings += [w for w in [over_context(project, store, report.stored_ids)] if w]
     if as_json:
         return _print_json({"files": [vars(f) for f in report.files], "rows": report.rows,
                             "inserted": report.inserted, "duplicates": report.duplicates,
@@ -390,6 +396,10 @@ def _print_round(summary) -> None:
         delta = f"{m['pass_rate'] - before:+.1%}" if before is not None else "-"
         table.add_row(split, str(m["examples"]), f"{m['pass_rate']:.1%}", delta, f"{m['weighted_score']:.3f}")
     console.print(table)
+    for stage, counts in summary.too_long.items():  # [data] too_long at work: said every round it acts
+        what = "training examples" if stage == "train" else "held-out inputs"
+        console.print(f"Longer than the model's context ({counts['room']} tokens for them): {what}: "
+                      f"{counts['truncated']} cut to fit, {counts['skipped']} left out ([data] too_long).")
     _warn(summary.warnings)
     now = summary.metrics.get("test", {})
     for kind, metrics in summary.references.items():
@@ -463,7 +473,7 @@ def mix(ctx: typer.Context,
                                                   show_default=False)] = None,
         as_json: JsonOption = False) -> None:
     """Show or set the reasoning/direct mix, or sweep shares to pick one for your latency and quality needs."""
-    from refinery.mix import training_set
+    from refinery.mix import missing_kind, training_set
     from refinery.project import set_setting
     from refinery.store import Store
     project = _project(ctx)
@@ -477,14 +487,16 @@ def mix(ctx: typer.Context,
     chosen = training_set(train, reasoning_share=share, seed=project.config.core.seed)
     counts = {k: int(train.filter(kind=k).height) for k in ("reasoning", "direct")}
     used = {k: int(chosen.filter(kind=k).height) for k in ("reasoning", "direct")}
+    warning = missing_kind(train, reasoning_share=share, toggle_template=project.config.mix.toggle_template)
     document = {"reasoning_share": share, "train_split": counts, "training_set": used,
-                "project_file": str(project.config_file)}
+                "project_file": str(project.config_file), "warning": warning}
     if as_json:
         return _print_json(document)
     shown = "unset (the data as it is)" if share is None else f"{share:g}"
     console.print(f"reasoning_share = {shown}  ({project.config_file.name})")
     console.print(f"train split: {counts['reasoning']} reasoning, {counts['direct']} direct; the next round trains "
                   f"on {used['reasoning']} reasoning + {used['direct']} direct = {chosen.height}")
+    _warn([warning] if warning else [])
 
 
 def _sweep(project, sweep: str, steps: int | None, as_json: bool) -> None:
@@ -570,9 +582,26 @@ def _print_json(document: Any) -> None:
     print(json.dumps(document, indent=2, ensure_ascii=False, default=str))
 
 
+def _check_arguments(args: list[str]) -> None:
+    """Every argument must be text: bytes that are not UTF-8 (a file name in another encoding) cannot be stored or
+    compared, so they are refused here rather than deep inside a command."""
+    for position, arg in enumerate(args, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RefineryError(f"argument {position} ({shown_text(arg)}) is not valid UTF-8. refinery takes text "
+                                f"arguments only; rename the file, or give the value in UTF-8.") from None
+
+
+def _described(exc: Exception) -> str | None:
+    from refinery.store import describe_store_damage
+    return describe_os_error(exc) if isinstance(exc, OSError) else describe_store_damage(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors print `Error: ...` and return 1, without a traceback; Ctrl-C returns 130."""
     try:
+        _check_arguments(sys.argv[1:] if argv is None else argv)
         code = app(args=argv, prog_name="refinery", standalone_mode=False)
     except Interrupted as exc:
         print(f"Interrupted: {exc}", file=sys.stderr)
@@ -587,6 +616,11 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         code = 130
+    except Exception as exc:  # a path the file system refused (too long, no permission, no space); a damaged store
+        if (described := _described(exc)) is None:
+            raise
+        print(f"Error: {described}", file=sys.stderr)
+        return 1
     if code == 130:  # typer turns a KeyboardInterrupt in a command into this exit code
         print("Interrupted.", file=sys.stderr)
     return code if isinstance(code, int) else 0

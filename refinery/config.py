@@ -12,6 +12,7 @@ import difflib
 import json
 import math
 import re
+import stat
 import tomllib
 import types
 import typing
@@ -19,7 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import regex
+
 from refinery.errors import ConfigError
+
+# The longest one user regular expression may run on one text. `re` can backtrack for hours on a pattern like
+# (a|aa)+$; `regex` (the same syntax) stops at a time bound, and the pattern's setting is then named.
+PATTERN_SECONDS = 1.0
 
 
 def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
@@ -62,6 +69,10 @@ class DataSettings:
         min=0.0, max=0.9)
     think_pattern: str = opt(r"<think>.*?</think>",
                              "Regular expression that marks an output as a reasoning example.")
+    too_long: str = opt(
+        "truncate", "An example longer than the base model's context (in its tokens): truncate cuts the end of "
+        "its input until it fits, skip leaves it out of training and evaluation, error stops the round. Counted "
+        "in each round's summary; `ingest` says how many rows are over.", choices=("truncate", "skip", "error"))
 
 
 # The step rule's defaults, chosen by measurement on the demo (docs/recipe.md has the figures).
@@ -129,6 +140,8 @@ class InferSettings:
 
     batch_size: int = opt(64, "Prompts per generation batch.", min=1)
     max_new_tokens: int = opt(64, "Longest output generated per prompt.", min=1)
+    batch_tokens: int = opt(16384, "Most prompt tokens in one generation batch (prompts x the longest one): a "
+                            "batch of long prompts is split, so memory follows tokens, not rows.", min=64)
 
 
 @dataclass(frozen=True)
@@ -243,6 +256,9 @@ class Config:
     mix: MixSettings = field(default_factory=MixSettings)
     plateau: PlateauSettings = field(default_factory=PlateauSettings)
     baseline: BaselineSettings = field(default_factory=BaselineSettings)
+    # Where the settings were read, so that a setting's later failure (a regex too slow) can name its file.
+    file: Path | None = field(default=None, compare=False, repr=False)
+    pyproject: bool = field(default=False, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The snapshot recorded with every round: plain JSON-able values, sections as in the file."""
@@ -257,6 +273,16 @@ class Config:
         current = dataclasses.asdict(getattr(self, section))
         checked = _check_section(cls, {**current, **values}, where)
         return dataclasses.replace(self, **{section: checked})
+
+    def setting(self, section: str, key: str) -> str:
+        """Where a setting is written, for messages: `refinery.toml: [data] think_pattern`."""
+        header = _header("tool.refinery" if self.pyproject else "", "" if section == "core" else section)
+        place = f"{display_path(self.file)}: " if self.file else ""
+        return f"{place}[{header}] {key}" if header else f"{place}{key}"
+
+    def think(self) -> UserPattern:
+        """`[data] think_pattern`, compiled as it is matched everywhere: across lines, with the time bound."""
+        return UserPattern(self.data.think_pattern, setting=self.setting("data", "think_pattern"), dotall=True)
 
 
 def config_from_table(table: dict[str, Any], *, path: Path, text: str, pyproject: bool) -> Config:
@@ -273,7 +299,7 @@ def config_from_table(table: dict[str, Any], *, path: Path, text: str, pyproject
         sections[name] = _check_section(SECTIONS[name], value, _Where(path, text, _header(prefix, name), ""))
     core = _check_section(CoreSettings, top, _Where(path, text, _header(prefix, ""), ""),
                           extra_names=tuple(SECTIONS))
-    return Config(core=core, **sections)
+    return Config(core=core, **sections, file=path, pyproject=pyproject)
 
 
 def check_folders(core: CoreSettings, *, path: Path, text: str, pyproject: bool) -> None:
@@ -324,7 +350,10 @@ class _Where:
 
 
 def read_text(path: Path) -> str:
-    """A project, rules or template file as text; not UTF-8 is an error naming the file."""
+    """A project, rules or template file as text; not UTF-8, or not a regular file, is an error naming the file."""
+    why = not_a_file(path) if path.exists() and not path.is_file() else None
+    if why:  # checked before opening: opening a named pipe waits for a writer
+        raise ConfigError(f"{display_path(path)}: cannot read it: {why}. Give a regular file.")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -335,12 +364,57 @@ def read_text(path: Path) -> str:
 
 
 def not_a_file(path: Path) -> str | None:
-    """Why a path that should be a file is not one: a folder, or a link to nothing; None when neither."""
+    """Why a path that should be a file is not one: a folder, a link to nothing, or something else that is not a
+    regular file (reading a named pipe would wait for a writer forever); None when none of these, or missing."""
     if path.is_dir():
         return "it is a folder, not a file"
     if path.is_symlink() and not path.exists():
         return f"it is a link to {path.readlink()}, which does not exist"
+    if path.exists() and not path.is_file():
+        return f"it is not a regular file but {_file_kind(path)}"
     return None
+
+
+def _file_kind(path: Path) -> str:
+    mode = path.stat().st_mode
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file"
+
+
+class UserPattern:
+    """A regular expression from a project or rules file, compiled once with `regex` (whose default syntax is
+    `re`'s) and run with a time bound: a pattern that backtracks for longer than PATTERN_SECONDS on one text is an
+    error naming its setting, not a hang. `setting` says where it is written (`rules/x.toml:3: check 'y': pattern`),
+    `on` what it runs on (output or input)."""
+
+    def __init__(self, source: str, *, setting: str, on: str = "output", dotall: bool = False):
+        self.pattern, self.setting, self.on = source, setting, on
+        self.compiled = regex.compile(source, regex.DOTALL if dotall else 0)
+
+    @property
+    def groups(self) -> int:
+        return self.compiled.groups
+
+    def search(self, text: str) -> regex.Match | None:
+        return self._run(self.compiled.search, text)
+
+    def sub(self, replacement: str, text: str) -> str:
+        return self._run(lambda t, timeout: self.compiled.sub(replacement, t, timeout=timeout), text)
+
+    def finditer(self, text: str) -> list[regex.Match]:
+        return self._run(lambda t, timeout: list(self.compiled.finditer(t, timeout=timeout)), text)
+
+    def _run(self, method, text: str):
+        try:
+            return method(text, timeout=PATTERN_SECONDS)
+        except TimeoutError:
+            start = _show(text if len(text) <= 40 else text[:40] + "...")
+            raise ConfigError(f"{self.setting} = {toml_value(self.pattern)} took longer than {PATTERN_SECONDS:g} s "
+                              f"on one {self.on} ({start}): catastrophic backtracking? Simplify it: avoid nested or "
+                              f"overlapping repeats such as (a+)+ or (a|aa)+.") from None
 
 
 def parse_toml(path: Path, text: str) -> dict:
@@ -352,6 +426,9 @@ def parse_toml(path: Path, text: str) -> dict:
         where = f"{display_path(path)}:{match.group(1)}" if match else display_path(path)
         reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
         raise ConfigError(f"{where}: invalid TOML: {reason}. Fix the syntax on that line.") from None
+    except RecursionError:
+        raise ConfigError(f"{display_path(path)}: TOML nested too deeply to read (arrays or tables inside each other "
+                          f"about a thousand levels or more). Flatten it.") from None
 
 
 def _check_section(cls: type, values: dict[str, Any], where: _Where, *, extra_names: tuple = ()) -> Any:
@@ -376,7 +453,22 @@ def _check_section(cls: type, values: dict[str, Any], where: _Where, *, extra_na
         raise ConfigError(f"{where.at(key)} objective = \"dpo\" with method = \"full\": DPO alone continues the "
                           f"last round's LoRA adapter, which a full fine-tune does not make. Use objective = "
                           f"\"sft+dpo\", or method = \"lora\".")
+    if isinstance(settings, DataSettings):
+        _check_columns(settings, values, where)
     return settings
+
+
+def _check_columns(data: DataSettings, values: dict[str, Any], where: _Where) -> None:
+    """The four column settings name four columns: one column cannot be both the input and the output."""
+    keys = ("input_column", "output_column", "kind_column", "split_column")
+    for i, first in enumerate(keys):
+        for second in keys[i + 1:]:
+            if getattr(data, first) == getattr(data, second):
+                key = second if second in values else first
+                raise ConfigError(f"{where.at(key)} {first} and {second} are both {_show(getattr(data, first))}: "
+                                  f"one column cannot be both ({first.removesuffix('_column')} and "
+                                  f"{second.removesuffix('_column')} would be the same text). Give each its own "
+                                  f"column.")
 
 
 def _check_value(key: str, value: Any, hint: Any, meta: dict, where: _Where) -> Any:
@@ -393,6 +485,9 @@ def _check_value(key: str, value: Any, hint: Any, meta: dict, where: _Where) -> 
         ok = False
     if ok and key.endswith("_pattern"):
         ok = _compiles(value)
+    if ok and isinstance(value, str) and "\0" in value:
+        raise ConfigError(f"{where.at(key)} {key} = {_show(value)}: holds a NUL character (\\u0000), which no path, "
+                          f"name or text setting may hold (a path would be cut short there). Remove it.")
     if not ok:
         raise ConfigError(f"{where.at(key)} {key} = {_show(value)}: expected {_expected(base, meta, key)}.")
     return value
@@ -427,9 +522,11 @@ def _expected(base: type, meta: dict, key: str) -> str:
 
 
 def _compiles(pattern: str) -> bool:
+    """Valid in `re` (the syntax documented) and in `regex` (which runs it, with a time bound)."""
     try:
         re.compile(pattern)
-    except re.error:
+        regex.compile(pattern)
+    except (re.error, regex.error):
         return False
     return True
 

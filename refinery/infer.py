@@ -10,7 +10,7 @@ import polars as pl
 
 from refinery.config import InferSettings
 from refinery.device import load_model, pick_device, pick_dtype
-from refinery.prompts import render_prompt
+from refinery.prompts import cut_input, prompt_lengths, render_prompt
 
 
 def generate(inputs: list[str], *, base_model: str, settings: InferSettings, adapter: str | None = None,
@@ -29,14 +29,16 @@ def generate(inputs: list[str], *, base_model: str, settings: InferSettings, ada
 def generate_with(model: Any, tokenizer: Any, inputs: list[str], *, settings: InferSettings,
                   shots: Sequence[tuple[str, str]] = (),
                   on_batch: Callable[[int, int], None] | None = None) -> pl.DataFrame:
-    """`generate` for a model already loaded."""
+    """`generate` for a model already loaded. An input whose prompt would leave no room for `max_new_tokens` in
+    the model's context is cut at its end (callers fit inputs first, by `[data] too_long`; this is the floor that
+    keeps one long input from taking the machine's memory)."""
     import torch
 
-    prompts = [render_prompt(tokenizer, text, shots=shots) for text in inputs]
+    prompts, lengths = _prompts(model, tokenizer, inputs, settings=settings, shots=shots)
     stop_ids = _stop_ids(model, tokenizer)
     outputs, tokens, latency = [], [], []
-    for start in range(0, len(prompts), settings.batch_size):
-        batch = prompts[start:start + settings.batch_size]
+    for start, end in token_batches(lengths, rows=settings.batch_size, tokens=settings.batch_tokens):
+        batch = prompts[start:end]
         encoded = tokenizer(batch, return_tensors="pt", padding=True).to(model.device)
         began = time.perf_counter()
         with torch.inference_mode():
@@ -50,10 +52,37 @@ def generate_with(model: Any, tokenizer: Any, inputs: list[str], *, settings: In
             tokens.append(length)
             latency.append(round(per_example, 3))
         if on_batch:
-            on_batch(min(start + len(batch), len(prompts)), len(prompts))
+            on_batch(end, len(prompts))
     return pl.DataFrame({"prompt": prompts, "output": outputs, "tokens": tokens, "latency_ms": latency},
                         schema={"prompt": pl.String, "output": pl.String, "tokens": pl.Int32,
                                 "latency_ms": pl.Float64})
+
+
+def _prompts(model: Any, tokenizer: Any, inputs: list[str], *, settings: InferSettings,
+             shots: Sequence[tuple[str, str]]) -> tuple[list[str], list[int]]:
+    """Each input's rendered prompt and its length in tokens, cut to leave `max_new_tokens` in the context."""
+    room = (getattr(model.config, "max_position_embeddings", None) or 10**9) - settings.max_new_tokens
+    lengths = prompt_lengths(tokenizer, inputs, shots=shots)
+    texts = [text if n <= room else (cut_input(tokenizer, text, max_tokens=room, shots=shots) or "")
+             for text, n in zip(inputs, lengths, strict=True)]
+    if texts != inputs:
+        lengths = prompt_lengths(tokenizer, texts, shots=shots)
+    return [render_prompt(tokenizer, text, shots=shots) for text in texts], lengths
+
+
+def token_batches(lengths: list[int], *, rows: int, tokens: int) -> list[tuple[int, int]]:
+    """Consecutive batches (start, end) of at most `rows` prompts and at most `tokens` padded prompt tokens (the
+    count times the longest): memory follows tokens, so a batch of long prompts is split, never one prompt."""
+    batches, start, longest = [], 0, 0
+    for index, length in enumerate(lengths):
+        longest_with = max(longest, length)
+        if index > start and (index - start >= rows or (index - start + 1) * longest_with > tokens):
+            batches.append((start, index))
+            start, longest_with = index, length
+        longest = longest_with
+    if start < len(lengths):
+        batches.append((start, len(lengths)))
+    return batches
 
 
 def _stop_ids(model: Any, tokenizer: Any) -> list[int]:

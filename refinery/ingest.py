@@ -6,16 +6,17 @@ with its file, line, field and reason, and the store is left as it was.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
-import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
-from refinery.config import Config, DataSettings
+from refinery.config import Config, DataSettings, UserPattern, not_a_file
 from refinery.errors import DataError
 from refinery.store import SPLITS, Store, content_hash, detect_kind, small_splits
 
@@ -42,6 +43,7 @@ class FileReport:
 class IngestReport:
     files: list[FileReport]
     warnings: list[str] = field(default_factory=list)  # held-out splits too small to measure
+    stored_ids: list[str] = field(default_factory=list, repr=False)  # the examples this ingest added
 
     @property
     def rows(self) -> int:
@@ -64,7 +66,8 @@ def ingest_files(store: Store, paths: list[str | Path], *, config: Config, split
     frames = []
     for index, path in enumerate(paths):
         rows = read_rows(Path(path), data=config.data)
-        prepared = prepare_examples(rows, data=config.data, seed=config.core.seed, split=split, kind=kind)
+        prepared = prepare_examples(rows, data=config.data, seed=config.core.seed, split=split, kind=kind,
+                                    think=config.think())
         frames.append(prepared.with_columns(pl.lit(index).alias("file_index")))
     batch = pl.concat(frames, how="vertical") if frames else pl.DataFrame()
     unique = batch.unique(subset="content_hash", keep="first", maintain_order=True)
@@ -88,11 +91,14 @@ def ingest_files(store: Store, paths: list[str | Path], *, config: Config, split
                 FROM fresh WHERE file_index = ?""", [source, ingest_id, index])
             reports.append(report)
         con.execute("DROP TABLE fresh")
-    return IngestReport(files=reports, warnings=small_splits(store, empty=False))
+    return IngestReport(files=reports, warnings=small_splits(store, empty=False), stored_ids=fresh["id"].to_list())
 
 
 def read_rows(path: Path, *, data: DataSettings) -> pl.DataFrame:
     """One file as a frame of strings: input, output, kind, split, fields (JSON of the other columns), origin."""
+    why = not_a_file(path)
+    if why:
+        raise DataError(f"{path}: {why}. Give the data files themselves (JSONL, CSV or Parquet).")
     if not path.is_file():
         raise DataError(f"{path}: no such file.")
     fmt = FORMATS.get(path.suffix.lower())
@@ -105,10 +111,11 @@ def read_rows(path: Path, *, data: DataSettings) -> pl.DataFrame:
 
 
 def prepare_examples(rows: pl.DataFrame, *, data: DataSettings, seed: int, split: str | None = None,
-                     kind: str | None = None) -> pl.DataFrame:
-    """Check every row, then give each its content hash, stable id, kind and split."""
+                     kind: str | None = None, think: UserPattern | None = None) -> pl.DataFrame:
+    """Check every row, then give each its content hash, stable id, kind and split. `think` is the project's
+    compiled think_pattern (`Config.think()`, which names the project file); by default `data`'s."""
     _check_rows(rows, split_given=split is not None, kind_given=kind is not None)
-    think = re.compile(data.think_pattern, re.DOTALL)
+    think = think or UserPattern(data.think_pattern, setting="[data] think_pattern", dotall=True)
     hashes = [content_hash(i, o) for i, o in zip(rows["input"], rows["output"], strict=True)]
     detected = [detect_kind(o, think) for o in rows["output"]]
     kinds = [kind] * len(rows) if kind else [k or d for k, d in zip(rows["kind"], detected, strict=True)]
@@ -140,22 +147,35 @@ def _read_jsonl(path: Path, data: DataSettings) -> pl.DataFrame:
     columns: dict[str, list] = {"input": [], "output": [], "kind": [], "split": [], "fields": [], "origin": []}
     names = {"input": data.input_column, "output": data.output_column, "kind": data.kind_column,
              "split": data.split_column}
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            record = _parse_json_line(path, number, raw)
-            for target, name in names.items():
-                value = record.pop(name, None)
-                if value is not None and not isinstance(value, str):
-                    raise DataError(f"{path}:{number}: field '{name}': expected text, got {_describe(value)}. "
-                                    f"Write it as a JSON string.")
-                columns[target].append(value)
-            columns["fields"].append(json.dumps(record, ensure_ascii=False) if record else None)
-            columns["origin"].append(f"{path}:{number}")
+    for number, raw in _lines(path):
+        if not raw.strip():
+            continue
+        record = _parse_json_line(path, number, raw)
+        for target, name in names.items():
+            value = record.pop(name, None)
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"{path}:{number}: field '{name}': expected text, got {_describe(value)}. "
+                                f"Write it as a JSON string.")
+            columns[target].append(value)
+        columns["fields"].append(json.dumps(record, ensure_ascii=False) if record else None)
+        columns["origin"].append(f"{path}:{number}")
     if not columns["origin"]:
         raise DataError(f"{path}: the file has no rows.")
     return pl.DataFrame(columns, schema={name: pl.String for name in columns})
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of a file; a read that fails (a disk error, a file that vanished) names the file."""
+    try:
+        with path.open("rb") as handle:
+            yield from enumerate(handle, start=1)
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: OSError) -> DataError:
+    return DataError(f"{path}: cannot read it: {exc.strerror or exc}. Check the file (and the disk it is on), then "
+                     f"ingest it again.")
 
 
 def _parse_json_line(path: Path, number: int, raw: bytes) -> dict:
@@ -197,6 +217,8 @@ def _check_surrogates(path: Path, number: int, record: dict) -> None:
 
 
 def _read_table(path: Path, data: DataSettings, fmt: str) -> pl.DataFrame:
+    if fmt == "csv":
+        _check_csv_header(path)
     try:
         table = pl.read_csv(path, infer_schema=False) if fmt == "csv" else pl.read_parquet(path)
     except Exception as exc:  # polars raises several kinds for unreadable files; all mean the same here
@@ -239,10 +261,56 @@ def _text_column(path: Path, fmt: str, table: pl.DataFrame, name: str, origin: p
 
 
 def _row_origins(path: Path, fmt: str, height: int) -> pl.Series:
-    # A CSV's first line is its header; quoted cells spanning lines would shift this, which is rare in data files.
-    first = 2 if fmt == "csv" else 1
-    unit = ":" if fmt == "csv" else ": row "
-    return pl.Series("origin", [f"{path}{unit}{n}" for n in range(first, first + height)], dtype=pl.String)
+    """Where each row is, for messages and the store: a CSV row's line (where it starts), a Parquet row's number."""
+    if fmt == "csv":
+        return pl.Series("origin", [f"{path}:{n}" for n in _csv_row_lines(path, height)], dtype=pl.String)
+    return pl.Series("origin", [f"{path}: row {n}" for n in range(1, 1 + height)], dtype=pl.String)
+
+
+def _check_csv_header(path: Path) -> None:
+    """A column named twice is refused: the second would be read under a made-up name, and its data lost."""
+    try:
+        header = next(_csv_records(path), ([], 1))[0]
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+    except csv.Error:  # a header polars will refuse too, with its own words
+        return
+    seen: dict[str, int] = {}
+    for number, name in enumerate(header, start=1):
+        if name in seen:
+            raise DataError(f"{path}:1: the header names column '{name}' twice (columns {seen[name]} and {number}). "
+                            f"Rename one of them, or remove it: every column needs its own name.")
+        seen[name] = number
+
+
+def _csv_row_lines(path: Path, height: int) -> list[int]:
+    """The physical line each data row of a CSV starts on: a quoted cell may hold line breaks, so row n is not
+    always line n + 1. Blank lines are rows to polars too (empty ones); so they are here."""
+    plain = list(range(2, 2 + height))
+    if not _has_quote(path):
+        return plain
+    try:
+        rows = [(bool(cells), line) for cells, line in _csv_records(path)][1:]  # lines only, not the cells
+    except csv.Error:  # polars read it, so this is a cell over the csv module's size limit: number plainly
+        return plain
+    while len(rows) > height and not rows[-1][0]:  # blank lines at the end of the file
+        rows.pop()
+    return [line for _, line in rows] if len(rows) == height else plain
+
+
+def _csv_records(path: Path) -> Iterator[tuple[list[str], int]]:
+    """(cells, line the record starts on) of each record of a CSV, the header first."""
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
+        reader = csv.reader(handle)
+        previous = 0
+        for record in reader:
+            yield record, previous + 1
+            previous = reader.line_num
+
+
+def _has_quote(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return any(b'"' in block for block in iter(lambda: handle.read(1 << 20), b""))
 
 
 def _check_rows(rows: pl.DataFrame, *, split_given: bool, kind_given: bool) -> None:
@@ -287,9 +355,12 @@ def _file_report(path: Path, batch: pl.DataFrame, unique: pl.DataFrame, fresh: p
 
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
     return digest.hexdigest()
 
 

@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -23,11 +22,20 @@ import polars as pl
 
 from refinery.device import check_loadable
 from refinery.errors import RefineryError
-from refinery.measure import check_mix_settings, held_out, questions, references, score, versions
+from refinery.measure import (
+    check_mix_settings,
+    fit_to_context,
+    held_out,
+    model_context,
+    questions,
+    references,
+    score,
+    versions,
+)
 from refinery.pairs import active_pairs, collect_pairs, insert_pairs
 from refinery.project import Project, resolve_base_model
 from refinery.store import ROUND_WAIT as STORE_WAIT
-from refinery.store import Store, content_hash, detect_kind, insert_frame, small_splits
+from refinery.store import Store, content_hash, detect_kind, insert_frame, process_alive, small_splits
 from refinery.targeting import generate_round, known_vocabulary, vet, why_none
 
 STAGES = ("train", "infer", "evaluate", "analyze", "generate", "record")
@@ -70,6 +78,7 @@ class RoundSummary:
     warnings: list[str] = field(default_factory=list)  # splits too small to measure
     budget: list[dict[str, Any]] = field(default_factory=list)  # how the counterexample budget was shared
     plan: dict[str, Any] | None = None  # targeting.Plan: exploration against patterns, and why
+    too_long: dict[str, dict[str, int]] = field(default_factory=dict)  # per stage: inputs cut or left out, room
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,18 +174,24 @@ def _run_stages(project, number, train_rows, rules, env, base_model, embedder, r
                 resume: bool) -> RoundSummary:
     from refinery import analyze, infer, train
 
-    config = project.config
+    config, too_long = project.config, {}
     if resume:  # an interrupted attempt finished training on this same set: its adapter is reused
         result = train.TrainResult(**json.loads((round_dir / "train.json").read_text()))
         timer.resumed("train", result.seconds, "adapter of the interrupted attempt reused")
     else:
-        result = _train_stage(project, number, train_rows, base_model, round_dir, timer)
+        fitted = fit_to_context(project, train_rows, base_model=base_model, what="training examples",
+                                completion="output", room=min(config.train.max_length, model_context(base_model)))
+        too_long["train"] = fitted.counts()
+        result = _train_stage(project, number, fitted.rows.with_columns(pl.Series("input", fitted.inputs)),
+                              base_model, round_dir, timer)
     weights = result.weights_path
     model_path, adapter = (weights, None) if result.method == "full" else (base_model, weights)
     with Store(project.store_path, wait=STORE_WAIT) as store:
         asked = questions(project, held_out(store))  # with a cue set, the test split also with it added and removed
     with timer.stage("infer") as note:
-        outputs = infer.generate(asked["input"].to_list(), base_model=model_path, settings=config.infer,
+        fitted = fit_to_context(project, asked, base_model=base_model, what="held-out inputs")
+        asked, too_long["infer"] = fitted.rows, fitted.counts()
+        outputs = infer.generate(fitted.inputs, base_model=model_path, settings=config.infer,
                                  adapter=adapter, on_batch=timer.progress)
         predictions = pl.concat([asked.select("example_id", "variant"), outputs], how="horizontal").with_columns(
             pl.lit(number).alias("round"))
@@ -221,6 +236,7 @@ def _run_stages(project, number, train_rows, rules, env, base_model, embedder, r
         note(f"{sum(p.status == 'active' for p in pairs)} preference pairs")
     summary = _summary(project, number, result, metrics, clusters, candidates, rows, timer.seconds, targets)
     summary.plan = plan.to_dict() if plan else None
+    summary.too_long = {stage: counts for stage, counts in too_long.items() if counts["truncated"] + counts["skipped"]}
     summary.round_dir, summary.nothing_generated = str(round_dir), why
     (round_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     return summary
@@ -235,7 +251,7 @@ def _begin(store: Store, project: Project, toggles: list) -> tuple[int, pl.DataF
     from refinery.mix import training_set
 
     for number, pid in store.con.execute("SELECT number, pid FROM rounds WHERE status = 'running'").fetchall():
-        if pid and pid != os.getpid() and _alive(pid):
+        if pid and pid != os.getpid() and process_alive(pid):
             raise RefineryError(f"round {number} is running in process {pid}. Wait for it to finish, or stop that "
                                 f"process; the next `refinery iterate` then restarts that round.")
         _mark_failed(store, number, f"interrupted: process {pid} ended before the round finished")
@@ -245,7 +261,7 @@ def _begin(store: Store, project: Project, toggles: list) -> tuple[int, pl.DataF
     number = restart[0] if restart else max(store.scalar("SELECT max(number) FROM rounds") or 0, 0) + 1
     share = project.config.mix.reasoning_share
     with store.transaction() as con:
-        _insert_generated(con, toggles, number, project.config.data.think_pattern)
+        _insert_generated(con, toggles, number, project.config.think())
         examples = store.frame("SELECT id, input, output, kind FROM examples WHERE status = 'active' "
                                "AND split = 'train' ORDER BY id")
         if examples.height == 0:
@@ -305,7 +321,7 @@ def make_toggles(project, env, rules, embedder, *, share: float | None) -> list:
     short, missing = shortfall(examples, reasoning_share=share)
     if not short or missing <= 0:
         return []
-    think = re.compile(project.config.data.think_pattern, re.DOTALL)
+    think = project.config.think()
     parents = examples.filter(pl.col("kind") != short).sample(fraction=1.0, shuffle=True,
                                                               seed=project.config.core.seed)
     per_parent = min(12, math.ceil(3 * missing / parents.height))  # three times what is missing: vetting drops some
@@ -337,16 +353,16 @@ def _record(project, number, clusters, candidates, metrics, result, weights, tar
                             "VALUES (?, ?, ?, ?)",
                             [[cluster.id, m, d, m in cluster.representatives]
                              for m, d in zip(cluster.members, cluster.distances, strict=True)])
-        _insert_generated(con, candidates, number, project.config.data.think_pattern)
+        _insert_generated(con, candidates, number, project.config.think())
         insert_pairs(con, pairs, number)
         con.execute("UPDATE rounds SET status = 'done', metrics = ?, adapter_path = ?, plan = ?, "
                     "finished_at = current_timestamp WHERE number = ?",
                     [json.dumps(metrics), weights, json.dumps(plan.to_dict()) if plan else None, number])
 
 
-def _insert_generated(con, candidates: list, number: int, think_pattern: str) -> None:
-    """Stored and pending candidates become training examples with their lineage; every one is logged."""
-    think = re.compile(think_pattern, re.DOTALL)
+def _insert_generated(con, candidates: list, number: int, think) -> None:
+    """Stored and pending candidates become training examples with their lineage; every one is logged. `think` is
+    the project's compiled think_pattern (`Config.think()`)."""
     for c in candidates:
         digest = content_hash(c.input, c.output)
         example_id = digest[:16] if c.outcome in ("stored", "pending", "duplicate") else None
@@ -453,14 +469,6 @@ def _trial_parent(project: Project) -> dict[str, Any] | None:
     return {"id": row[0], "input": row[1], "output": row[2], "fields": json.loads(row[3]) if row[3] else {}}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _metric_note(metrics: dict[str, Any]) -> str:

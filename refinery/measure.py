@@ -22,6 +22,7 @@ import polars as pl
 
 from refinery.errors import RefineryError
 from refinery.mix import cue_metrics, cue_variants
+from refinery.models import needs_conversion
 from refinery.pairs import active_pairs
 from refinery.project import Project, resolve_base_model
 from refinery.store import ROUND_WAIT as STORE_WAIT
@@ -53,7 +54,8 @@ def questions(project: Project, rows: pl.DataFrame) -> pl.DataFrame:
     mix = project.config.mix
     if not measures_cue(project):
         return stored
-    variants = cue_variants(rows.filter(pl.col("split") == "test"), cue=mix.cue, cue_pattern=mix.cue_pattern)
+    variants = cue_variants(rows.filter(pl.col("split") == "test"), cue=mix.cue, cue_pattern=mix.cue_pattern,
+                            setting=project.config.setting("mix", "cue_pattern"))
     return pl.concat([stored, variants])
 
 
@@ -88,7 +90,7 @@ def score(project: Project, rules, asked: pl.DataFrame, predictions: pl.DataFram
     metrics = evaluate.summarize(results.filter(pl.col("variant") == ""), asked.filter(pl.col("variant") == ""))
     if (asked["variant"] != "").any():
         metrics["mix"] = cue_metrics(results, predictions, answer_check=config.mix.answer_check,
-                                     think_pattern=config.data.think_pattern)
+                                     think=config.think())
     return results, metrics
 
 
@@ -97,12 +99,105 @@ def ask(project: Project, rules, rows: pl.DataFrame, *, model_path: str, adapter
     """Ask `rows` (and their test examples with the cue on and off) and check every output."""
     from refinery import infer
 
-    asked = questions(project, rows)
-    outputs = infer.generate(asked["input"].to_list(), base_model=model_path, settings=project.config.infer,
+    fitted = fit_to_context(project, questions(project, rows), base_model=model_path, what="held-out inputs",
+                            shots=shots)
+    asked = fitted.rows
+    outputs = infer.generate(fitted.inputs, base_model=model_path, settings=project.config.infer,
                              adapter=adapter, shots=shots or (), on_batch=on_batch)
     predictions = pl.concat([asked.select("example_id", "variant"), outputs], how="horizontal")
     results, metrics = score(project, rules, asked, predictions)
     return Asked(predictions, results, metrics)
+
+
+@dataclass
+class Fitted:
+    """Rows fitted to the model's context under `[data] too_long`: those kept (as stored), the inputs the model is
+    given for them (cut where they were too long), and how many were cut or left out."""
+
+    rows: pl.DataFrame
+    inputs: list[str]
+    truncated: int
+    skipped: int
+    room: int
+
+    def counts(self) -> dict[str, int]:
+        return {"truncated": self.truncated, "skipped": self.skipped, "room": self.room}
+
+
+def fit_to_context(project: Project, rows: pl.DataFrame, *, base_model: str, what: str,
+                   completion: str | None = None, room: int | None = None,
+                   shots: list[tuple[str, str]] | None = None) -> Fitted:
+    """Fit `rows` (input, and `completion` when training) into the model's context, by `[data] too_long`.
+
+    `room`: tokens for the prompt (and completion); default: the context less `[infer] max_new_tokens`, for
+    generation. A prompt past the context made a 100,000-character input allocate 23.7 GB in generation."""
+    from refinery.device import load_tokenizer
+    from refinery.prompts import cut_input, prompt_lengths
+
+    tokenizer = load_tokenizer(base_model)
+    room = room or model_context(base_model) - project.config.infer.max_new_tokens
+    inputs = rows["input"].to_list()
+    extra = [len(ids) + 1 for ids in tokenizer(rows[completion].to_list(), add_special_tokens=False,
+                                               verbose=False)["input_ids"]] if completion and inputs else \
+        [0] * len(inputs)
+    lengths = prompt_lengths(tokenizer, inputs, shots=shots or ())
+    over = [i for i, (n, e) in enumerate(zip(lengths, extra, strict=True)) if n + e > room]
+    if not over:
+        return Fitted(rows, inputs, 0, 0, room)
+    rule = project.config.data.too_long
+    if rule == "error":
+        ids = rows[rows.columns[0]].gather(over[:5]).to_list()
+        raise RefineryError(f"{len(over)} {what} take more tokens than the base model's context leaves for them "
+                            f"({room}), e.g. {', '.join(map(str, ids))}. {project.config.setting('data', 'too_long')}"
+                            f' = "error" stops the round here: shorten them, or set it to "truncate" or "skip".')
+    cut = {i: cut_input(tokenizer, inputs[i], max_tokens=room - extra[i], shots=shots or ()) if rule == "truncate"
+           else None for i in over}
+    keep = [i for i in range(len(inputs)) if cut.get(i, inputs[i]) is not None]
+    return Fitted(rows[keep], [cut.get(i, inputs[i]) for i in keep], sum(v is not None for v in cut.values()),
+                  len(inputs) - len(keep), room)
+
+
+TOO_LONG_DOES = {"truncate": "a round cuts the end of their inputs to fit",
+                 "skip": "rounds leave them out of training and evaluation",
+                 "error": "a round stops with an error that names them"}
+
+
+def over_context(project: Project, store: Store, ids: list[str]) -> str | None:
+    """A warning when some of the examples `ids` take more tokens than the base model's context, counted with its
+    own tokenizer (`tokenizers`, no model load). Checked for a model in a local folder (the bundled one, a folder,
+    a converted GGUF already cached); silent for a hub id or a model not converted yet. Only rows of more bytes
+    than the context are tokenized: a byte-level token covers at least one byte."""
+    name = project.config.core.base_model
+    try:
+        folder = None if needs_conversion(name) else Path(resolve_base_model(project))
+    except RefineryError:  # a missing model is said by the commands that load it
+        return None
+    if folder is None or not (folder / "tokenizer.json").is_file() or not (folder / "config.json").is_file():
+        return None
+    context = json.loads((folder / "config.json").read_text()).get("max_position_embeddings")
+    long = store.frame("SELECT input, output FROM examples WHERE id IN (SELECT unnest(?)) "
+                       "AND strlen(input) + strlen(output) + 2 > ?", [ids, context]) if context and ids else None
+    if long is None or long.is_empty():
+        return None
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.no_padding()  # a batch padded to its longest row would count every row as long
+    tokenizer.no_truncation()
+    count = [len(e.ids) for e in tokenizer.encode_batch(long["input"].to_list() + long["output"].to_list(),
+                                                         add_special_tokens=False)]
+    over = sum(i + o > context for i, o in zip(count[:long.height], count[long.height:], strict=True))
+    rule = project.config.data.too_long
+    return (f"{over} of the examples stored take more tokens than the base model's context ({context}; input and "
+            f"output, by its tokenizer). {project.config.setting('data', 'too_long')} = \"{rule}\": "
+            f"{TOO_LONG_DOES[rule]}.") if over else None
+
+
+def model_context(base_model: str) -> int:
+    """Positions the model attends over (its config's max_position_embeddings; 10**9 when it states none)."""
+    from transformers import AutoConfig
+
+    return int(getattr(AutoConfig.from_pretrained(base_model), "max_position_embeddings", None) or 10**9)
 
 
 def choose_shots(train: pl.DataFrame, count: int, *, seed: int) -> list[tuple[str, str]]:
@@ -120,16 +215,19 @@ def _fitting(base_model: str, inputs: list[str], shots: list, *, max_new_tokens:
     from transformers import AutoConfig
 
     from refinery.device import load_tokenizer
-    from refinery.prompts import fit_shots
+    from refinery.prompts import fit_shots, prompt_lengths
 
     if not shots:
         return []
     tokenizer = load_tokenizer(base_model)
     room = getattr(AutoConfig.from_pretrained(base_model), "max_position_embeddings", 10**9) - max_new_tokens
     # The longest in tokens, not characters: a prompt past the model's context makes transformers warn, and the
-    # answer after it is noise.
-    lengths = tokenizer(inputs, verbose=False)["input_ids"] if inputs else []
-    longest = inputs[max(range(len(inputs)), key=lambda i: len(lengths[i]))] if inputs else ""
+    # answer after it is noise. An input over the context on its own is cut to fit (or left out) by
+    # `[data] too_long` and does not decide.
+    raw = tokenizer(inputs, verbose=False)["input_ids"] if inputs else []
+    rendered = prompt_lengths(tokenizer, inputs)
+    fitting = [i for i in range(len(inputs)) if rendered[i] <= room]
+    longest = inputs[max(fitting, key=lambda i: len(raw[i]))] if fitting else ""
     return fit_shots(tokenizer, longest, shots, max_tokens=room)
 
 

@@ -268,3 +268,32 @@ def m006_round_plan(con: duckdb.DuckDBPyConnection) -> None:
     # How a round shared its budget (targeting.Plan as JSON): budget, failing share of the analysis split, examples
     # from random parents (exploration), each pattern's share, and the sentence that says why.
     con.execute("ALTER TABLE rounds ADD COLUMN plan JSON")
+
+
+@migration
+def m007_unambiguous_content_hash(con: duckdb.DuckDBPyConnection) -> None:
+    # content_hash was sha256 of input, a NUL byte and output, so ("p\0q", "r") and ("p", "q\0r") hashed alike and
+    # ingest dropped the second as a duplicate of the first. Rehash every example from the JSON of the pair (the
+    # encoding store.content_hash uses from now on, written out here so that this migration never changes). Ids stay
+    # as they are: results, lineage and pairs point at them. Distinct rows had distinct old hashes, so they get
+    # distinct new ones; a row holding a NUL byte may have hidden another at ingest, which is said on stderr.
+    import hashlib
+    import json
+    import sys
+
+    import polars as pl
+
+    rows = con.sql("SELECT id, input, output FROM examples").pl()
+    if rows.is_empty():
+        return
+    hashes = [hashlib.sha256(json.dumps([i, o]).encode()).hexdigest()
+              for i, o in zip(rows["input"], rows["output"], strict=True)]
+    con.register("rehashed", pl.DataFrame({"id": rows["id"], "content_hash": hashes}))
+    con.execute("UPDATE examples SET content_hash = r.content_hash FROM rehashed r WHERE examples.id = r.id")
+    con.unregister("rehashed")
+    holding = rows.filter(pl.col("input").str.contains("\x00", literal=True)
+                          | pl.col("output").str.contains("\x00", literal=True)).height
+    if holding:
+        print(f"refinery: the store's examples were rehashed (input and output are now hashed unambiguously). "
+              f"Examples holding a NUL byte: {holding}. At ingest, each of them may have hidden a different row as "
+              f"its duplicate: ingest their files again to store any row that was skipped.", file=sys.stderr)

@@ -8,6 +8,8 @@ from typing import Any
 
 import polars as pl
 
+from refinery.config import UserPattern
+
 CUE_MODES = ("cue-on", "cue-off")
 CUE_FIGURES = ("answer_accuracy_cue_on", "mean_tokens_cue_on", "answer_accuracy_cue_off", "mean_tokens_cue_off",
                "think_leakage_cue_off", "examples_per_mode")  # what `cue_metrics` gives
@@ -52,13 +54,35 @@ def shortfall(examples: pl.DataFrame, *, reasoning_share: float | None) -> tuple
     return None, 0
 
 
+def missing_kind(train: pl.DataFrame, *, reasoning_share: float | None, toggle_template: str | None) -> str | None:
+    """What a person setting a share should hear when the train split lacks a kind the share needs: the round
+    makes it up with the toggle template, or it has nothing to train on. None when the data can give the share."""
+    if reasoning_share is None or train.height == 0:
+        return None
+    needed = (["reasoning"] if reasoning_share > 0 else []) + (["direct"] if reasoning_share < 1 else [])
+    kind = next((k for k in needed if train.filter(pl.col("kind") == k).height == 0), None)
+    if kind is None:
+        return None
+    other = "direct" if kind == "reasoning" else "reasoning"
+    if toggle_template and 0 < reasoning_share < 1:
+        made = shortfall(train, reasoning_share=reasoning_share)[1]
+        return (f"the train split has no {kind} examples: the next round makes up {made} from {other} ones with "
+                f"[mix] toggle_template = \"{toggle_template}\" (fewer if vetting drops some).")
+    fix = (f"Ingest {kind} examples, set [mix] toggle_template to make them from {other} ones, or choose another "
+           f"share." if 0 < reasoning_share < 1 else f"Ingest {kind} examples, or choose another share.")
+    return (f"the train split has no {kind} examples, so no training set holds reasoning_share = "
+            f"{reasoning_share:g}: the next round would stop with nothing to train on. {fix}")
+
+
 def _ceil(x: float) -> int:
     return math.ceil(x - 1e-9)  # 10 * 0.8 / 0.2 is 40.000000000000004 in floating point
 
 
-def cue_variants(rows: pl.DataFrame, *, cue: str, cue_pattern: str) -> pl.DataFrame:
-    """Each row twice: with the thinking cue (added when missing) and without it (removed), as variants."""
-    pattern = re.compile(cue_pattern)
+def cue_variants(rows: pl.DataFrame, *, cue: str, cue_pattern: str,
+                 setting: str = "[mix] cue_pattern") -> pl.DataFrame:
+    """Each row twice: with the thinking cue (added when missing) and without it (removed), as variants. `setting`
+    names where cue_pattern is written, for the error when it runs too long."""
+    pattern = UserPattern(cue_pattern, setting=setting, on="input")
     off = [re.sub(r"\s{2,}", " ", pattern.sub("", text)).strip() for text in rows["input"]]
     on = [text if pattern.search(text) else f"{cue} {text}" for text in rows["input"]]
     return pl.concat([rows.with_columns(pl.Series("input", on), pl.lit("cue-on").alias("variant")),
@@ -66,13 +90,12 @@ def cue_variants(rows: pl.DataFrame, *, cue: str, cue_pattern: str) -> pl.DataFr
 
 
 def cue_metrics(results: pl.DataFrame, outputs: pl.DataFrame, *, answer_check: str | None,
-                think_pattern: str) -> dict[str, Any]:
+                think: UserPattern) -> dict[str, Any]:
     """Answer accuracy with and without the cue, <think> leakage without it, and mean output tokens per mode.
 
     `results` are rule results of the cue variants; `outputs` has variant, output and tokens. Without an
-    `answer_check` the accuracies are None.
+    `answer_check` the accuracies are None. `think` is the project's think_pattern (`Config.think()`).
     """
-    think = re.compile(think_pattern, re.DOTALL)
     figures: dict[str, Any] = {}
     for mode in CUE_MODES:
         answers = results.filter(pl.col("variant") == mode, pl.col("check_name") == answer_check,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,29 +133,45 @@ def resolve_base_model(project: Project) -> str:
 
 
 def set_setting(project: Project, section: str, key: str, value: Any) -> Project:
-    """Write `key = value` into `section` of the project file (keeping everything else), check it, and return
-    the project as reloaded. On a check failure the file is left as it was."""
+    """Write `key = value` into `section` of the project file, check it, and return the project as reloaded. The
+    file is edited with tomlkit, which keeps its comments, spacing and order (and any way of writing a header:
+    `[ mix ]`, `[mix]  # note`, dotted keys). On a check failure the file is left as it was."""
     path = project.config_file
-    before = path.read_text(encoding="utf-8")
-    header = f"[tool.refinery.{section}]" if path.name != CONFIG_FILE else f"[{section}]"
-    line = f"{key} = {toml_value(value)}"
-    lines = before.splitlines()
-    start = next((i for i, text in enumerate(lines) if text.strip() == header), None)
-    if start is None:
-        lines += ["", header, line]
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
-        found = next((i for i in range(start + 1, end) if re.match(rf"\s*{re.escape(key)}\s*=", lines[i])), None)
-        if found is None:
-            lines.insert(start + 1, line)
-        else:
-            lines[found] = line
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    line, header = f"{key} = {toml_value(value)}", _header_of(path, section)
+    before = read_text(path)
+    _write_setting(path, _with_setting(path, before, section, key, value), line, header)
     try:
         return dataclasses.replace(project, config=read_config(path))
     except ConfigError:
-        path.write_text(before, encoding="utf-8")
+        _write_setting(path, before, line, header)
         raise
+
+
+def _header_of(path: Path, section: str) -> str:
+    return f"[tool.refinery.{section}]" if path.name != CONFIG_FILE else f"[{section}]"
+
+
+def _with_setting(path: Path, text: str, section: str, key: str, value: Any) -> str:
+    import tomlkit
+
+    try:
+        document = tomlkit.parse(text)
+    except (tomlkit.exceptions.TOMLKitError, RecursionError) as exc:  # tomllib read it, so this is rare
+        raise ConfigError(f"{path.name}: cannot edit it ({exc}). Write {key} = {toml_value(value)} under "
+                          f"{_header_of(path, section)} yourself.") from None
+    table = document if path.name == CONFIG_FILE else document["tool"]["refinery"]
+    if section not in table:
+        table[section] = tomlkit.table()
+    table[section][key] = value
+    return tomlkit.dumps(document)
+
+
+def _write_setting(path: Path, text: str, line: str, header: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path.name}: cannot write it: {exc.strerror or exc}. Make it writable (chmod u+w "
+                          f"{path.name}), or write {line} under {header} yourself.") from None
 
 
 def init_project(directory: str | Path, *, force: bool = False) -> list[Path]:

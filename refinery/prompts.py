@@ -41,3 +41,26 @@ def fit_shots(tokenizer: Any, text: str, shots: Sequence[tuple[str, str]], *, ma
 def _adds_bos(tokenizer: Any) -> bool:
     ids = tokenizer("x")["input_ids"]
     return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+def prompt_lengths(tokenizer: Any, texts: Sequence[str], *, shots: Sequence[tuple[str, str]] = ()) -> list[int]:
+    """Tokens of each rendered prompt, as the model is fed them (BOS included)."""
+    if not texts:
+        return []
+    prompts = [render_prompt(tokenizer, text, shots=shots) for text in texts]
+    return [len(ids) for ids in tokenizer(prompts, verbose=False)["input_ids"]]
+
+
+def cut_input(tokenizer: Any, text: str, *, max_tokens: int, shots: Sequence[tuple[str, str]] = ()) -> str | None:
+    """`text` cut at its end, on a token boundary, until its rendered prompt takes at most `max_tokens`; None when
+    not even an empty input fits (the template and shots alone are over)."""
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    keep = len(ids)
+    for _ in range(8):  # a cut changes how the template's own tokens merge at its edge by a token or two at most
+        over = prompt_lengths(tokenizer, [tokenizer.decode(ids[:keep])], shots=shots)[0] - max_tokens
+        if over <= 0:
+            return tokenizer.decode(ids[:keep])
+        if keep == 0:
+            return None
+        keep = max(0, keep - over - (1 if keep < len(ids) else 0))
+    return None

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from refinery.config import display_path, not_a_file, parse_toml, read_text
+import regex
+
+from refinery.config import UserPattern, display_path, not_a_file, parse_toml, read_text
 from refinery.errors import ConfigError
 
 CHECK_TYPES = ("regex", "contains", "absent", "json_schema", "equals")
@@ -53,7 +55,7 @@ class Lookup:
     def look_up(self, text: str) -> tuple[str | None, str]:
         """(value, normalised key) for an input, or (None, why there is none): it has no key, or the table lacks
         it."""
-        found = re.search(self.key, text)
+        found = UserPattern(self.key, setting=f"{self.source}: lookup '{self.name}': key", on="input").search(text)
         key = self.normalise(found.group(1) or "") if found else ""
         if not key:
             return None, f"no key for lookup {self.name}: /{self.key}/ found none in the input"
@@ -136,9 +138,9 @@ class RuleSet:
     def check(self, name: str) -> Check:
         return next(c for c in self.checks if c.name == name)
 
-    def cues(self) -> list[tuple[str, re.Pattern]]:
+    def cues(self) -> list[tuple[str, UserPattern]]:
         """(check name, compiled `when`) of every conditional check: the input cues hypotheses may name."""
-        return [(c.name, re.compile(c.when)) for c in self.checks if c.when]
+        return [(c.name, _compile(c, "when")) for c in self.checks if c.when]
 
     def templates_for(self, failing: list[str], feature: str | None = None) -> list[str]:
         """Templates that answer any of the failing checks, those of targets naming the pattern's feature first,
@@ -368,8 +370,9 @@ def _check_regex(value: Any, where: str) -> None:
     if not isinstance(value, str):
         raise ConfigError(f"{where} must be a regular expression in a string.")
     try:
-        re.compile(value)
-    except re.error as exc:
+        re.compile(value)  # `re` first, for its messages
+        regex.compile(value)  # what runs it (with a time bound)
+    except (re.error, regex.error) as exc:
         raise ConfigError(f"{where} = {_quote(value)} is not a valid regular expression: {exc}.") from None
 
 
@@ -408,6 +411,13 @@ def _suggest(word: str, options: Any) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
+def _compile(check: Check, key: str) -> UserPattern | None:
+    """One of a check's regular expressions, run with a time bound that names the check when it is passed."""
+    source = getattr(check, key)
+    on = "input" if key in ("when", "unless") else "output"
+    return UserPattern(source, setting=f"{check.source}: check '{check.name}': {key}", on=on) if source else None
+
+
 def check_one(check: Check, *, input: str, prediction: str, expected: str = "",
               fields: dict[str, Any] | None = None, strict: bool = False) -> bool | None:
     """Whether one output passes one check (None when the check does not apply): for one-off checks."""
@@ -423,10 +433,10 @@ class CompiledCheck:
     def __init__(self, check: Check):
         assert check.lookup is None or check.lookup_table is not None, "load_rules resolves a check's lookup"
         self.check = check
-        self.when = re.compile(check.when) if check.when else None
-        self.unless = re.compile(check.unless) if check.unless else None
-        self.pattern = re.compile(check.pattern) if check.pattern else None
-        self.extract = re.compile(check.extract) if check.extract else None
+        self.when = _compile(check, "when")
+        self.unless = _compile(check, "unless")
+        self.pattern = _compile(check, "pattern")
+        self.extract = _compile(check, "extract")
         self.lookup = check.lookup_table
 
     def applies(self, text: str) -> bool:
@@ -458,7 +468,7 @@ class CompiledCheck:
         found = self.extract.search(text)
         if not found:
             return None
-        return (found.group(1) if found.re.groups else found.group(0)).strip()
+        return (found.group(1) if self.extract.groups else found.group(0)).strip()
 
     def _equals(self, prediction: str, expected: str, fields: dict[str, Any], input: str,
                 strict: bool) -> tuple[bool | None, str]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import polars as pl
 
-from refinery.store import Store
+from refinery.store import Store, process_alive
 
 
 @dataclass
@@ -40,7 +40,10 @@ class Status:
         if last is None:
             return None
         if last["status"] == "running":
-            return f"round {last['number']} is running"
+            return f"round {last['number']} is running (process {last['pid']})"
+        if last["status"] == "died":
+            return (f"round {last['number']} died: its process ({last['pid']}) ended before the round finished "
+                    f"(killed, or out of memory?); the next `refinery iterate` restarts it")
         if last["status"] != "done":
             reason = (last["error"] or "").split(": ", 1)[-1] or "no reason recorded"
             return (f"round {last['number']} did not finish ({reason}); the next `refinery iterate` restarts "
@@ -58,7 +61,7 @@ def project_status(store: Store, *, last_rounds: int = 5) -> Status:
         SELECT split, kind, source, count(*)::INTEGER AS examples FROM examples WHERE status = 'active'
         GROUP BY ALL ORDER BY split, kind, source""")
     rounds = store.frame("""
-        SELECT number, kind, status, metrics, stop_reason, error, started_at, finished_at,
+        SELECT number, kind, status, pid, metrics, stop_reason, error, started_at, finished_at,
                CASE WHEN kind = 'round' THEN date_diff('millisecond', started_at, finished_at) / 1000.0
                     ELSE (SELECT sum(s.seconds) FROM round_stages s WHERE s.round = number) END AS seconds
         FROM rounds ORDER BY number DESC LIMIT ?""", [last_rounds]).reverse()
@@ -76,7 +79,8 @@ def _round_row(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "number": row["number"],
         "kind": row["kind"],
-        "status": row["status"],
+        "status": round_state(row["status"], row["pid"]),
+        "pid": row["pid"],
         "stop_reason": row["stop_reason"],
         "error": row["error"],
         "metrics": json.loads(row["metrics"]) if row["metrics"] else None,
@@ -84,3 +88,11 @@ def _round_row(row: dict[str, Any]) -> dict[str, Any]:
         "finished_at": row["finished_at"].isoformat(timespec="seconds") if row["finished_at"] else None,
         "seconds": row["seconds"],
     }
+
+
+def round_state(status: str, pid: int | None) -> str:
+    """A round's status as a person should read it: 'running' only while its process lives, else 'died' (killed,
+    or out of memory, with no chance to record why); other statuses as stored."""
+    if status == "running" and pid and not process_alive(pid):
+        return "died"
+    return status

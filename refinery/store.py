@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from refinery.config import UserPattern
 from refinery.errors import StoreError
 from refinery.migrations import MIGRATIONS
 
@@ -21,6 +24,16 @@ SPLITS = ("train", "analysis", "test", "corner")
 # more: too few to measure a round, or to find patterns in. Ingest and every round warn below it.
 MIN_MEASURED = 20
 ROUND_WAIT = 60.0  # seconds work inside a round waits for another process (`refinery status`, say) to let go
+
+
+def describe_store_damage(exc: BaseException) -> str | None:
+    """A store file that DuckDB cannot read (cut short by a copy that did not finish, or overwritten), in words
+    with the fix; None for any other error."""
+    if not isinstance(exc, (duckdb.IOException, duckdb.SerializationException, duckdb.InternalException)):
+        return None
+    return (f"the store cannot be used: {exc}. Either its disk failed or is full, or the file is damaged or cut "
+            f"short (a copy that did not finish?): free space, or restore the file from a copy (or move it away "
+            f"and ingest the data again).")
 
 
 class Store:
@@ -173,10 +186,24 @@ def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame
 
 
 def content_hash(input_text: str, output_text: str) -> str:
-    """The identity of an example: two rows with the same input and output are the same example."""
-    return hashlib.sha256(f"{input_text}\x00{output_text}".encode()).hexdigest()
+    """The identity of an example: two rows with the same input and output are the same example. The pair is hashed
+    as JSON, an encoding no two different pairs share (joining the texts with a separator let ("p\\0q", "r") and
+    ("p", "q\\0r") collide)."""
+    return hashlib.sha256(json.dumps([input_text, output_text]).encode()).hexdigest()
 
 
-def detect_kind(output: str, think: re.Pattern) -> str:
-    """reasoning when the output has a thinking block (the project's `think_pattern`), else direct."""
+def detect_kind(output: str, think: UserPattern) -> str:
+    """reasoning when the output has a thinking block (the project's `think_pattern`, from `Config.think()`: run
+    with a time bound), else direct."""
     return "reasoning" if think.search(output) else "direct"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (a round's recorded process, say)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True

@@ -6,7 +6,6 @@ It composes the stages as a round does (through `loop`'s template check and togg
 from __future__ import annotations
 
 import json
-import re
 import time
 from typing import Any
 
@@ -39,7 +38,7 @@ def run_sweep(project: Project, shares: list[float], *, reporter: Reporter | Non
     check_loadable(base_model)
     config = project.config
     embedder = make_embedder(config.analyze.embedder, root=project.root)
-    think = re.compile(config.data.think_pattern, re.DOTALL)
+    think = config.think()
     with Store(project.store_path, wait=STORE_WAIT) as store:
         examples = store.frame("SELECT id, input, output, kind FROM examples WHERE status = 'active' "
                                "AND split = 'train' ORDER BY id")

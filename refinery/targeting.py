@@ -5,13 +5,13 @@ exploration share is rendered from analysis examples drawn at random, every temp
 "random"` does with the whole budget): the failing share of the analysis split, at least 10 % (or the fixed share
 `[generate] explore`). When nearly everything fails, a random example is a failure anyway and random parents cover
 every family, so the plan is as broad as random augmentation; when failures are few, most of the budget goes to
-their causes, and the floor keeps data flowing to what analysis cannot see. The rest is shared across every pattern that has templates
-(embedding clusters marked not significant only when nothing else is left) by failing mass (members x severity),
-weighed by what earlier rounds' targeting did: a pattern that shrank after it was targeted gets less, one that did
-not shrink gets more and another template family first, a pattern that no longer fails is not there to get any.
-Within a pattern, parents take its templates in turn, so the share spreads over members and families. Each
-template renders with the pattern in scope, so that what it renders carries the pattern's feature; whether it does
-is checked and stored.
+their causes, and the floor keeps data flowing to what analysis cannot see. The rest is shared across every pattern
+that has templates (embedding clusters marked not significant only when nothing else is left) by failing mass
+(members x severity), weighed by what earlier rounds' targeting did: a pattern that shrank after it was targeted
+gets less, one that did not shrink gets more and another template family first, a pattern that no longer fails is
+not there to get any. Within a pattern, parents take its templates in turn, so the share spreads over members and
+families. Each template renders with the pattern in scope, so that what it renders carries the pattern's feature;
+whether it does is checked and stored.
 """
 
 from __future__ import annotations

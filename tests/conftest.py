@@ -140,3 +140,30 @@ class StopAt:
 
     def progress(self, done: int, total: int) -> None: ...
     def stage_done(self, name: str, seconds: float, note: str) -> None: ...
+
+
+SEED = '{"input": "hello", "output": "world"}\n{"input": "good day", "output": "to you"}\n'
+
+
+@pytest.fixture
+def stocked(project_dir: Path, cli) -> Path:
+    """A new project with two examples in its store: something a failed command must leave alone."""
+    write(project_dir / "data" / "seed.jsonl", SEED)
+    assert cli("ingest", "data/seed.jsonl", "--split", "train").code == 0
+    return project_dir
+
+
+def fails_unchanged(cli, root: Path, *args: str) -> str:
+    """Run a command that must fail: exit 1, `Error:` and no traceback, the store and the project file untouched;
+    return its stderr."""
+    store = root / "runs" / "refinery.duckdb"
+    before, files = store_snapshot(store), _project_files(root)
+    result = cli(*args)
+    assert result.code == 1, (result.out, result.err)
+    assert "Traceback" not in result.err and result.err.startswith("Error: "), result.err
+    assert store_snapshot(store) == before and _project_files(root) == files
+    return result.err
+
+
+def _project_files(root: Path) -> dict[str, bytes]:
+    return {name: (root / name).read_bytes() for name in ("refinery.toml", "pyproject.toml") if (root / name).is_file()}

@@ -17,16 +17,6 @@ from refinery.loop import run_round
 from refinery.rules import load_rules
 from refinery.store import Store
 
-SEED = '{"input": "hello", "output": "world"}\n{"input": "good day", "output": "to you"}\n'
-
-
-@pytest.fixture
-def stocked(project_dir: Path, cli) -> Path:
-    """A new project with two examples in its store: something a failed command must leave alone."""
-    write(project_dir / "data" / "seed.jsonl", SEED)
-    assert cli("ingest", "data/seed.jsonl", "--split", "train").code == 0
-    return project_dir
-
 
 def fails_unchanged(cli, store: Path, *args: str) -> str:
     """Run a command that must fail; check exit code 1 and the store untouched; return its stderr."""

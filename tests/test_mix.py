@@ -140,7 +140,9 @@ def test_setting_the_share_edits_the_project_file_and_checks_it(project_dir, cli
     result = json.loads(cli("mix", "--reasoning", "0.4", "--json").out)
     assert result["reasoning_share"] == 0.4
     text = (project_dir / "refinery.toml").read_text()
-    assert "[mix]\nreasoning_share = 0.4\n" in text and text.count("[mix]") == 1
+    mix_table = text.split("\n[mix]\n")[1].split("\n[")[0]  # tomlkit adds the key at the end of the table
+    assert "\nreasoning_share = 0.4\n" in mix_table and text.count("[mix]") == 1
+    assert "# reasoning_share = 0.4\n" in mix_table  # the scaffold's comments are kept
     assert load_project(project_dir, environ={}).config.mix.reasoning_share == 0.4
     cli("mix", "--reasoning", "0.6")
     assert load_project(project_dir, environ={}).config.mix.reasoning_share == 0.6
