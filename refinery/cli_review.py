@@ -233,13 +233,15 @@ def _print_history(table) -> None:
 def review_command(ctx: typer.Context,
                    port: Annotated[int, typer.Option("--port", metavar="N", help="Port to listen on (default: a "
                                                      "free one).", show_default=False, min=0, max=65535)] = 0,
-                   host: Annotated[str, typer.Option("--host", metavar="ADDR", help="Address to listen on.")]
-                   = "127.0.0.1",
+                   host: Annotated[str, typer.Option("--host", metavar="ADDR", help="Address to listen on (loopback "
+                                                     "unless --allow-remote).")] = "127.0.0.1",
+                   allow_remote: Annotated[bool, typer.Option("--allow-remote", help="Let --host be an address "
+                                                              "other machines can reach.")] = False,
                    no_browser: Annotated[bool, typer.Option("--no-browser", help="Print the URL only; do not open "
                                                             "a browser.")] = False) -> None:
     """Review in the browser: rounds, failure patterns and their members, generated examples; accept, reject,
     merge, rename, relabel. Serves a local page (the printed URL holds its access token) until Ctrl-C."""
     from refinery.web import serve
-    serve(_project(ctx), host=host, port=port, open_browser=not no_browser,
+    serve(_project(ctx), host=host, port=port, open_browser=not no_browser, allow_remote=allow_remote,
           announce=lambda text: console.print(text, markup=False))
     console.print("Stopped.")

@@ -42,6 +42,7 @@ class Pattern:
     p: float | None = None  # a cluster's own test against the rest
     q: float | None = None
     budget: int | None = None  # counterexamples its round's budget gave it
+    merged_into: str | None = None
 
 
 def list_patterns(store: Store, *, round: int | None = None, members: int = 3) -> list[Pattern]:
@@ -77,7 +78,8 @@ def show_pattern(store: Store, cluster_id: str, *, members: int | None = None) -
                    statement=row["statement"] or "", status=row["status"], size=row["size"], score=row["score"],
                    score_parts=json.loads(row["score_parts"] or "{}"), checks=json.loads(row["checks"] or "{}"),
                    evidence=json.loads(row["evidence"] or "[]"), generated=generated, members=shown.to_dicts(),
-                   kind=row["kind"], feature=row["feature"], p=row["p"], q=row["q"], budget=row["budget"])
+                   kind=row["kind"], feature=row["feature"], p=row["p"], q=row["q"], budget=row["budget"],
+                   merged_into=row["merged_into"])
 
 
 def decide(store: Store, cluster_id: str, decision: str) -> dict[str, Any]:
@@ -86,7 +88,7 @@ def decide(store: Store, cluster_id: str, decision: str) -> dict[str, Any]:
         raise RefineryError(f"decision '{decision}': expected accept or reject.")
     row = _cluster(store, cluster_id)
     if row["status"] == "merged":
-        raise RefineryError(f"pattern {cluster_id} was merged into {row['merged_into']}; decide on that one.")
+        raise RefineryError(f"pattern {cluster_id} was merged into {_merge_path(store, row)[-1]}; decide on that one.")
     status = "accepted" if decision == "accept" else "rejected"
     with store.transaction() as con:
         con.execute("UPDATE clusters SET status = ? WHERE id = ?", [status, cluster_id])
@@ -169,6 +171,7 @@ def merge_patterns(store: Store, into: str, other: str) -> Pattern:
     target, source = _cluster(store, into), _cluster(store, other)
     if into == other:
         raise RefineryError("merge needs two different patterns.")
+    _check_mergeable(store, target, source)
     if target["round"] != source["round"]:
         raise RefineryError(f"{into} is from round {target['round']} and {other} from round {source['round']}: "
                             f"only patterns of the same round can be merged.")
@@ -188,7 +191,10 @@ def merge_patterns(store: Store, into: str, other: str) -> Pattern:
 
 
 def rename_pattern(store: Store, cluster_id: str, label: str) -> Pattern:
-    _cluster(store, cluster_id)
+    row = _cluster(store, cluster_id)
+    if row["status"] == "merged":
+        root = _merge_path(store, row)[-1]
+        raise RefineryError(f"pattern {cluster_id} was merged into {root}: rename {root} instead.")
     if not label.strip():
         raise RefineryError("the new label is empty.")
     with store.transaction() as con:
@@ -317,6 +323,40 @@ def _cluster(store: Store, cluster_id: str) -> dict[str, Any]:
         hint = f" Recent patterns: {', '.join(known)}." if known else " No patterns yet: run `refinery iterate`."
         raise RefineryError(f"no pattern '{cluster_id}'.{hint}")
     return rows.row(0, named=True)
+
+
+def _check_mergeable(store: Store, target: dict[str, Any], source: dict[str, Any]) -> None:
+    """Merges form a tree: only patterns not merged themselves take part, so no pattern is merged twice and no two
+    end up merged into each other (both gone from their round, neither one decidable)."""
+    into, other = target["id"], source["id"]
+    if target["status"] == "merged":
+        path = _merge_path(store, target)
+        if other in path:
+            via = path[:path.index(other)]
+            chain = f" (through {', '.join(via)})" if via else ""
+            raise RefineryError(f"merging {other} into {into} would make a cycle: {into} is already merged into "
+                                f"{other}{chain}. Nothing to do.")
+        raise RefineryError(f"pattern {into} was merged into {path[-1]}: merge {other} into {path[-1]} instead.")
+    if source["status"] == "merged":
+        root = _merge_path(store, source)[-1]
+        if root == into:
+            raise RefineryError(f"pattern {other} is already merged into {into}. Nothing to do.")
+        raise RefineryError(f"pattern {other} was already merged into {root}, and a pattern is merged only once: "
+                            f"merge {root} into {into} to join the two.")
+
+
+def _merge_path(store: Store, row: dict[str, Any]) -> list[str]:
+    """The patterns a merged one was folded into, in turn, up to the one still standing (a store written before
+    merges refused merged patterns may hold a cycle: the path stops where it comes back)."""
+    path, seen = [], {row["id"]}
+    while row["status"] == "merged" and row["merged_into"] and row["merged_into"] not in seen:
+        path.append(row["merged_into"])
+        seen.add(row["merged_into"])
+        found = store.frame("SELECT * FROM clusters WHERE id = ?", [row["merged_into"]])
+        if found.height == 0:
+            break
+        row = found.row(0, named=True)
+    return path or [row["id"]]
 
 
 def _rounds(store: Store) -> str:

@@ -3,23 +3,31 @@ call the same functions as the review commands. `refinery review` serves it; `ma
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import re
 import secrets
 import sys
-from collections.abc import Awaitable, Callable
+import threading
+import time
+import unicodedata
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
+from markupsafe import Markup, escape
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from refinery import review
+from refinery.config import UserPattern
 from refinery.errors import RefineryError, StoreError
+from refinery.status import round_state
 from refinery.store import Store
 
 READ_WAIT = 1.0  # seconds a page waits for a writer (an `iterate` in another terminal) before saying it is busy
@@ -35,6 +43,10 @@ class StoreBusy(RefineryError):
     """Another process holds the store for writing."""
 
 
+class BadRequest(RefineryError):
+    """A request's parameter is not a value the page can take."""
+
+
 def make_app(project, *, token: str) -> Starlette:
     """The review app for `project`; every request must carry `token` (in the URL once, then in a cookie)."""
     import jinja2
@@ -43,6 +55,7 @@ def make_app(project, *, token: str) -> Starlette:
                              trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = lambda v: "-" if v is None else f"{v:.1%}"
     env.filters["sci"] = lambda v: "-" if v is None else f"{v:.1e}"
+    env.filters["u"], env.filters["plain"] = show_text, show_plain
     site = _Site(project, token, env)
     routes = [Route("/", site.page(_rounds_page)), Route("/round/{number:int}", site.page(_patterns_page)),
               Route("/pattern/{id}", site.page(_pattern_page)), Route("/examples", site.page(_examples_page)),
@@ -58,13 +71,15 @@ def make_app(project, *, token: str) -> Starlette:
 
 
 def serve(project, *, host: str = "127.0.0.1", port: int = 0, open_browser: bool = True,
-          token: str | None = None, announce: Callable[[str], None] = print) -> None:
+          token: str | None = None, allow_remote: bool = False, announce: Callable[[str], None] = print,
+          warn: Callable[[str], None] = lambda text: print(f"Warning: {text}", file=sys.stderr)) -> None:
     """Serve the review app until Ctrl-C. Port 0 takes a free one; the URL (with its token) is announced and, when
-    a browser is there, opened."""
+    a browser is there, opened. A host other than loopback is refused unless `allow_remote`, then warned about."""
     import socket
 
     import uvicorn
 
+    _check_host(host, allow_remote=allow_remote, warn=warn)
     token = token or secrets.token_urlsafe(24)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
@@ -74,7 +89,7 @@ def serve(project, *, host: str = "127.0.0.1", port: int = 0, open_browser: bool
         raise RefineryError(f"cannot listen on {host}:{port}: {exc.strerror}. Pick another --port (or leave it "
                             f"out for a free one).") from None
     sock.listen(64)
-    shown = f"[{host}]" if ":" in host else host
+    shown = socket.gethostname() if host in WILDCARDS else f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{sock.getsockname()[1]}/?token={token}"
     announce(f"Reviewing {project.root} at\n  {url}\nCtrl-C stops it.")
     if open_browser and _has_display():
@@ -89,6 +104,33 @@ def serve(project, *, host: str = "127.0.0.1", port: int = 0, open_browser: bool
         sock.close()
 
 
+WILDCARDS = ("", "0.0.0.0", "::")
+
+
+def _check_host(host: str, *, allow_remote: bool, warn: Callable[[str], None]) -> None:
+    """Loopback only, unless asked for: on another address any machine that can reach this one can open the page,
+    and the token in its URL travels unencrypted."""
+    if _is_loopback(host):
+        return
+    where = "every network interface" if host in WILDCARDS else f"'{host}', not only this machine's loopback"
+    if not allow_remote:
+        raise RefineryError(f"--host '{host}' listens on {where}: other machines could reach the review page, and "
+                            f"its token travels unencrypted. Leave --host out (127.0.0.1), or pass --allow-remote "
+                            f"if other machines should reach it.")
+    warn(f"listening on {where} (--allow-remote): anyone on the network who sees the URL can change the store, "
+         f"and the URL is sent unencrypted.")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name other than localhost may resolve to any interface
+        return False
+
+
 def _has_display() -> bool:
     """False on a Linux machine without a graphical session: webbrowser would start a text browser in the
     terminal the server is printing to."""
@@ -101,14 +143,30 @@ class _Site:
 
     def __init__(self, project, token: str, env):
         self.project, self.token, self.env = project, token, env
+        # Store work runs in worker threads, off the event loop; DuckDB refuses a read-only connection beside a
+        # writable one in the same process, so the threads take the store one at a time.
+        self.lock = threading.Lock()
 
     def csrf(self, session: str) -> str:
-        return hmac.new(self.token.encode(), f"csrf:{session}".encode(), hashlib.sha256).hexdigest()
+        return hmac.new(self.token.encode(), f"csrf:{session}".encode("utf-8", "surrogateescape"),
+                        hashlib.sha256).hexdigest()
 
-    def store(self, *, write: bool) -> Store:
-        """The store, opened for this request only, so that an `iterate` elsewhere waits at most a moment."""
+    @contextlib.contextmanager
+    def store(self, *, write: bool) -> Iterator[Store]:
+        """The store, opened for this request only, so that an `iterate` elsewhere waits at most a moment; as long
+        for another request of this page to finish with it."""
+        wait, start = WRITE_WAIT if write else READ_WAIT, time.monotonic()
+        if not self.lock.acquire(timeout=wait):
+            raise StoreBusy("another action on this page is still waiting for the store.")
         try:
-            return Store(self.project.store_path, read_only=not write, wait=WRITE_WAIT if write else READ_WAIT)
+            with self._open(write=write, wait=max(0.0, wait - (time.monotonic() - start))) as store:
+                yield store
+        finally:
+            self.lock.release()
+
+    def _open(self, *, write: bool, wait: float) -> Store:
+        try:
+            return Store(self.project.store_path, read_only=not write, wait=wait)
         except StoreError as exc:
             # Store words a lock held by another process this way (refinery/store.py, _connect).
             if "another process" in str(exc):
@@ -120,7 +178,7 @@ class _Site:
         flash = request.cookies.get(FLASH)
         body = self.env.get_template(name).render(
             csrf=self.csrf(request.state.session), nonce=nonce, path=_here(request), project=self.project.root,
-            flash=json.loads(unquote(flash)) if flash else None, **context)
+            flash=_read_flash(flash), **context)
         response = HTMLResponse(body, status_code=status)
         response.headers["Content-Security-Policy"] = (
             f"default-src 'none'; style-src 'unsafe-inline'; script-src 'nonce-{nonce}'; form-action 'self'; "
@@ -131,12 +189,17 @@ class _Site:
 
     def page(self, build: Callable[..., tuple[str, dict[str, Any]]]) -> Handler:
         """A GET handler: `build(site, store, request)` reads the store and names a template and its context."""
+        def read(request: Request) -> tuple[str, dict[str, Any]]:
+            with self.store(write=False) as store:
+                return build(self, store, request)
+
         async def handler(request: Request) -> Response:
             try:
-                with self.store(write=False) as store:
-                    name, context = build(self, store, request)
+                name, context = await run_in_threadpool(read, request)
             except StoreBusy as exc:
                 return self.render(request, "busy.html", status=503, detail=str(exc), retry=True)
+            except BadRequest as exc:
+                return self.render(request, "message.html", status=400, title="Bad request", detail=str(exc))
             except RefineryError as exc:
                 return self.render(request, "message.html", status=404, title="Not found", detail=str(exc))
             return self.render(request, name, **context)
@@ -145,15 +208,18 @@ class _Site:
     def action(self, act: Callable[[Store, Request, Any], str]) -> Handler:
         """A POST handler: the CSRF token checked, then `act(store, request, form)` on a writable store, whose
         message is shown on the page the form came from."""
+        def write(request: Request, form) -> str:
+            with self.store(write=True) as store:
+                return act(store, request, form)
+
         async def handler(request: Request) -> Response:
             form = await request.form()
-            if not hmac.compare_digest(str(form.get("csrf", "")), self.csrf(request.state.session)):
+            if not _same_secret(str(form.get("csrf", "")), self.csrf(request.state.session)):
                 return self.render(request, "message.html", status=403, title="Refused",
                                    detail="The form's CSRF token is missing or stale. Reload the page and try again.")
             back = _safe_next(str(form.get("next", "/")))
             try:
-                with self.store(write=True) as store:
-                    flash = {"ok": True, "text": act(store, request, form)}
+                flash = {"ok": True, "text": await run_in_threadpool(write, request, form)}
             except StoreBusy as exc:
                 return self.render(request, "busy.html", status=503, detail=str(exc), retry=False)
             except RefineryError as exc:
@@ -167,8 +233,23 @@ class _Site:
 FLASH = "refinery-flash"
 
 
+def _read_flash(cookie: str | None) -> dict[str, Any] | None:
+    """The message an action left for the next page; a cookie that holds none (edited, cut short) shows nothing,
+    and is removed all the same."""
+    if not cookie:
+        return None
+    try:
+        flash = json.loads(unquote(cookie))
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(flash, dict) or not isinstance(flash.get("text"), str):
+        return None
+    return {"ok": flash.get("ok") is True, "text": flash["text"]}
+
+
 class _Guard:
-    """Every request carries the token (query once, then cookie); every POST comes from this site's own pages."""
+    """Every request carries the token (query once, then cookie); every POST comes from this site's own pages;
+    every response is kept out of caches and, when it sets none of its own, carries a CSP that allows nothing."""
 
     def __init__(self, app, site: _Site):
         self.app, self.site = app, site
@@ -176,25 +257,25 @@ class _Guard:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        request = Request(scope, receive)
-        port = request.url.port or 80
+        request, send = Request(scope, receive), _guarded(send)
+        try:
+            port = request.url.port or 80
+        except ValueError:  # a Host header that is no host[:port]
+            return await _refusal(400, "The request's Host header is not a host and port.")(scope, receive, send)
         cookie, session_cookie = f"refinery-token-{port}", f"refinery-session-{port}"
         given = request.query_params.get("token")
-        if given is not None and hmac.compare_digest(given, self.site.token):
+        if given is not None and _same_secret(given, self.site.token):
             # First visit: the token moves into a cookie and out of the address bar (and of Referer headers).
             query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
             response = RedirectResponse(request.url.path + (f"?{query}" if query else ""), status_code=303)
             response.set_cookie(cookie, self.site.token, path="/", httponly=True, samesite="strict")
             return await response(scope, receive, send)
-        if not hmac.compare_digest(request.cookies.get(cookie, ""), self.site.token):
-            response = HTMLResponse("<!doctype html><title>refinery review</title><h1>403 Forbidden</h1><p>Open the "
-                                    "URL that <code>refinery review</code> printed: it holds the access token.</p>",
-                                    status_code=403)
+        if not _same_secret(request.cookies.get(cookie, ""), self.site.token):
+            response = _refusal(403, "Open the URL that <code>refinery review</code> printed: it holds the access "
+                                     "token.")
             return await response(scope, receive, send)
         if request.method == "POST" and not _same_origin(request):
-            response = HTMLResponse("<!doctype html><title>refinery review</title><h1>403 Forbidden</h1><p>A form "
-                                    "posted from another site was refused.</p>", status_code=403)
-            return await response(scope, receive, send)
+            return await _refusal(403, "A form posted from another site was refused.")(scope, receive, send)
         session = request.cookies.get(session_cookie)
         scope.setdefault("state", {})["session"] = session or secrets.token_urlsafe(16)
 
@@ -206,12 +287,53 @@ class _Guard:
         await self.app(scope, receive, send_with_session)
 
 
+BARE_CSP = b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+
+
+def _guarded(send):
+    """`send` with the headers every response needs: no caching (pages show the store and set tokens), no MIME
+    sniffing, and a CSP for responses that carry none of their own (refusals, Starlette's 404 and 405)."""
+    async def send_guarded(message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            if not any(name.lower() == b"content-security-policy" for name, _ in headers):
+                headers.append((b"content-security-policy", BARE_CSP))
+            message = {**message, "headers": [*headers, (b"cache-control", b"no-store"),
+                                              (b"x-content-type-options", b"nosniff")]}
+        await send(message)
+    return send_guarded
+
+
+def _refusal(status: int, detail: str) -> HTMLResponse:
+    title = "403 Forbidden" if status == 403 else "400 Bad Request"
+    return HTMLResponse(f"<!doctype html><title>refinery review</title><h1>{title}</h1><p>{detail}</p>",
+                        status_code=status)
+
+
+def _same_secret(given: str, secret: str) -> bool:
+    """Compared as bytes: hmac.compare_digest raises TypeError on a str with a character beyond ASCII."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), secret.encode())
+
+
 def _same_origin(request: Request) -> bool:
-    """The Origin header (or, without one, the Referer) names the host the request was sent to."""
+    """The Origin header (or, without one, the Referer) names this site: its scheme, host and port."""
     source = request.headers.get("origin") or request.headers.get("referer")
     if not source or source == "null":
         return False
-    return urlsplit(source).netloc == request.headers.get("host")
+    here = _origin(f"{request.url.scheme}://{request.url.netloc}")
+    return here is not None and _origin(source) == here
+
+
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) of `url`, the port filled in when it is the scheme's default; None for no URL."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    return parts.scheme, parts.hostname, port or {"http": 80, "https": 443}.get(parts.scheme)
 
 
 def _safe_next(target: str) -> str:
@@ -223,16 +345,60 @@ def _here(request: Request) -> str:
     return request.url.path + (f"?{request.url.query}" if request.url.query else "")
 
 
+# --- showing user text ---------------------------------------------------------------------------------------------
+
+SHOWN_BLANK = {"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800"}  # letters and symbols that draw as nothing
+
+
+def show_text(value: Any) -> Markup:
+    """User text for a page: escaped, isolated in <bdi> (its right-to-left runs cannot reorder the page around it),
+    every invisible character (zero-width, bidi controls, other format and control characters) shown as a marker
+    such as ⟨U+200B⟩."""
+    if value is None or value == "":
+        return Markup("")
+    shown = re.sub(r"[^\x20-\x7e\n\t]", _mark_invisible, str(escape(str(value))))
+    return Markup(f"<bdi>{shown}</bdi>")
+
+
+def show_plain(value: Any) -> str:
+    """User text where no markup can go (a title attribute, an option): invisible characters as ⟨U+200B⟩ text;
+    the template escapes the rest."""
+    if value is None:
+        return ""
+    return re.sub(r"[^\x20-\x7e\n\t]", lambda m: f"⟨U+{ord(m.group()):04X}⟩" if _invisible(m.group())
+                  else m.group(), str(value))
+
+
+def _mark_invisible(match: re.Match) -> str:
+    char = match.group()
+    if not _invisible(char):
+        return char
+    name = unicodedata.name(char, "control character")
+    return f'<span class="invisible" title="{name}">⟨U+{ord(char):04X}⟩</span>'
+
+
+def _invisible(char: str) -> bool:
+    return unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co") or char in SHOWN_BLANK
+
+
 # --- pages -----------------------------------------------------------------------------------------------------------
+
+def _hits(pattern: UserPattern, text: str) -> list:
+    try:
+        return pattern.finditer(text)
+    except RefineryError:  # too slow on this text: the page shows it unmarked rather than not at all
+        return []
+
 
 def _rounds_page(site: _Site, store: Store, request: Request) -> tuple[str, dict[str, Any]]:
     rows = store.frame("""
-        SELECT r.number, r.kind, r.status, r.metrics, r.stop_reason, r.error, r.finished_at,
+        SELECT r.number, r.kind, r.status, r.pid, r.metrics, r.stop_reason, r.error, r.finished_at,
                (SELECT count(*) FROM clusters c WHERE c.round = r.number AND c.status <> 'merged') AS patterns,
                (SELECT count(*) FROM examples e WHERE e.round_added = r.number AND e.source = 'generated') AS added
         FROM rounds r ORDER BY r.number""").to_dicts()
     for r in rows:
         r["metrics"] = json.loads(r["metrics"]) if r["metrics"] else {}
+        r["status"] = round_state(r["status"], r.pop("pid"))
     last = next((r for r in reversed(rows) if r["status"] == "done" and r["metrics"]), None)
     stops = [r for r in rows if r["stop_reason"]]
     names = sorted({c for m in (last or {}).get("metrics", {}).values() if isinstance(m, dict)
@@ -293,8 +459,7 @@ def _examples_page(site: _Site, store: Store, request: Request) -> tuple[str, di
     if given["pattern"]:
         where.append("(e.cluster_id = ? OR e.id IN (SELECT example_id FROM cluster_members WHERE cluster_id = ?))")
         params += [given["pattern"]] * 2
-    number = int(given["round"]) if given["round"].lstrip("-").isdigit() else store.scalar(
-        "SELECT max(number) FROM rounds WHERE status = 'done'")
+    number = _round_number(given["round"], store)
     if given["check"]:
         where.append("e.id IN (SELECT example_id FROM rule_results WHERE round = ? AND check_name = ? "
                      "AND passed = false)")
@@ -313,6 +478,16 @@ def _examples_page(site: _Site, store: Store, request: Request) -> tuple[str, di
                              "pending": store.scalar("SELECT count(*) FROM examples WHERE status = 'pending'")}
 
 
+def _round_number(given: str, store: Store) -> int | None:
+    """The round the 'failing check' filter looks at: the one asked for, else the last finished one."""
+    if not given:
+        return store.scalar("SELECT max(number) FROM rounds WHERE status = 'done'")
+    if not re.fullmatch(r"[0-9]{1,9}", given):  # ASCII digits only: int() refuses '²' and '--1' alike
+        raise BadRequest(f"round '{given}' is not a round number: expected a whole number such as 1, or nothing "
+                         f"for the last finished round.")
+    return int(given)
+
+
 def _cues(site: _Site) -> list | None:
     rules = _rules(site)
     return rules.cues() if rules else None
@@ -326,22 +501,24 @@ def _rules(site: _Site):
         return None
 
 
-def _marks(site: _Site) -> dict[str, re.Pattern]:
-    """Per check, the regex whose hits a member's texts show highlighted: its extract, else its pattern."""
+def _marks(site: _Site) -> dict[str, UserPattern]:
+    """Per check, the regex whose hits a member's texts show highlighted: its extract, else its pattern (run with
+    the time bound every user pattern has)."""
     rules = _rules(site)
     out = {}
     for check in rules.checks if rules else ():
         source = check.extract or check.pattern
         if source and check.type != "json_schema":
-            out[check.name] = re.compile(source)
+            out[check.name] = UserPattern(source, setting=f"{check.source}: check '{check.name}': "
+                                                          f"{'extract' if check.extract else 'pattern'}")
     return out
 
 
-def _highlight(text: str, checks: list[str], marks: dict[str, re.Pattern]) -> list[dict[str, Any]]:
-    """`text` cut into parts, the spans the failing checks' regexes hit marked with the check's name. The template
-    escapes every part: no HTML is built here."""
+def _highlight(text: str, checks: list[str], marks: dict[str, UserPattern]) -> list[dict[str, Any]]:
+    """`text` cut into parts, the spans the failing checks' regexes hit marked with the check's name (none for a
+    pattern that runs past its time bound). The template escapes every part: no HTML is built here."""
     spans = sorted((m.start(), m.end(), name) for name in checks if name in marks
-                   for m in marks[name].finditer(text) if m.end() > m.start())
+                   for m in _hits(marks[name], text) if m.end() > m.start())
     parts, at = [], 0
     for start, end, name in spans:
         if start < at:  # overlaps a span already marked

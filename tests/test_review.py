@@ -7,7 +7,7 @@ import re
 
 import polars as pl
 import pytest
-from conftest import REPO
+from conftest import REPO, store_snapshot
 
 from refinery.analyze import MiniLMEmbedder, analyze
 from refinery.loop import run_round
@@ -132,3 +132,43 @@ def test_merge_rename_and_relabel(reviewed, cli) -> None:
                                                             f"(relabelled or withdrawn).\n")
     assert cli("relabel", "nope", "--output", "x").err == ("Error: no example 'nope'. `refinery clusters show ID` "
                                                            "lists example ids.\n")
+
+
+@pytest.fixture
+def three_patterns(project):
+    """A finished round with three patterns and no members, written with SQL: no training."""
+    with Store(project.store_path) as store, store.transaction() as con:
+        con.execute("INSERT INTO rounds (number, kind, status, config) VALUES (1, 'round', 'done', '{}')")
+        for rank in (1, 2, 3):
+            con.execute("INSERT INTO clusters (id, round, rank, statement, size, score, checks) "
+                        "VALUES (?, 1, ?, 'a pattern', 0, 1.0, '{}')", [f"r001-c0{rank}", rank])
+    return project
+
+
+def test_merges_form_a_tree_in_the_cli(three_patterns, cli) -> None:
+    assert cli("clusters", "merge", "r001-c01", "r001-c02").out == "Merged r001-c02 into r001-c01: now 0 members.\n"
+    before = store_snapshot(three_patterns.store_path)
+    refused = {
+        ("merge", "r001-c02", "r001-c01"): "merging r001-c01 into r001-c02 would make a cycle: r001-c02 is already "
+                                           "merged into r001-c01. Nothing to do.",
+        ("merge", "r001-c01", "r001-c02"): "pattern r001-c02 is already merged into r001-c01. Nothing to do.",
+        ("merge", "r001-c03", "r001-c02"): "pattern r001-c02 was already merged into r001-c01, and a pattern is "
+                                           "merged only once: merge r001-c01 into r001-c03 to join the two.",
+        ("merge", "r001-c02", "r001-c03"): "pattern r001-c02 was merged into r001-c01: merge r001-c03 into "
+                                           "r001-c01 instead.",
+        ("rename", "r001-c02", "a name"): "pattern r001-c02 was merged into r001-c01: rename r001-c01 instead.",
+    }
+    for args, message in refused.items():
+        result = cli("clusters", *args)
+        assert (result.code, result.err) == (1, f"Error: {message}\n"), args
+    assert store_snapshot(three_patterns.store_path) == before
+    # A chain: r001-c01 (holding r001-c02) merged into r001-c03; r001-c02 now points the way to r001-c03.
+    assert cli("clusters", "merge", "r001-c03", "r001-c01").code == 0
+    assert cli("clusters", "merge", "r001-c02", "r001-c03").err == (
+        "Error: merging r001-c03 into r001-c02 would make a cycle: r001-c02 is already merged into r001-c03 "
+        "(through r001-c01). Nothing to do.\n")
+    assert cli("clusters", "rename", "r001-c02", "x").err == ("Error: pattern r001-c02 was merged into r001-c03: "
+                                                              "rename r001-c03 instead.\n")
+    assert cli("clusters", "accept", "r001-c02").err == ("Error: pattern r001-c02 was merged into r001-c03; decide "
+                                                        "on that one.\n")
+    assert [p["id"] for p in json.loads(cli("clusters", "--json").out)] == ["r001-c03"]

@@ -22,7 +22,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import uvicorn
-from conftest import REPO, make_demo
+from conftest import REPO, make_demo, store_snapshot
 
 from refinery.evaluate import run_checks, summarize
 from refinery.project import load_project
@@ -168,12 +168,29 @@ class Client:
     def csrf(self, path: str = "/round/1") -> str:
         return re.search(r'name="csrf" value="([^"]+)"', self.get(path)[1]).group(1)
 
+    def raw(self, path: str, *, cookie: str = "", form: dict | None = None,
+            origin: str | None = None) -> tuple[int, dict[str, str], str]:
+        """One request with exactly the Cookie and Origin given, redirects not followed: status, headers, body."""
+        headers = {"Cookie": cookie, **({"Origin": origin} if origin else {})}
+        data = None if form is None else urllib.parse.urlencode(form).encode()
+        request = urllib.request.Request(self.base + path, data=data, headers=headers)
+        try:
+            with urllib.request.build_opener(_NoRedirect).open(request, timeout=30) as response:
+                return response.status, dict(response.headers), response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read().decode()
+
     def _open(self, request) -> tuple[int, str]:
         try:
             with self.opener.open(request, timeout=30) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
 
 
 def _status(project, query: str, params: list) -> list[tuple]:
@@ -198,7 +215,7 @@ def test_user_data_is_escaped_and_failing_spans_are_marked(site) -> None:
     assert status == 200
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body and "<script>alert(1)" not in body
     assert '<span class="badge fail"' in body and "display_weather_absent</span>" in body
-    assert '<mark title="display_weather_absent">display_weather</mark>' in body
+    assert '<mark title="display_weather_absent"><bdi>display_weather</bdi></mark>' in body
     status, body = client.get("/examples?text=alert&split=analysis")
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body and "<script>alert(1)" not in body
 
@@ -247,6 +264,166 @@ def test_a_store_held_by_a_writer_gives_a_busy_page(site) -> None:
         holder.kill()
         holder.wait()
     assert client.get("/round/1")[0] == 200
+
+
+def _port(site) -> str:
+    return site["base"].rsplit(":", 1)[1]
+
+
+def _add_pattern(project, cid: str) -> None:
+    """A third pattern of round 1, without members: enough to merge into and out of."""
+    with Store(project.store_path) as store, store.transaction() as con:
+        con.execute("INSERT INTO clusters (id, round, rank, label, statement, size, score, checks) "
+                    "VALUES (?, 1, 3, ?, 'a third pattern', 0, 0.0, '{}')", [cid, cid])
+
+
+def test_merges_form_a_tree_and_a_merged_pattern_is_left_alone(site) -> None:
+    project = site["project"]
+    _add_pattern(project, "r001-c03")
+    client = Client(site["base"])
+    client.get(f"/?token={TOKEN}")
+    csrf = client.csrf()
+    status, body = client.post("/pattern/r001-c01/merge", {"other": "r001-c02", "csrf": csrf, "next": "/round/1"})
+    assert status == 200 and "Merged r001-c02 into r001-c01: now 34 members." in body
+    before = store_snapshot(project.store_path)
+    refused = {
+        ("/pattern/r001-c02/merge", "other", "r001-c01"):
+            "merging r001-c01 into r001-c02 would make a cycle: r001-c02 is already merged into r001-c01. "
+            "Nothing to do.",
+        ("/pattern/r001-c03/merge", "other", "r001-c02"):
+            "pattern r001-c02 was already merged into r001-c01, and a pattern is merged only once: merge r001-c01 "
+            "into r001-c03 to join the two.",
+        ("/pattern/r001-c02/merge", "other", "r001-c03"):
+            "pattern r001-c02 was merged into r001-c01: merge r001-c03 into r001-c01 instead.",
+        ("/pattern/r001-c02/rename", "label", "new name"):
+            "pattern r001-c02 was merged into r001-c01: rename r001-c01 instead.",
+    }
+    for (path, field, value), message in refused.items():
+        status, body = client.post(path, {field: value, "csrf": csrf, "next": "/round/1"})
+        assert status == 200 and f'<p class="flash error" role="status" id="flash"><bdi>{message}</bdi></p>' in body
+    assert store_snapshot(project.store_path) == before
+    status, body = client.get("/round/1")
+    assert 'id="pattern-r001-c01"' in body and 'id="pattern-r001-c02"' not in body
+    status, body = client.get("/pattern/r001-c02")
+    assert 'Merged into <a href="/pattern/r001-c01">r001-c01</a>: decide on, rename and merge that one.' in body
+    assert "/pattern/r001-c02/rename" not in body and "/pattern/r001-c02/merge" not in body
+
+
+def test_hostile_tokens_cookies_and_rounds_get_an_answer_not_a_500(site) -> None:
+    client, token = Client(site["base"]), f"refinery-token-{_port(site)}={TOKEN}"
+    assert client.raw("/?token=%C3%A9t%C3%A9")[0] == 403  # non-ASCII: hmac.compare_digest raised TypeError
+    status, _, body = client.raw("/", cookie=f"refinery-token-{_port(site)}=\u00e9t\u00e9")
+    assert status == 403 and "it holds the access token" in body
+    before = store_snapshot(site["project"].store_path)
+    status, _, body = client.raw("/pattern/r001-c01/decide", cookie=token, origin=site["base"],
+                                 form={"decision": "reject", "csrf": "\u00e9t\u00e9", "next": "/round/1"})
+    assert status == 403 and "The form&#39;s CSRF token is missing or stale. Reload the page and try again." in body
+    assert store_snapshot(site["project"].store_path) == before
+    for flash in ("%7Bnot%20json", "%5B1%2C2%5D", "%7B%22text%22%3A5%7D", "[" * 3000):
+        status, headers, body = client.raw("/", cookie=f"{token}; refinery-flash={flash}")
+        assert status == 200 and "<h1>Rounds</h1>" in body and 'id="flash"' not in body
+        assert 'refinery-flash=""' in headers["set-cookie"]  # removed, so the next page is clean too
+    for given, shown in (("--1", "--1"), ("%C2%B2", "\u00b2"), ("99999999999", "99999999999")):
+        status, _, body = client.raw(f"/examples?round={given}", cookie=token)
+        assert status == 400 and (f"round &#39;<bdi>{shown}</bdi>&#39; is not a round number" in body or
+                                  f"<bdi>round &#39;{shown}&#39; is not a round number: expected a whole number such "
+                                  f"as 1, or nothing for the last finished round.</bdi>" in body)
+
+
+def test_a_post_from_another_scheme_or_port_is_refused(site) -> None:
+    client, token = Client(site["base"]), f"refinery-token-{_port(site)}={TOKEN}"
+    client.get(f"/?token={TOKEN}")
+    form = {"decision": "reject", "csrf": client.csrf(), "next": "/round/1"}
+    before = store_snapshot(site["project"].store_path)
+    other_port = f"http://127.0.0.1:{int(_port(site)) + 1}"
+    for origin in (site["base"].replace("http://", "https://"), other_port, "http://127.0.0.1", "http://:0"):
+        status, _, body = client.raw("/pattern/r001-c01/decide", cookie=token, origin=origin, form=form)
+        assert status == 403 and "A form posted from another site was refused." in body, origin
+    assert store_snapshot(site["project"].store_path) == before
+
+
+def test_every_response_is_uncached_and_error_pages_carry_a_csp(site) -> None:
+    client, token = Client(site["base"]), f"refinery-token-{_port(site)}={TOKEN}"
+    answers = {"page": client.raw("/round/1", cookie=token), "first visit": client.raw(f"/?token={TOKEN}"),
+               "no token": client.raw("/"), "no such page": client.raw("/nowhere", cookie=token),
+               "no such pattern": client.raw("/pattern/r009-c01", cookie=token),
+               "GET on a form": client.raw("/pattern/r001-c01/decide", cookie=token),
+               "bad round": client.raw("/examples?round=x", cookie=token)}
+    assert {k: a[0] for k, a in answers.items()} == {"page": 200, "first visit": 303, "no token": 403,
+                                                     "no such page": 404, "no such pattern": 404,
+                                                     "GET on a form": 405, "bad round": 400}
+    for what, (_, headers, _) in answers.items():
+        assert headers["cache-control"] == "no-store", what
+        assert headers["content-security-policy"].startswith("default-src 'none'"), what
+        assert "frame-ancestors 'none'" in headers["content-security-policy"], what
+
+
+def test_invisible_and_bidi_characters_are_shown_as_markers(site) -> None:
+    client = Client(site["base"])
+    client.get(f"/?token={TOKEN}")
+    label = "\u202egnp.exe\u200b <b>x</b>"
+    status, body = client.post("/pattern/r001-c01/rename", {"label": label, "csrf": client.csrf(),
+                                                            "next": "/pattern/r001-c01"})
+    shown = ('<bdi><span class="invisible" title="RIGHT-TO-LEFT OVERRIDE">⟨U+202E⟩</span>gnp.exe'
+             '<span class="invisible" title="ZERO WIDTH SPACE">⟨U+200B⟩</span> &lt;b&gt;x&lt;/b&gt;</bdi>')
+    assert status == 200 and f"<span>“{shown}”</span>" in body
+    assert f'id="flash"><bdi>r001-c01 is now labelled: {shown[5:]}</p>' in body
+    assert f'name="label" value="{label.replace("<", "&lt;").replace(">", "&gt;")}"' in body  # edited as it is
+    assert _status(site["project"], "SELECT label FROM clusters WHERE id = 'r001-c01'", []) == [(label,)]
+
+
+def test_an_action_waiting_for_a_busy_store_blocks_no_other_request(site) -> None:
+    client = Client(site["base"])
+    client.get(f"/?token={TOKEN}")
+    form = {"decision": "reject", "csrf": client.csrf(), "next": "/round/1"}
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); "
+                               "print('held', flush=True); time.sleep(60)", str(site["project"].store_path)],
+                              stdout=subprocess.PIPE, text=True)
+    done: dict[str, tuple[float, int]] = {}
+
+    def act() -> None:
+        status = client.post("/pattern/r001-c01/decide", form)[0]
+        done["action"] = (time.monotonic(), status)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        action = threading.Thread(target=act)
+        action.start()
+        time.sleep(0.5)  # the action is now waiting up to 5 s for the store
+        assert Client(site["base"]).get("/")[0] == 403  # answered at once, not after the action
+        status, body = client.get("/round/1")
+        done["page"] = (time.monotonic(), status)
+        action.join(30)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done["page"][1] == 503 and done["action"][1] == 503
+    assert done["page"][0] < done["action"][0]  # the page did not wait for the action to give up
+    assert _status(site["project"], "SELECT status FROM clusters WHERE id = 'r001-c01'", []) == [("proposed",)]
+
+
+def test_review_refuses_a_host_other_machines_reach_unless_allowed(built, cli, tmp_path: Path) -> None:
+    root = str(built["project"].root)
+    for host, where in (("0.0.0.0", "every network interface"), ("", "every network interface"),
+                        ("192.0.2.7", "'192.0.2.7', not only this machine's loopback")):
+        result = cli("--project", root, "review", "--host", host, "--no-browser")
+        assert result.code == 1 and result.err == (
+            f"Error: --host '{host}' listens on {where}: other machines could reach the review page, and its "
+            f"token travels unencrypted. Leave --host out (127.0.0.1), or pass --allow-remote if other machines "
+            f"should reach it.\n")
+    process = subprocess.Popen([sys.executable, "-m", "refinery.cli", "--project", root, "review", "--host",
+                                "0.0.0.0", "--allow-remote", "--no-browser"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        warning = process.stderr.readline()
+        lines = [process.stdout.readline(), process.stdout.readline()]
+        port = re.fullmatch(r"http://\S+:(\d+)/\?token=\S{20,}", lines[1].strip()).group(1)
+        assert Client(f"http://127.0.0.1:{port}").get("/" + lines[1].strip().split("/", 3)[3])[0] == 200
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert warning == ("Warning: listening on every network interface (--allow-remote): anyone on the network who "
+                       "sees the URL can change the store, and the URL is sent unencrypted.\n")
 
 
 def test_the_command_prints_the_url_and_stops_on_ctrl_c(built, tmp_path: Path) -> None:
