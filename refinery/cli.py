@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from refinery.errors import Interrupted, RefineryError, describe_os_error, shown_text
+from refinery.terminal import (
+    StageReporter,
+    console,
+    num,
+    pct,
+    print_json,
+    print_metric_history,
+    print_round,
+    show_counts,
+    warn,
+)
 
 
 class _PlainArgument(typer.core.TyperArgument):
@@ -53,7 +62,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-console = Console(highlight=False, soft_wrap=True)
 
 ProjectOption = Annotated[Path | None, typer.Option(
     "--project", "-p", metavar="DIR",
@@ -125,18 +133,18 @@ def ingest(ctx: typer.Context,
         report = ingest_files(store, files, config=project.config, split=split, kind=kind, source=source)
         report.warnings += [w for w in [over_context(project, store, report.stored_ids)] if w]
     if as_json:
-        return _print_json({"files": [vars(f) for f in report.files], "rows": report.rows,
+        return print_json({"files": [vars(f) for f in report.files], "rows": report.rows,
                             "inserted": report.inserted, "duplicates": report.duplicates,
                             "warnings": report.warnings})
     table = Table("file", "rows", "stored", "duplicates", "splits", "kinds", title="Ingested")
     for f in report.files:
         table.add_row(f.path, str(f.rows), str(f.inserted), str(f.duplicates_in_file + f.duplicates_in_store),
-                      _counts(f.by_split), _counts(f.by_kind))
+                      show_counts(f.by_split), show_counts(f.by_kind))
     console.print(table)
     console.print(f"{report.inserted} new examples stored, {report.duplicates} duplicates skipped "
                   f"({sum(f.duplicates_in_file for f in report.files)} within this ingest, "
                   f"{sum(f.duplicates_in_store for f in report.files)} already in the store).")
-    _warn(report.warnings)
+    warn(report.warnings)
 
 
 @app.command()
@@ -148,7 +156,7 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
     with Store(project.store_path, read_only=True) as store:
         result = project_status(store)
     if as_json:
-        return _print_json(result.to_dict())
+        return print_json(result.to_dict())
     console.print(f"Project {project.root}  store {project.store_path}")
     pending = f", {result.pending} pending review" if result.pending else ""
     console.print(f"{result.examples} active examples, {result.rejected} rejected{pending}")
@@ -202,10 +210,10 @@ def export(ctx: typer.Context,
             count = export_split(store, target, split=split, fmt=fmt)
     if pairs:
         if as_json:
-            return _print_json({"path": str(target), "pairs": count})
+            return print_json({"path": str(target), "pairs": count})
         return console.print(f"Wrote {count} preference pairs to {target}")
     if as_json:
-        return _print_json({"path": str(target), "split": split, "examples": count})
+        return print_json({"path": str(target), "split": split, "examples": count})
     console.print(f"Wrote {count} examples (split: {split}) to {target}")
 
 
@@ -230,25 +238,12 @@ def iterate(ctx: typer.Context,
     project = _project(ctx)
     if steps is not None:
         project = project.with_config(project.config.override("train", steps=steps))
-    with _StageReporter() as reporter:
+    with StageReporter() as reporter:
         result = run(project, rounds=rounds, until_plateau=until_plateau, reporter=reporter,
-                     on_round=None if as_json else reporter.printing(_print_round))
+                     on_round=None if as_json else reporter.printing(print_round))
     if as_json:
-        return _print_json(result.to_dict())
-    _print_metric_history(result)
-
-
-def _print_metric_history(result) -> None:
-    from refinery.plateau import LABELS, show
-    label = LABELS[result.metric][0]
-    table = Table("round", "kind", label, "change", title=f"{label.capitalize()} by round")
-    previous = None
-    for h in result.history:
-        change = "" if previous is None or h["kind"] == "production" else f"{h['value'] - previous:+.3f}"
-        table.add_row(str(h["round"]), h["kind"], show(h["value"], result.metric), change)
-        previous = h["value"] if h["kind"] != "production" else previous
-    console.print(table)
-    console.print(f"Stopped: {result.stop_reason}")
+        return print_json(result.to_dict())
+    print_metric_history(result)
 
 
 @app.command()
@@ -263,11 +258,11 @@ def baseline(ctx: typer.Context,
     project = _project(ctx)
     if shots is not None:
         project = project.with_config(project.config.override("baseline", shots=shots))
-    with _StageReporter() as reporter:
+    with StageReporter() as reporter:
         reporter.begin("Baseline: the base model, few-shot", "measure")
         document = run_baseline(project, on_batch=reporter.progress)
     if as_json:
-        return _print_json(document)
+        return print_json(document)
     for doc in (document, document.get("production")):
         if not doc:
             continue
@@ -287,20 +282,20 @@ def ceiling(ctx: typer.Context, as_json: JsonOption = False) -> None:
     loop's counterexamples) plus every analysis example (the best data the loop could ever add), and measure the
     test split: recorded as round -2, the reference every round's figures are set against. Adds no data."""
     from refinery.measure import run_ceiling
-    with _StageReporter() as reporter:
+    with StageReporter() as reporter:
         document = run_ceiling(_project(ctx), on_step=reporter.progress, on_start=lambda examples: reporter.begin(
             f"Ceiling: the project's recipe on {examples} oracle examples (brought train + analysis)", "train"))
     if as_json:
-        return _print_json(document)
+        return print_json(document)
     test = document["metrics"]["test"]
     table = Table("check", "applies", "failed", "pass rate",
                   title=f"Ceiling (round -2): {document['steps']} steps on {document['examples']} examples "
                         f"({document['train']} train + {document['analysis']} analysis), "
                         f"{document['train_seconds']:.0f} s training")
     for name, c in test["checks"].items():
-        table.add_row(name, str(c["applies"]), str(c["applies"] - c["passed"]), _pct(c["rate"]))
+        table.add_row(name, str(c["applies"]), str(c["applies"] - c["passed"]), pct(c["rate"]))
     console.print(table)
-    console.print(f"Test pass rate at the ceiling: {_pct(test['pass_rate'])} of {test['examples']} examples "
+    console.print(f"Test pass rate at the ceiling: {pct(test['pass_rate'])} of {test['examples']} examples "
                   f"(weighted score {test['weighted_score']:.3f}).")
 
 
@@ -312,19 +307,19 @@ def rerun(ctx: typer.Context,
     or "dpo" its DPO too, on the pairs of the rounds before it) and compare the test figures and the weights with
     what it recorded. Adds nothing to the store."""
     from refinery.measure import rerun_round
-    with _StageReporter() as reporter:
+    with StageReporter() as reporter:
         title = f"Re-running round {number} from its record: {{}} examples"
         document = rerun_round(_project(ctx), number, on_step=reporter.progress,
                                on_start=lambda examples: reporter.begin(title.format(examples), "train"))
     if as_json:
-        return _print_json(document)
+        return print_json(document)
     table = Table("", "test pass rate", "weighted score", "answer acc. cue on", "cue off",
                   title=f"Round {number}: recorded vs re-run ({document['examples']} examples, training set "
                         f"{document['train_set_hash'][:12]})")
     for name in ("recorded", "rerun"):
         test, mix = document[name]["test"] or {}, document[name]["mix"] or {}
-        table.add_row(name, _pct(test.get("pass_rate")), f"{test.get('weighted_score', 0):.3f}",
-                      _pct(mix.get("answer_accuracy_cue_on")), _pct(mix.get("answer_accuracy_cue_off")))
+        table.add_row(name, pct(test.get("pass_rate")), f"{test.get('weighted_score', 0):.3f}",
+                      pct(mix.get("answer_accuracy_cue_on")), pct(mix.get("answer_accuracy_cue_off")))
     console.print(table)
     diff = document["weights_max_abs_diff"]
     console.print("Weights: " + ("bit-identical to the recorded adapter" if diff == 0 else
@@ -332,130 +327,6 @@ def rerun(ctx: typer.Context,
     for name, (was, now) in document["versions_changed"].items():
         console.print(f"  {name}: recorded {was}, now {now}")
     console.print(f"Written to {document['dir']}")
-
-
-class _StageReporter:
-    """A progress bar for the running stage and a line for each finished one, on stderr."""
-
-    def __enter__(self) -> _StageReporter:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-        self.out = Console(stderr=True, highlight=False, soft_wrap=True)  # a long note stays one line in a log
-        self.bar = Progress(TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=self.out, transient=True)
-        self.task = None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar.live.is_started:
-            self.bar.stop()
-
-    def begin(self, title: str, stage: str) -> None:
-        """A title line, then the bar for the first stage (for commands that are not rounds)."""
-        self.out.print(title)
-        self.bar.start()
-        self.stage(stage)
-
-    def restarting(self, number: int, note: str) -> None:
-        self.out.print(note, markup=False)
-
-    def started(self, number: int, examples: int) -> None:
-        self.out.print(f"Round {number}: training on {examples} examples")
-        self.bar.start()  # only now: an error before the round starts prints alone
-
-    def stage(self, name: str) -> None:
-        self.task = self.bar.add_task(name, total=None)
-
-    def progress(self, done: int, total: int) -> None:
-        self.bar.update(self.task, completed=done, total=total)
-
-    def stage_done(self, name: str, seconds: float, note: str) -> None:
-        if self.task is not None:
-            self.bar.remove_task(self.task)
-            self.task = None
-        self.out.print(f"  {name:<9} {seconds:6.1f} s  {note}", markup=False)
-
-    def printing(self, show):
-        """A round callback that prints the round's summary with the progress bar paused."""
-        def on_round(summary) -> None:
-            self.bar.stop()
-            show(summary)
-        return on_round
-
-
-def _print_round(summary) -> None:
-    prev = summary.previous_metrics or {}
-    total = sum(summary.stages.values())
-    console.print(f"\nRound {summary.number} done in {total:.0f} s "
-                  f"({', '.join(f'{k} {v:.1f} s' for k, v in summary.stages.items())})")
-    versus = f"vs round {summary.previous}" if summary.previous else "vs -"
-    table = Table("split", "examples", "pass rate", versus, "weighted score", title="Pass rates")
-    for split, m in summary.metrics.items():
-        if split == "mix":
-            continue
-        before = prev.get(split, {}).get("pass_rate")
-        delta = f"{m['pass_rate'] - before:+.1%}" if before is not None else "-"
-        table.add_row(split, str(m["examples"]), f"{m['pass_rate']:.1%}", delta, f"{m['weighted_score']:.3f}")
-    console.print(table)
-    for stage, counts in summary.too_long.items():  # [data] too_long at work: said every round it acts
-        what = "training examples" if stage == "train" else "held-out inputs"
-        console.print(f"Longer than the model's context ({counts['room']} tokens for them): {what}: "
-                      f"{counts['truncated']} cut to fit, {counts['skipped']} left out ([data] too_long).")
-    _warn(summary.warnings)
-    now = summary.metrics.get("test", {})
-    for kind, metrics in summary.references.items():
-        ref = metrics.get("test")
-        if ref and now and not (kind == "baseline" and summary.previous == 0):
-            console.print(f"vs {kind}: test pass rate {ref['pass_rate']:.1%} -> {now['pass_rate']:.1%} "
-                          f"({now['pass_rate'] - ref['pass_rate']:+.1%}), weighted score {ref['weighted_score']:.3f} "
-                          f"-> {now['weighted_score']:.3f}")
-    test = summary.metrics.get("test", {}).get("checks", {})
-    checks = Table("check", "test pass rate", versus, title="Checks on the test split")
-    for name, c in test.items():
-        before = prev.get("test", {}).get("checks", {}).get(name, {}).get("rate")
-        delta = f"{c['rate'] - before:+.1%}" if before is not None else "-"
-        checks.add_row(name, f"{c['rate']:.1%} ({c['passed']}/{c['applies']})", delta)
-    console.print(checks)
-    mix = summary.metrics.get("mix")
-    if mix:  # only when the project sets a thinking cue ([mix] cue, cue_pattern)
-        answers = (f"answer accuracy {_pct(mix['answer_accuracy_cue_on'])} with the cue, "
-                   f"{_pct(mix['answer_accuracy_cue_off'])} without; "
-                   if mix["answer_accuracy_cue_on"] is not None or mix["answer_accuracy_cue_off"] is not None else "")
-        console.print(f"Thinking cue on the test split: {answers}<think> without the cue "
-                      f"{_pct(mix['think_leakage_cue_off'])}; mean output tokens {mix['mean_tokens_cue_on']} with, "
-                      f"{mix['mean_tokens_cue_off']} without.")
-    console.print("Top failure patterns (analysis split)")
-    for c in summary.clusters[:3]:
-        console.print(f"  #{c['rank']} {c['id']}  score {c['score']:.1f}  size {c['size']}: {c['statement']}")
-        for e in c["examples"][:2]:
-            console.print(f"      input    {e['input']}\n      output   {e['output']}\n      expected {e['expected']}")
-    total = {k: sum(g[k] for g in summary.generated)
-             for k in ("stored", "pending", "duplicate", "leak", "failed_checks", "over_cap")}
-    held = (f", {total['pending']} held for review (`refinery examples --pending`)" if total["pending"] else "")
-    if summary.nothing_generated:
-        return console.print(f"Generated no counterexamples: {summary.nothing_generated}.", markup=False)
-    _print_budget(summary.budget, summary.plan)
-    kept = total["stored"] + total["pending"]
-    console.print(f"Generated {total['stored']} counterexamples{held} (not stored: {total['duplicate']} duplicates, "
-                  f"{total['leak']} leaks, {total['failed_checks']} failing their checks, {total['over_cap']} over "
-                  f"budget)" + (":" if kept else "."), markup=False)
-    for g in summary.generated:
-        if g["stored"] or g["pending"]:
-            console.print(f"  {g['cluster'] or 'at random'}  {g['template']:<20} {g['stored'] + g['pending']}")
-
-
-def _print_budget(budget: list[dict], plan: dict | None) -> None:
-    """"Budget 120: 36 of 120 from random analysis examples (...), 84 over 2 patterns by failing mass:" then
-    "r003-c01 64 (new); ..." (a pattern a person accepted: its own share), and how many carry their feature."""
-    aimed = [b for b in budget if b["cluster"] and b["share"]]
-    if plan:
-        console.print(f"Budget {plan['budget']}: {plan['why']}" + (":" if aimed else "."), markup=False)
-    if aimed:
-        console.print("  " + "; ".join(f"{b['cluster']} {b['share']} ({b['why']})" for b in aimed) + ".",
-                      markup=False)
-    featured = [b for b in aimed if b["feature"] and b["stored"]]
-    if featured:
-        console.print("Carrying the pattern's feature: " + "; ".join(
-            f"{b['cluster']} {b['carrying']} of {b['stored']}" for b in featured) + ".", markup=False)
 
 
 @app.command()
@@ -491,12 +362,12 @@ def mix(ctx: typer.Context,
     document = {"reasoning_share": share, "train_split": counts, "training_set": used,
                 "project_file": str(project.config_file), "warning": warning}
     if as_json:
-        return _print_json(document)
+        return print_json(document)
     shown = "unset (the data as it is)" if share is None else f"{share:g}"
     console.print(f"reasoning_share = {shown}  ({project.config_file.name})")
     console.print(f"train split: {counts['reasoning']} reasoning, {counts['direct']} direct; the next round trains "
                   f"on {used['reasoning']} reasoning + {used['direct']} direct = {chosen.height}")
-    _warn([warning] if warning else [])
+    warn([warning] if warning else [])
 
 
 def _sweep(project, sweep: str, steps: int | None, as_json: bool) -> None:
@@ -510,11 +381,11 @@ def _sweep(project, sweep: str, steps: int | None, as_json: bool) -> None:
         raise RefineryError(f"--sweep {sweep}: expected comma-separated shares from 0 to 1, e.g. 0.2,0.4,0.6")
     if steps is not None:
         project = project.with_config(project.config.override("train", steps=steps))
-    with _StageReporter() as reporter:
+    with StageReporter() as reporter:
         reporter.bar.start()
         document = run_sweep(project, shares, reporter=reporter)
     if as_json:
-        return _print_json(document)
+        return print_json(document)
     cue = project.config.mix.cue is not None  # cue modes are asked only with [mix] cue set
     modes = ("answer acc. cue on", "cue off", "<think> w/o cue", "tokens cue on", "cue off") if cue else ()
     table = Table("share", "trained on (r/d)", "test pass", *modes,
@@ -524,10 +395,10 @@ def _sweep(project, sweep: str, steps: int | None, as_json: bool) -> None:
         if "error" in r:
             table.add_row(f"{r['share']:g}", "0", r["error"], *[""] * len(modes))
             continue
-        figures = (_pct(r["answer_accuracy_cue_on"]), _pct(r["answer_accuracy_cue_off"]),
-                   _pct(r["think_leakage_cue_off"]), _num(r["mean_tokens_cue_on"]), _num(r["mean_tokens_cue_off"]))
+        figures = (pct(r["answer_accuracy_cue_on"]), pct(r["answer_accuracy_cue_off"]),
+                   pct(r["think_leakage_cue_off"]), num(r["mean_tokens_cue_on"]), num(r["mean_tokens_cue_off"]))
         table.add_row(f"{r['share']:g}", f"{r['examples']} ({r['reasoning']}/{r['direct']})",
-                      _pct(r["test_pass_rate"]), *(figures if cue else ()))
+                      pct(r["test_pass_rate"]), *(figures if cue else ()))
     console.print(table)
     if not cue:
         console.print("No thinking cue set ([mix] cue and cue_pattern), so the test split was asked as stored only.",
@@ -550,36 +421,15 @@ def report(ctx: typer.Context,
     project = _project(ctx)
     result = build_report(project)
     if as_json:
-        return _print_json(result.to_dict())
+        return print_json(result.to_dict())
     if text:
         return print(report_text(result, width=console.width if console.is_terminal else 120), end="")
     console.print(f"Wrote {write_report(project, out=out, report=result)}")
 
 
-def _warn(warnings: list[str]) -> None:
-    for warning in warnings:
-        print(f"Warning: {warning}", file=sys.stderr)
-
-
 def _choice(flag: str, value: str | None, allowed: tuple[str, ...]) -> None:
     if value is not None and value not in allowed:
         raise RefineryError(f"{flag} {value}: expected one of: {', '.join(allowed)}.")
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
-def _counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"
-
-
-def _print_json(document: Any) -> None:
-    print(json.dumps(document, indent=2, ensure_ascii=False, default=str))
 
 
 def _check_arguments(args: list[str]) -> None:

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from refinery.cli import JsonOption, _print_json, app, console
+from refinery.cli import JsonOption, app
+from refinery.terminal import console, print_json
 
 models_app = typer.Typer(help="The cache of converted base models (a .gguf base_model, or pypi:smollm2-135m-instruct, "
                               "is converted once into a transformers folder there): list it, or clear it.",
@@ -25,7 +26,7 @@ def models(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
     cached = list_cached()
     if as_json:
-        return _print_json({"cache": str(cache_dir()), "models": [vars(c) for c in cached]})
+        return print_json({"cache": str(cache_dir()), "models": [vars(c) for c in cached]})
     console.print(f"Model cache: {cache_dir()}", markup=False)
     if not cached:
         console.print("No converted models.", markup=False)

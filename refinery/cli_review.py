@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from refinery.cli import JsonOption, _print_json, _project, app, console
+from refinery.cli import JsonOption, _project, app
+from refinery.terminal import console, print_json
 
 clusters_app = typer.Typer(help="Review failure patterns: list them with their evidence, show all members, accept, "
                                 "reject, merge or rename them.", rich_markup_mode=None)
@@ -33,11 +34,11 @@ def clusters(ctx: typer.Context,
             from refinery.rules import load_rules
             cues = load_rules(_project(ctx).rules_dir).cues()
             table = review.pattern_history(store, cues=cues)
-            return _print_json(table.to_dicts()) if as_json else _print_history(table)
+            return print_json(table.to_dicts()) if as_json else _print_history(table)
         patterns = review.list_patterns(store, round=round)
         plan = review.round_plan(store, round=round)
     if as_json:
-        return _print_json([vars(p) for p in patterns])
+        return print_json([vars(p) for p in patterns])
     if plan:
         console.print(f"Budget {plan['budget']}: {plan['why']}.", markup=False)
     if not patterns:
@@ -54,7 +55,7 @@ def clusters_show(ctx: typer.Context, cluster_id: ClusterId, as_json: JsonOption
     with Store(_project(ctx).store_path, read_only=True) as store:
         pattern = review.show_pattern(store, cluster_id)
     if as_json:
-        return _print_json(vars(pattern))
+        return print_json(vars(pattern))
     _print_pattern(pattern)
 
 
@@ -80,7 +81,7 @@ def clusters_merge(ctx: typer.Context, cluster_id: ClusterId,
     with Store(_project(ctx).store_path) as store:
         pattern = review.merge_patterns(store, cluster_id, other)
     if as_json:
-        return _print_json(vars(pattern))
+        return print_json(vars(pattern))
     console.print(f"Merged {other} into {cluster_id}: now {pattern.size} members.")
 
 
@@ -120,7 +121,7 @@ def examples(ctx: typer.Context,
     with Store(_project(ctx).store_path, read_only=True) as store:
         frame = review.list_examples(store, status="pending" if pending else None, round=round)
     if as_json:
-        return _print_json(frame.to_dicts())
+        return print_json(frame.to_dicts())
     what = "pending review" if pending else "generated"
     if frame.height == 0:
         with Store(_project(ctx).store_path, read_only=True) as store:
@@ -155,7 +156,7 @@ def _decide_examples(ctx: typer.Context, ids: list[str] | None, decision: str, e
     with Store(_project(ctx).store_path) as store:
         result = review.decide_examples(store, ids or [], decision, every_pending=every)
     if as_json:
-        return _print_json(result)
+        return print_json(result)
     console.print(f"{result['examples']} examples {result['status']}; {result['pending_left']} still pending.")
 
 
@@ -172,7 +173,7 @@ def relabel_command(ctx: typer.Context,
     with Store(_project(ctx).store_path) as store:
         result = review.relabel(store, example_id, output)
     if as_json:
-        return _print_json(result)
+        return print_json(result)
     console.print(f"Relabelled {result['old']} -> {result['new']} ({result['split']}): {result['output']}")
 
 
@@ -182,7 +183,7 @@ def _decide(ctx: typer.Context, cluster_id: str, decision: str, as_json: bool) -
     with Store(_project(ctx).store_path) as store:
         result = review.decide(store, cluster_id, decision)
     if as_json:
-        return _print_json(result)
+        return print_json(result)
     moved = {k: v for k, v in result.items() if k.startswith("examples_")}
     detail = ", ".join(f"{v} counterexamples {k.removeprefix('examples_')}" for k, v in moved.items())
     console.print(f"{cluster_id} {result['status']} ({detail}).")

@@ -215,7 +215,7 @@ def fuzz_project(tmp_path_factory) -> Path:
     return root
 
 
-@settings(max_examples=150, deadline=None, database=None, derandomize=True,
+@settings(max_examples=80, deadline=None, database=None, derandomize=True,
           suppress_health_check=list(HealthCheck))
 @given(command=COMMANDS, words=st.lists(WORDS, min_size=0, max_size=3))
 def test_fuzz_arguments_and_paths(fuzz_project: Path, command: tuple[str, ...], words: list[str]) -> None:
