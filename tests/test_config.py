@@ -102,8 +102,8 @@ def test_explicit_folder_without_project(tmp_path: Path) -> None:
      "pyproject.toml:2: [tool.refinery.train] lr_schedule = \"step\": expected one of: cosine, linear, constant."),
     ("[tool.refinery]\nbase_model = 'x'\nflavour = 'mild'\n",
      "pyproject.toml:3: [tool.refinery] unknown key 'flavour' (expected one of: base_model, rules_dir, runs_dir, "
-     "seed, store, templates_dir, [data], [train], [infer], [analyze], [generate], [mix], [plateau], [baseline]). "
-     "Remove it or fix its spelling."),
+     "seed, store, templates_dir, [data], [train], [infer], [analyze], [generate], [mix], [plateau], [baseline], "
+     "[judge]). Remove it or fix its spelling."),
     ("[tool.refinery.train]\nrank = \"sixteen\"\n",
      "pyproject.toml:2: [tool.refinery.train] rank = \"sixteen\": expected an integer from 1 to 1024."),
     ("[tool.refinery.train]\n\nsteps = 0\n",
@@ -172,7 +172,8 @@ def test_init_scaffolds_a_project_whose_commented_defaults_are_the_defaults(tmp_
                                   cue_pattern=r"(?i)(please )?use thinking[.!]?|think it through[.!]?",
                                   answer_check="answer_correct", toggle_template="think_toggle.jinja")
                 .override("train", steps=300).override("generate", explore=0.2)
-                .override("plateau", target=0.95).override("baseline", production="runs/production-adapter"))
+                .override("plateau", target=0.95).override("baseline", production="runs/production-adapter")
+                .override("judge", model="pypi:smollm2-135m-instruct"))
     assert read_config(config_file) == expected
     assert uncommented.count("\n# ") > 30  # the help text stays as comments
 

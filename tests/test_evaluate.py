@@ -150,7 +150,7 @@ LOOKUP = '[[lookup]]\nname = "weather_emoji"\nkey = \'<weather>(.*?)</weather>\'
 @pytest.mark.parametrize(("text", "message"), [
     ('[[check]]\nname = "a"\ntype = "regexx"\npattern = "x"\n',
      "rules/bad.toml:3: check 'a': unknown type 'regexx' (expected one of: regex, contains, absent, json_schema, "
-     "equals). Did you mean 'regex'?"),
+     "equals, judge). Did you mean 'regex'?"),
     ('[[check]]\nname = "a"\ntype = "regex"\npattern = "x"\n\n[[check]]\nname = "b"\ntype = "absent"\n'
      'pattern = "(unclosed"\n',
      "rules/bad.toml:9: check 'b': pattern = '(unclosed' is not a valid regular expression: missing ), "
@@ -159,7 +159,7 @@ LOOKUP = '[[lookup]]\nname = "weather_emoji"\nkey = \'<weather>(.*?)</weather>\'
      "rules/bad.toml:1: check 'a': a equals check needs 'extract'."),
     ('[[check]]\nname = "a"\ntype = "regex"\npatern = "x"\n',
      "rules/bad.toml:4: check 'a': unknown key 'patern' (expected one of: name, type, description, when, unless, "
-     "pattern, text, extract, field, lookup, schema, severity). Did you mean 'pattern'?"),
+     "pattern, text, extract, field, lookup, schema, rubric, severity). Did you mean 'pattern'?"),
     ('[[check]]\ntype = "regex"\npattern = "x"\n',
      "rules/bad.toml:1: check without a name. Add name = \"...\"."),
     ('[[check]]\nname = "a"\ntype = "regex"\npattern = "x"\nseverity = 0\n',

@@ -224,7 +224,7 @@ def test_a_misspelt_section_is_reported_at_its_own_line(tmp_path: Path, monkeypa
     assert result.code == 1
     assert result.err == (f"Error: {line} unknown key 'trian' (expected one of: base_model, rules_dir, runs_dir, "
                           f"seed, store, templates_dir, [data], [train], [infer], [analyze], [generate], [mix], "
-                          f"[plateau], [baseline]). Did you mean 'train'?\n")
+                          f"[plateau], [baseline], [judge]). Did you mean 'train'?\n")
 
 
 def test_status_gives_the_baseline_its_time_and_says_how_the_last_iterate_ended(project, cli) -> None:

@@ -136,7 +136,7 @@ def test_iterate_cli_refuses_bad_rules_before_starting(demo_project, cli) -> Non
     result = cli("iterate")
     assert result.code == 1
     assert result.err == ("Error: rules/weather.toml:3: check 'x': unknown type 'regexx' (expected one of: regex, "
-                          "contains, absent, json_schema, equals). Did you mean 'regex'?\n")
+                          "contains, absent, json_schema, equals, judge). Did you mean 'regex'?\n")
     with Store(demo_project.store_path) as store:
         assert store.scalar("SELECT count(*) FROM rounds") == 0
 

@@ -1,0 +1,132 @@
+"""Judge: checks that need judgement. A `type = "judge"` check renders its rubric (Jinja, seeing the input, the
+model's output and the expected output) into a prompt, a judge model answers PASS or FAIL with a one-sentence
+reason, greedily and in batches, and the verdict becomes a check result like any rule's, so its failures feed
+analysis, patterns and targeting. Verdicts are cached in the store by (judge, rubric, prompt): evaluating the same
+outputs again costs nothing. An answer that is neither PASS nor FAIL fails the check as "judge: no verdict", never
+passes it silently.
+
+Entry point: `judge_checks(rules, rows, project=...)`, the judge checks' results in `evaluate.RESULT_SCHEMA`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from refinery.errors import ConfigError
+from refinery.project import Project, resolve_base_model
+from refinery.rules import Check, CompiledCheck, RuleSet
+from refinery.store import ROUND_WAIT, Store
+
+# What every rubric's prompt ends with: the verdict format the parser reads.
+ASK = "\n\nAnswer with PASS or FAIL on the first line, then one sentence that says why."
+VERDICT = re.compile(r"^\W*(PASS|FAIL)\b[\s:.,;*_\-–—]*(.*)", re.IGNORECASE | re.DOTALL)
+NO_VERDICT = "judge: no verdict"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the judge said of one output: passed (None: no verdict could be read), its reason, its raw answer."""
+
+    passed: bool | None
+    reason: str
+    answer: str
+
+
+def parse_verdict(answer: str) -> Verdict:
+    """PASS or FAIL first (case, leading punctuation and markdown ignored), the rest of the first lines the reason."""
+    found = VERDICT.match(answer.strip())
+    if not found:
+        return Verdict(None, "", answer)
+    reason = " ".join(found.group(2).split())[:300]
+    return Verdict(found.group(1).upper() == "PASS", reason, answer)
+
+
+def judge_checks(rules: RuleSet, rows: pl.DataFrame, *, project: Project,
+                 answer: Callable[[list[str]], list[str]] | None = None) -> pl.DataFrame:
+    """The results of every judge check on `rows` (example_id, variant, input, expected, fields, prediction), in
+    `evaluate.RESULT_SCHEMA`. `answer`: prompts to the judge's answers (default: the project's judge model)."""
+    from refinery.evaluate import RESULT_SCHEMA
+
+    checks = [c for c in rules.checks if c.type == "judge"]
+    records: dict[str, list] = {name: [] for name in RESULT_SCHEMA}
+    if not checks or rows.is_empty():
+        return pl.DataFrame(records, schema=RESULT_SCHEMA)
+    judge = judge_name(project)
+    asked = [(check, row, render_rubric(check, row)) for check, compiled in ((c, CompiledCheck(c)) for c in checks)
+             for row in rows.iter_rows(named=True) if compiled.applies(row["input"])]
+    verdicts = _verdicts(project, judge, [(c, prompt) for c, _, prompt in asked], answer)
+    for (check, row, _), verdict in zip(asked, verdicts, strict=True):
+        detail = verdict.reason if verdict.passed is not None else f"{NO_VERDICT}: {verdict.answer[:200]!r}"
+        values = (row["example_id"], row["variant"], check.file, check.name, True, bool(verdict.passed),
+                  check.severity, detail)
+        for name, value in zip(RESULT_SCHEMA, values, strict=True):
+            records[name].append(value)
+    return pl.DataFrame(records, schema=RESULT_SCHEMA)
+
+
+def render_rubric(check: Check, row: dict[str, Any]) -> str:
+    """The judge's prompt for one output: the rubric with input, output and expected, then the verdict format."""
+    from jinja2 import StrictUndefined, TemplateError
+    from jinja2.sandbox import SandboxedEnvironment
+
+    env = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    fields = json.loads(row["fields"]) if row.get("fields") else {}
+    try:
+        text = env.from_string(check.rubric).render(input=row["input"], output=row["prediction"],
+                                                    expected=row["expected"], fields=fields)
+    except TemplateError as exc:
+        raise ConfigError(f"{check.source}: check '{check.name}': rubric: {exc} (it sees input, output, expected "
+                          f"and fields).") from None
+    return text.rstrip() + ASK
+
+
+def judge_name(project: Project) -> str:
+    """The judge model as the cache knows it: `[judge] model`, else the base model (self-judging)."""
+    return project.config.judge.model or project.config.core.base_model
+
+
+def _verdicts(project: Project, judge: str, asked: list[tuple[Check, str]],
+              answer: Callable[[list[str]], list[str]] | None) -> list[Verdict]:
+    """Cached verdicts where the store has them; the judge asked, in one batch, for the rest (stored after)."""
+    keys = [_key(judge, check.rubric, prompt) for check, prompt in asked]
+    with Store(project.store_path, wait=ROUND_WAIT) as store:
+        cached = dict(store.con.execute(
+            "SELECT key, answer FROM judge_verdicts WHERE key IN (SELECT unnest(?))", [sorted(set(keys))]).fetchall())
+    missing = sorted({k for k in keys if k not in cached})
+    if missing:
+        prompts = {k: prompt for k, (_, prompt) in zip(keys, asked, strict=True)}
+        answers = (answer or _local_judge(project))([prompts[k] for k in missing])
+        fresh = pl.DataFrame({"key": missing, "judge": [judge] * len(missing), "answer": answers})
+        with Store(project.store_path, wait=ROUND_WAIT) as store, store.transaction() as con:
+            con.register("fresh_verdicts", fresh)
+            con.execute("INSERT INTO judge_verdicts (key, judge, answer) SELECT key, judge, answer "
+                        "FROM fresh_verdicts ANTI JOIN judge_verdicts USING (key)")
+            con.unregister("fresh_verdicts")
+        cached.update(zip(missing, answers, strict=True))
+    return [parse_verdict(cached[k]) for k in keys]
+
+
+def _key(judge: str, rubric: str, prompt: str) -> str:
+    return hashlib.sha256(json.dumps([judge, rubric, prompt]).encode()).hexdigest()
+
+
+def _local_judge(project: Project) -> Callable[[list[str]], list[str]]:
+    """Greedy, batched answers from a local causal LM (`[judge] model`, or the base model), loaded as the base
+    model is; prompts longer than its context are cut like held-out inputs."""
+    def ask(prompts: list[str]) -> list[str]:
+        from refinery import infer
+        from refinery.config import InferSettings
+
+        settings = project.config.judge
+        model = resolve_base_model(project) if not settings.model else \
+            resolve_base_model(project.with_config(project.config.override("core", base_model=settings.model)))
+        return infer.generate(prompts, base_model=model, settings=InferSettings(
+            batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens))["output"].to_list()
+    return ask

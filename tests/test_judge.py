@@ -1,0 +1,123 @@
+"""Judge checks (issue 27, first part): a rubric rendered with the input, the output and the expected output, a real
+local judge model answering greedily in batches, verdicts parsed (an unreadable answer fails as "judge: no
+verdict"), cached in the store, and their failures in a round like any rule's. The judge here is the bundled tiny
+model: a word-problem model, so its answers are mostly no verdict, which is what the no-verdict path must handle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+from conftest import write
+
+from refinery.errors import ConfigError, RefineryError
+from refinery.judge import NO_VERDICT, judge_checks, parse_verdict, render_rubric
+from refinery.rules import load_rules
+from refinery.store import Store
+
+RUBRIC = ('[[check]]\nname = "polite"\ntype = "judge"\nwhen = "weather"\nseverity = 2\n'
+          'rubric = "Is this reply to {{ input }} polite? Reply: {{ output }} (a good reply: {{ expected }})"\n')
+
+
+@pytest.mark.parametrize(("answer", "passed", "reason"), [
+    ("PASS: the reply is polite.", True, "the reply is polite."),
+    ("**FAIL** - it shouts at the user\nmore text", False, "it shouts at the user more text"),
+    ("fail.", False, ""),
+    ("  pass", True, ""),
+    ("I think it passes", None, ""),
+    ("PASSWORD: 1234", None, ""),
+    ("", None, ""),
+])
+def test_verdicts_are_read_from_the_first_word(answer: str, passed: bool | None, reason: str) -> None:
+    verdict = parse_verdict(answer)
+    assert (verdict.passed, verdict.reason, verdict.answer) == (passed, reason, answer)
+
+
+def test_a_judge_check_needs_a_rubric_that_is_jinja(tmp_path: Path) -> None:
+    write(tmp_path / "rules" / "j.toml", RUBRIC)
+    (check,) = load_rules(tmp_path / "rules").checks
+    assert (check.type, check.severity, check.when) == ("judge", 2.0, "weather")
+    row = {"input": "hi", "prediction": "go away", "expected": "hello", "fields": None}
+    assert render_rubric(check, row) == ("Is this reply to hi polite? Reply: go away (a good reply: hello)\n\n"
+                                         "Answer with PASS or FAIL on the first line, then one sentence that says "
+                                         "why.")
+    cases = {
+        '[[check]]\nname = "j"\ntype = "judge"\n': "rules/j.toml:1: check 'j': a judge check needs 'rubric'.",
+        '[[check]]\nname = "j"\ntype = "judge"\nrubric = "{{ input "\n':
+            "rules/j.toml:4: check 'j': rubric: not a Jinja template: unexpected end of template, expected 'end of "
+            "print statement'. (line 1 of the rubric).",
+        '[[check]]\nname = "j"\ntype = "regex"\npattern = "x"\nrubric = "hi"\n':
+            "rules/j.toml:5: check 'j': rubric: a rubric is the prompt of a judge check. Remove it, or make it type "
+            "= \"judge\".",
+    }
+    for text, message in cases.items():
+        write(tmp_path / "rules" / "j.toml", text)
+        with pytest.raises(ConfigError) as caught:
+            load_rules(tmp_path / "rules")
+        assert str(caught.value).replace(str(tmp_path) + "/", "") == message
+
+
+def _rows() -> pl.DataFrame:
+    inputs = ["<weather>Sunny</weather> 2 + 3?", "<weather>Rain</weather> 4 + 1?", "1 + 1?"]
+    return pl.DataFrame({"example_id": ["a", "b", "c"], "variant": ["", "", ""], "input": inputs,
+                         "expected": ["Answer: 5", "Answer: 5", "Answer: 2"], "fields": [None, None, None],
+                         "prediction": ["Answer: 5", "Answer: 4", "Answer: 2"]})
+
+
+def test_the_local_judge_answers_each_applicable_output_once_and_the_store_remembers(demo_project) -> None:
+    write(demo_project.rules_dir / "judge.toml", RUBRIC)
+    rules = load_rules(demo_project.rules_dir)
+    first = judge_checks(rules, _rows(), project=demo_project)  # the bundled model, really generating
+    assert first["example_id"].to_list() == ["a", "b"]  # "1 + 1?" has no weather: the check does not apply
+    assert first.select("check_name", "applies", "severity").unique().rows() == [("polite", True, 2.0)]
+    for passed, detail in first.select("passed", "detail").rows():  # a verdict with its reason, or none: failed
+        read = not detail.startswith(f"{NO_VERDICT}: ")
+        assert passed in (True, False) and (read or passed is False)
+    with Store(demo_project.store_path) as store:
+        assert store.scalar("SELECT count(*) FROM judge_verdicts") == 2
+
+    def nobody(prompts: list[str]) -> list[str]:
+        raise AssertionError(f"the judge was asked again: {prompts}")
+
+    again = judge_checks(rules, _rows(), project=demo_project, answer=nobody)
+    assert again.equals(first)
+
+
+def test_an_unreadable_answer_fails_the_check_as_no_verdict(demo_project) -> None:
+    write(demo_project.rules_dir / "judge.toml", RUBRIC)
+    rules = load_rules(demo_project.rules_dir)
+    def answer(prompts: list[str]) -> list[str]:  # a judge that reads one reply and babbles on the other
+        return ["PASS: polite enough." if "Reply: Answer: 5" in p else "Sunny! 5 apples" for p in prompts]
+
+    results = judge_checks(rules, _rows(), project=demo_project, answer=answer)
+    assert results.select("example_id", "passed", "detail").rows() == [
+        ("a", True, "polite enough."), ("b", False, f"{NO_VERDICT}: 'Sunny! 5 apples'")]
+
+
+def test_a_rubric_naming_what_it_cannot_see_names_the_check(demo_project) -> None:
+    write(demo_project.rules_dir / "judge.toml", RUBRIC.replace("{{ expected }}", "{{ reference }}"))
+    with pytest.raises(RefineryError) as caught:
+        judge_checks(load_rules(demo_project.rules_dir), _rows(), project=demo_project, answer=lambda p: [])
+    assert str(caught.value).endswith("check 'polite': rubric: 'reference' is undefined (it sees input, output, "
+                                      "expected and fields).")
+
+
+def test_a_round_with_a_judge_check_records_its_verdicts_and_mines_its_failures(demo_project, cli) -> None:
+    write(demo_project.rules_dir / "judge.toml", RUBRIC)
+    result = cli("iterate", "--steps", "4")
+    assert result.code == 0, result.err
+    con = duckdb.connect(str(demo_project.store_path), read_only=True)
+    try:
+        judged = con.execute("SELECT count(*), count(*) FILTER (WHERE NOT passed) FROM rule_results "
+                             "WHERE check_name = 'polite' AND round = 1 AND variant = ''").fetchone()
+        weather = con.execute("SELECT count(*) FROM examples WHERE split <> 'train' AND input LIKE '%weather%' "
+                              "AND status = 'active'").fetchone()[0]
+        mined = con.execute("SELECT count(*) FROM clusters WHERE round = 1 AND checks::VARCHAR LIKE '%polite%'"
+                            ).fetchone()[0]
+    finally:
+        con.close()
+    assert judged[0] == weather and judged[1] > 0  # every held-out input with the tag judged; the failures mined
+    assert mined >= 1
+    assert "polite" in result.out
