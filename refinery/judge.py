@@ -26,7 +26,7 @@ from refinery.store import ROUND_WAIT, Store
 
 # What every rubric's prompt ends with: the verdict format the parser reads.
 ASK = "\n\nAnswer with PASS or FAIL on the first line, then one sentence that says why."
-VERDICT = re.compile(r"^\W*(PASS|FAIL)\b[\s:.,;*_\-–—]*(.*)", re.IGNORECASE | re.DOTALL)
+WORD = re.compile(r"(?<![A-Za-z])(PASS|FAIL)(?![A-Za-z])", re.IGNORECASE)
 NO_VERDICT = "judge: no verdict"
 
 
@@ -40,12 +40,15 @@ class Verdict:
 
 
 def parse_verdict(answer: str) -> Verdict:
-    """PASS or FAIL first (case, leading punctuation and markdown ignored), the rest of the first lines the reason."""
-    found = VERDICT.match(answer.strip())
-    if not found:
+    """PASS or FAIL as a word of the answer's first line ("PASS: ...", "**FAIL** - ...", "The answer is: FAIL."),
+    the rest of the answer after it the reason. A first line with both words, or neither, is no verdict."""
+    line = answer.strip().split("\n", 1)[0]
+    words = {w.upper() for w in WORD.findall(line)}
+    if len(words) != 1:
         return Verdict(None, "", answer)
-    reason = " ".join(found.group(2).split())[:300]
-    return Verdict(found.group(1).upper() == "PASS", reason, answer)
+    found = WORD.search(answer)
+    reason = " ".join(answer[found.end():].lstrip(" \t:.,;*_-–—").split())[:300]
+    return Verdict(words == {"PASS"}, reason, answer)
 
 
 def judge_checks(rules: RuleSet, rows: pl.DataFrame, *, project: Project,

@@ -26,8 +26,12 @@ RUBRIC = ('[[check]]\nname = "polite"\ntype = "judge"\nwhen = "weather"\nseverit
     ("**FAIL** - it shouts at the user\nmore text", False, "it shouts at the user more text"),
     ("fail.", False, ""),
     ("  pass", True, ""),
+    ("The answer is: FAIL.", False, ""),
+    ("Verdict: pass, because it thanks the user", True, "because it thanks the user"),
     ("I think it passes", None, ""),
     ("PASSWORD: 1234", None, ""),
+    ("PASS or FAIL? Hard to say", None, ""),
+    ("It is fine.\nPASS", None, ""),
     ("", None, ""),
 ])
 def test_verdicts_are_read_from_the_first_word(answer: str, passed: bool | None, reason: str) -> None:
