@@ -256,3 +256,23 @@ def test_a_round_whose_process_died_shows_as_died_with_its_pid(stocked: Path, cl
            f"of memory?); the next `refinery iterate` restarts it" in result.out
     document = json.loads(cli("status", "--json").out)
     assert [(r["number"], r["status"], r["pid"]) for r in document["rounds"]] == [(1, "died", gone.pid)]
+
+
+def test_init_into_a_read_only_folder_names_it(tmp_path: Path, cli) -> None:
+    """The folder made read-only by its mode, or for root (whom modes do not stop) by chattr +i."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    immutable = os.access(folder, os.W_OK)
+    if immutable and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root where chattr +i is not allowed: no way to make a folder read-only")
+    try:
+        result = cli("init", str(folder / "p"))
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+    reason = "not permitted" if immutable else "permission denied"
+    assert (result.code, result.err) == (1, f"Error: {folder}/p: {reason}; check the permissions, or give another "
+                                            f"path.\n")
+    assert not (folder / "p").exists()
