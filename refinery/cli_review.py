@@ -213,6 +213,8 @@ def _print_pattern(p) -> None:
     for m in p.members:
         console.print(f"   {m['example_id']}  input    {m['input']}\n"
                       f"   {' ' * 16}  output   {m['output']}\n   {' ' * 16}  expected {m['expected']}", markup=False)
+        if m.get("failing"):
+            console.print(f"   {' ' * 16}  failing  {'; '.join(m['failing'])}", markup=False)
 
 
 def _print_history(table) -> None:

@@ -74,12 +74,23 @@ def show_pattern(store: Store, cluster_id: str, *, members: int | None = None) -
         WHERE m.cluster_id = ? ORDER BY m.distance, m.example_id {limit}""", [row["round"], cluster_id])
     generated = store.scalar("SELECT count(*) FROM examples WHERE cluster_id = ? AND source = 'generated' "
                              "AND status = 'active'", [cluster_id])
+    shown = shown.join(_failing(store, row["round"], shown["example_id"].to_list()), on="example_id", how="left")
     return Pattern(id=row["id"], round=row["round"], rank=row["rank"], label=row["label"] or row["id"],
                    statement=row["statement"] or "", status=row["status"], size=row["size"], score=row["score"],
                    score_parts=json.loads(row["score_parts"] or "{}"), checks=json.loads(row["checks"] or "{}"),
                    evidence=json.loads(row["evidence"] or "[]"), generated=generated, members=shown.to_dicts(),
                    kind=row["kind"], feature=row["feature"], p=row["p"], q=row["q"], budget=row["budget"],
                    merged_into=row["merged_into"])
+
+
+def _failing(store: Store, round: int, ids: list[str]) -> pl.DataFrame:
+    """Per member, the checks its output failed in the round, each with its detail (a judge's reason, a rule's
+    mismatch): "polite: it ignores the question"."""
+    return store.frame("""
+        SELECT example_id, list(check_name || CASE WHEN coalesce(detail, '') = '' THEN '' ELSE ': ' || detail END
+                                ORDER BY check_name) AS failing
+        FROM rule_results WHERE round = ? AND variant = '' AND passed = false AND example_id IN (SELECT unnest(?))
+        GROUP BY example_id""", [round, ids]).with_columns(pl.col("failing").cast(pl.List(pl.String)))
 
 
 def decide(store: Store, cluster_id: str, decision: str) -> dict[str, Any]:

@@ -120,8 +120,12 @@ def test_a_round_with_a_judge_check_records_its_verdicts_and_mines_its_failures(
                               "AND status = 'active'").fetchone()[0]
         mined = con.execute("SELECT count(*) FROM clusters WHERE round = 1 AND checks::VARCHAR LIKE '%polite%'"
                             ).fetchone()[0]
+        pattern = con.execute("SELECT id FROM clusters WHERE round = 1 AND checks::VARCHAR LIKE '%polite%' "
+                              "ORDER BY rank LIMIT 1").fetchone()[0]
     finally:
         con.close()
     assert judged[0] == weather and judged[1] > 0  # every held-out input with the tag judged; the failures mined
     assert mined >= 1
     assert "polite" in result.out
+    shown = cli("clusters", "show", pattern)  # each member with the judge's word on it
+    assert shown.code == 0 and "failing  " in shown.out and "polite: judge: no verdict: 'Answer:" in shown.out
