@@ -27,6 +27,8 @@ from refinery.store import ROUND_WAIT, Store
 # What every rubric's prompt ends with: the verdict format the parser reads.
 ASK = "\n\nAnswer with PASS or FAIL on the first line, then one sentence that says why."
 WORD = re.compile(r"(?<![A-Za-z])(PASS|FAIL)(?![A-Za-z])", re.IGNORECASE)
+ASK_SCORE = ("\n\nAnswer with a score from 1 to {scale} on the first line ({threshold} or more passes), then one "
+             "sentence that says why.")
 NO_VERDICT = "judge: no verdict"
 
 
@@ -51,6 +53,21 @@ def parse_verdict(answer: str) -> Verdict:
     return Verdict(words == {"PASS"}, reason, answer)
 
 
+def parse_score(answer: str, *, scale: int, threshold: float) -> Verdict:
+    """A score from 1 to `scale`, the first whole number of the answer's first line ("4", "Score: 4/5", "**3**"),
+    passing at `threshold` or more; the reason is the rest, and it starts with the score. Any other first line is
+    no verdict."""
+    line = answer.strip().split("\n", 1)[0]
+    found = re.search(r"(?<![\d.])(\d{1,2})(?![\d.]*\d)", line)
+    if not found or not 1 <= int(found.group(1)) <= scale:
+        return Verdict(None, "", answer)
+    score = int(found.group(1))
+    rest = answer[answer.index(found.group(0), answer.index(line)) + len(found.group(0)):]
+    rest = re.sub(rf"^\s*/\s*{scale}\b", "", rest)
+    reason = " ".join(rest.lstrip(" \t:.,;*_-–—").split())[:300]
+    return Verdict(score >= threshold, f"score {score}/{scale}" + (f": {reason}" if reason else ""), answer)
+
+
 def judge_checks(rules: RuleSet, rows: pl.DataFrame, *, project: Project,
                  answer: Callable[[list[str]], list[str]] | None = None) -> pl.DataFrame:
     """The results of every judge check on `rows` (example_id, variant, input, expected, fields, prediction), in
@@ -65,7 +82,9 @@ def judge_checks(rules: RuleSet, rows: pl.DataFrame, *, project: Project,
     asked = [(check, row, render_rubric(check, row)) for check, compiled in ((c, CompiledCheck(c)) for c in checks)
              for row in rows.iter_rows(named=True) if compiled.applies(row["input"])]
     verdicts = _verdicts(project, judge, [(c, prompt) for c, _, prompt in asked], answer)
-    for (check, row, _), verdict in zip(asked, verdicts, strict=True):
+    for (check, row, _), answer_text in zip(asked, verdicts, strict=True):
+        verdict = parse_score(answer_text, scale=check.scale, threshold=check.threshold) if check.scale else \
+            parse_verdict(answer_text)
         detail = verdict.reason if verdict.passed is not None else f"{NO_VERDICT}: {verdict.answer[:200]!r}"
         values = (row["example_id"], row["variant"], check.file, check.name, True, bool(verdict.passed),
                   check.severity, detail)
@@ -87,6 +106,8 @@ def render_rubric(check: Check, row: dict[str, Any]) -> str:
     except TemplateError as exc:
         raise ConfigError(f"{check.source}: check '{check.name}': rubric: {exc} (it sees input, output, expected "
                           f"and fields).") from None
+    if check.scale:
+        return text.rstrip() + ASK_SCORE.format(scale=check.scale, threshold=f"{check.threshold:g}")
     return text.rstrip() + ASK
 
 
@@ -96,8 +117,9 @@ def judge_name(project: Project) -> str:
 
 
 def _verdicts(project: Project, judge: str, asked: list[tuple[Check, str]],
-              answer: Callable[[list[str]], list[str]] | None) -> list[Verdict]:
-    """Cached verdicts where the store has them; the judge asked, in one batch, for the rest (stored after)."""
+              answer: Callable[[list[str]], list[str]] | None) -> list[str]:
+    """The judge's answers: cached where the store has them; the judge asked, in one batch, for the rest (stored
+    after)."""
     keys = [_key(judge, check.rubric, prompt) for check, prompt in asked]
     with Store(project.store_path, wait=ROUND_WAIT) as store:
         cached = dict(store.con.execute(
@@ -113,7 +135,7 @@ def _verdicts(project: Project, judge: str, asked: list[tuple[Check, str]],
                         "FROM fresh_verdicts ANTI JOIN judge_verdicts USING (key)")
             con.unregister("fresh_verdicts")
         cached.update(zip(missing, answers, strict=True))
-    return [parse_verdict(cached[k]) for k in keys]
+    return [cached[k] for k in keys]
 
 
 def _key(judge: str, rubric: str, prompt: str) -> str:

@@ -27,7 +27,7 @@ CHECK_TYPES = ("regex", "contains", "absent", "json_schema", "equals", "judge")
 NEEDS = {"regex": ("pattern",), "contains": ("text",), "absent": ("pattern",), "json_schema": ("schema",),
          "equals": ("extract",), "judge": ("rubric",)}
 CHECK_KEYS = ("name", "type", "description", "when", "unless", "pattern", "text", "extract", "field", "lookup",
-              "schema", "rubric", "severity")
+              "schema", "rubric", "scale", "threshold", "severity")
 TARGET_KEYS = ("checks", "templates", "features")
 TEMPLATE_KEYS = ("file", "kind", "description", "params")
 TEMPLATE_KINDS = ("INV", "DIR")
@@ -81,6 +81,8 @@ class Check:
     lookup: str | None = None  # equals: the [[lookup]] that gives the expected value from the input (not with field)
     schema: dict[str, Any] | None = None
     rubric: str | None = None  # judge: a Jinja prompt seeing input, output, expected and fields (refinery/judge.py)
+    scale: int | None = None  # judge: ask a score from 1 to scale instead of PASS/FAIL
+    threshold: float | None = None  # judge with a scale: the lowest score that passes
     severity: float = 1.0
     lookup_table: Lookup | None = dataclasses.field(default=None, repr=False)  # the lookup named, set by load_rules
 
@@ -257,6 +259,8 @@ def _parse_check(raw: dict[str, Any], shown: str, text: str, line: int) -> Check
             raise ConfigError(f"{where(key)}: {label}: {key} must be a string.")
     if "rubric" in raw:
         _check_rubric(raw["rubric"], f"{where('rubric')}: {label}: rubric", judge=kind == "judge")
+    if "scale" in raw or "threshold" in raw:
+        _check_scale(raw, where, label, judge=kind == "judge")
     if "lookup" in raw and kind != "equals":
         raise ConfigError(f"{where('lookup')}: {label}: lookup gives the expected value of an equals check; this is "
                           f"a {kind} check. Remove lookup, or make it type = \"equals\".")
@@ -392,6 +396,21 @@ def _check_rubric(rubric: str, where: str, *, judge: bool) -> None:
     except TemplateSyntaxError as exc:
         raise ConfigError(f"{where}: not a Jinja template: {exc.message} (line {exc.lineno} of the rubric).") \
             from None
+
+
+def _check_scale(raw: dict[str, Any], where, label: str, *, judge: bool) -> None:
+    """A judge check's score: scale an integer from 2 to 10, threshold a number within it; both or neither."""
+    key = "scale" if "scale" in raw else "threshold"
+    if not judge:
+        raise ConfigError(f"{where(key)}: {label}: {key} belongs to a judge check's score. Remove it, or make it "
+                          f"type = \"judge\".")
+    scale, threshold = raw.get("scale"), raw.get("threshold")
+    if isinstance(scale, bool) or not isinstance(scale, int) or not 2 <= scale <= 10:
+        raise ConfigError(f"{where('scale' if 'scale' in raw else None)}: {label}: scale = {_quote(scale)}: expected "
+                          f"a whole number from 2 to 10 (the judge scores 1 to scale), with threshold.")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 1 <= threshold <= scale:
+        raise ConfigError(f"{where('threshold' if 'threshold' in raw else None)}: {label}: threshold = "
+                          f"{_quote(threshold)}: expected the lowest passing score, from 1 to {scale}.")
 
 
 def _check_schema(schema: dict, where: str) -> None:

@@ -159,7 +159,7 @@ LOOKUP = '[[lookup]]\nname = "weather_emoji"\nkey = \'<weather>(.*?)</weather>\'
      "rules/bad.toml:1: check 'a': a equals check needs 'extract'."),
     ('[[check]]\nname = "a"\ntype = "regex"\npatern = "x"\n',
      "rules/bad.toml:4: check 'a': unknown key 'patern' (expected one of: name, type, description, when, unless, "
-     "pattern, text, extract, field, lookup, schema, rubric, severity). Did you mean 'pattern'?"),
+     "pattern, text, extract, field, lookup, schema, rubric, scale, threshold, severity). Did you mean 'pattern'?"),
     ('[[check]]\ntype = "regex"\npattern = "x"\n',
      "rules/bad.toml:1: check without a name. Add name = \"...\"."),
     ('[[check]]\nname = "a"\ntype = "regex"\npattern = "x"\nseverity = 0\n',

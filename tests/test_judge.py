@@ -13,7 +13,7 @@ import pytest
 from conftest import write
 
 from refinery.errors import ConfigError, RefineryError
-from refinery.judge import NO_VERDICT, judge_checks, parse_verdict, render_rubric
+from refinery.judge import NO_VERDICT, judge_checks, parse_score, parse_verdict, render_rubric
 from refinery.rules import load_rules
 from refinery.store import Store
 
@@ -39,6 +39,37 @@ def test_verdicts_are_read_from_the_first_word(answer: str, passed: bool | None,
     assert (verdict.passed, verdict.reason, verdict.answer) == (passed, reason, answer)
 
 
+@pytest.mark.parametrize(("answer", "passed", "reason"), [
+    ("4", True, "score 4/5"),
+    ("Score: 4/5 because it thanks the user", True, "score 4/5: because it thanks the user"),
+    ("**3** - curt", False, "score 3/5: curt"),
+    ("2.5", None, ""),
+    ("Score: 7", None, ""),
+    ("no idea", None, ""),
+])
+def test_scores_are_read_from_the_first_line_and_pass_at_the_threshold(answer: str, passed: bool | None,
+                                                                      reason: str) -> None:
+    verdict = parse_score(answer, scale=5, threshold=4)
+    assert (verdict.passed, verdict.reason) == (passed, reason)
+
+
+def test_a_scored_judge_check_asks_for_a_score_and_fails_below_the_threshold(demo_project) -> None:
+    write(demo_project.rules_dir / "judge.toml", RUBRIC.replace("severity = 2\n", "severity = 2\nscale = 5\n"
+                                                                "threshold = 4\n"))
+    rules = load_rules(demo_project.rules_dir)
+    asked: list[str] = []
+
+    def answer(prompts: list[str]) -> list[str]:
+        asked.extend(prompts)
+        return ["Score: 5/5, kind." if "Reply: Answer: 5" in p else "2: it is wrong" for p in prompts]
+
+    results = judge_checks(rules, _rows(), project=demo_project, answer=answer)
+    assert results.select("example_id", "passed", "detail").rows() == [
+        ("a", True, "score 5/5: kind."), ("b", False, "score 2/5: it is wrong")]
+    assert all(p.endswith("Answer with a score from 1 to 5 on the first line (4 or more passes), then one sentence "
+                          "that says why.") for p in asked)
+
+
 def test_a_judge_check_needs_a_rubric_that_is_jinja(tmp_path: Path) -> None:
     write(tmp_path / "rules" / "j.toml", RUBRIC)
     (check,) = load_rules(tmp_path / "rules").checks
@@ -55,6 +86,11 @@ def test_a_judge_check_needs_a_rubric_that_is_jinja(tmp_path: Path) -> None:
         '[[check]]\nname = "j"\ntype = "regex"\npattern = "x"\nrubric = "hi"\n':
             "rules/j.toml:5: check 'j': rubric: a rubric is the prompt of a judge check. Remove it, or make it type "
             "= \"judge\".",
+        '[[check]]\nname = "j"\ntype = "judge"\nrubric = "x"\nscale = 5\nthreshold = 6\n':
+            "rules/j.toml:6: check 'j': threshold = 6: expected the lowest passing score, from 1 to 5.",
+        '[[check]]\nname = "j"\ntype = "judge"\nrubric = "x"\nscale = 50\nthreshold = 4\n':
+            "rules/j.toml:5: check 'j': scale = 50: expected a whole number from 2 to 10 (the judge scores 1 to "
+            "scale), with threshold.",
     }
     for text, message in cases.items():
         write(tmp_path / "rules" / "j.toml", text)
