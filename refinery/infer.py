@@ -10,7 +10,7 @@ import polars as pl
 
 from refinery.config import InferSettings
 from refinery.device import load_model, pick_device, pick_dtype
-from refinery.prompts import cut_input, prompt_lengths, render_prompt
+from refinery.prompts import cut_input, render_prompt, token_counts
 
 
 def generate(inputs: list[str], *, base_model: str, settings: InferSettings, adapter: str | None = None,
@@ -62,12 +62,14 @@ def _prompts(model: Any, tokenizer: Any, inputs: list[str], *, settings: InferSe
              shots: Sequence[tuple[str, str]]) -> tuple[list[str], list[int]]:
     """Each input's rendered prompt and its length in tokens, cut to leave `max_new_tokens` in the context."""
     room = (getattr(model.config, "max_position_embeddings", None) or 10**9) - settings.max_new_tokens
-    lengths = prompt_lengths(tokenizer, inputs, shots=shots)
-    texts = [text if n <= room else (cut_input(tokenizer, text, max_tokens=room, shots=shots) or "")
-             for text, n in zip(inputs, lengths, strict=True)]
-    if texts != inputs:
-        lengths = prompt_lengths(tokenizer, texts, shots=shots)
-    return [render_prompt(tokenizer, text, shots=shots) for text in texts], lengths
+    prompts = [render_prompt(tokenizer, text, shots=shots) for text in inputs]
+    lengths = token_counts(tokenizer, prompts)
+    for i, n in enumerate(lengths):
+        if n > room:
+            prompts[i] = render_prompt(tokenizer, cut_input(tokenizer, inputs[i], max_tokens=room, shots=shots) or "",
+                                       shots=shots)
+            lengths[i] = token_counts(tokenizer, [prompts[i]])[0]
+    return prompts, lengths
 
 
 def token_batches(lengths: list[int], *, rows: int, tokens: int) -> list[tuple[int, int]]:

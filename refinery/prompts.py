@@ -45,10 +45,12 @@ def _adds_bos(tokenizer: Any) -> bool:
 
 def prompt_lengths(tokenizer: Any, texts: Sequence[str], *, shots: Sequence[tuple[str, str]] = ()) -> list[int]:
     """Tokens of each rendered prompt, as the model is fed them (BOS included)."""
-    if not texts:
-        return []
-    prompts = [render_prompt(tokenizer, text, shots=shots) for text in texts]
-    return [len(ids) for ids in tokenizer(prompts, verbose=False)["input_ids"]]
+    return token_counts(tokenizer, [render_prompt(tokenizer, text, shots=shots) for text in texts])
+
+
+def token_counts(tokenizer: Any, prompts: Sequence[str]) -> list[int]:
+    """Tokens of each prompt already rendered."""
+    return [len(ids) for ids in tokenizer(list(prompts), verbose=False)["input_ids"]] if prompts else []
 
 
 def cut_input(tokenizer: Any, text: str, *, max_tokens: int, shots: Sequence[tuple[str, str]] = ()) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -167,3 +168,12 @@ def fails_unchanged(cli, root: Path, *args: str) -> str:
 
 def _project_files(root: Path) -> dict[str, bytes]:
     return {name: (root / name).read_bytes() for name in ("refinery.toml", "pyproject.toml") if (root / name).is_file()}
+
+
+def uncomment_setting(config: Path, key: str, line: str) -> int:
+    """Uncomment the scaffold's `# KEY = ...` line as `line`; returns its line number."""
+    lines = config.read_text().splitlines()
+    number = next(i for i, text in enumerate(lines) if re.match(rf"# {key} = ", text))
+    lines[number] = line
+    config.write_text("\n".join(lines) + "\n")
+    return number + 1

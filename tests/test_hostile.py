@@ -4,12 +4,11 @@ code 1, and leaves every table of the store as it was. Real projects, real DuckD
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import REPO, store_snapshot, write
+from conftest import REPO, store_snapshot, uncomment_setting, write
 
 from refinery.errors import ConfigError
 from refinery.generate import Candidate, render_candidates, template_environment, vet_candidates
@@ -165,15 +164,6 @@ def test_a_rules_file_that_is_a_folder_or_a_broken_link_is_named(stocked: Path, 
         f"rules/ is read as a rules file: remove it, or rename it so that its name does not end in .toml.\n")
 
 
-def _set(config: Path, commented: str, line: str) -> int:
-    """Uncomment the scaffold's `# KEY = ...` line as `line`; returns its line number."""
-    lines = config.read_text().splitlines()
-    number = next(i for i, text in enumerate(lines) if re.match(rf"# {commented} = ", text))
-    lines[number] = line
-    config.write_text("\n".join(lines) + "\n")
-    return number + 1
-
-
 @pytest.mark.parametrize(("key", "value", "command", "message"), [
     ("reasoning_share", "nan", "mix", "[mix] reasoning_share = nan: expected a number from 0 to 1."),
     ("reasoning_share", "-inf", "status", "[mix] reasoning_share = -inf: expected a number from 0 to 1."),
@@ -186,7 +176,7 @@ def _set(config: Path, commented: str, line: str) -> int:
 def test_a_bad_number_or_folder_in_the_project_file_names_its_line(stocked: Path, cli, key, value, command,
                                                                    message) -> None:
     write(stocked / "notes.txt", "not a folder\n")
-    line = _set(stocked / "refinery.toml", key, f"{key} = {value}")
+    line = uncomment_setting(stocked / "refinery.toml", key, f"{key} = {value}")
     err = fails_unchanged(cli, stocked / "runs" / "refinery.duckdb", command)
     assert err == f"Error: refinery.toml:{line}: {message}\n"
 

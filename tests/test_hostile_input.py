@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from conftest import fails_unchanged as fails_within
-from conftest import write
+from conftest import uncomment_setting, write
 
 from refinery import config
 from refinery.config import UserPattern
@@ -56,20 +56,11 @@ def within(seconds: int):
         signal.signal(signal.SIGALRM, previous)
 
 
-def set_key(config: Path, key: str, line: str) -> int:
-    """Uncomment the scaffold's `# KEY = ...` line as `line`; returns its line number."""
-    lines = config.read_text().splitlines()
-    number = next(i for i, text in enumerate(lines) if re.match(rf"# {key} = ", text))
-    lines[number] = line
-    config.write_text("\n".join(lines) + "\n")
-    return number + 1
-
-
 # 4. regular expressions that backtrack
 
 
 def test_the_probes_think_pattern_no_longer_hangs_ingest(stocked: Path, cli) -> None:
-    set_key(stocked / "refinery.toml", "think_pattern", 'think_pattern = "(a+)+$"')
+    uncomment_setting(stocked / "refinery.toml", "think_pattern", 'think_pattern = "(a+)+$"')
     write(stocked / "data" / "a.jsonl", json.dumps({"input": "q", "output": TEXT}) + "\n")
     began = time.perf_counter()
     with within(30):
@@ -80,7 +71,7 @@ def test_the_probes_think_pattern_no_longer_hangs_ingest(stocked: Path, cli) -> 
 
 
 def test_a_think_pattern_that_backtracks_too_long_stops_ingest_naming_the_setting(stocked: Path, cli) -> None:
-    set_key(stocked / "refinery.toml", "think_pattern", f'think_pattern = "{SLOW}"')
+    uncomment_setting(stocked / "refinery.toml", "think_pattern", f'think_pattern = "{SLOW}"')
     write(stocked / "data" / "a.jsonl", json.dumps({"input": "q", "output": TEXT}) + "\n")
     err = fails_unchanged(cli, stocked, "ingest", "data/a.jsonl")
     assert err == f'Error: refinery.toml: [data] think_pattern = "{SLOW}" {TOOK.format("output")}\n'
@@ -213,7 +204,7 @@ NUL = ("holds a NUL character (\\u0000), which no path, name or text setting may
 ])
 def test_a_nul_byte_in_a_path_setting_is_refused_when_the_config_is_read(stocked: Path, cli, key: str,
                                                                          section: str) -> None:
-    line = set_key(stocked / "refinery.toml", key, f'{key} = "runs/a\\u0000b"')
+    line = uncomment_setting(stocked / "refinery.toml", key, f'{key} = "runs/a\\u0000b"')
     err = fails_unchanged(cli, stocked, "status")
     assert err == f'Error: refinery.toml:{line}: {section} {key} = "runs/a\\u0000b": {NUL}\n'
     assert sorted(p.name for p in (stocked / "runs").iterdir()) == [".gitignore", "refinery.duckdb"]  # no runs/a
@@ -302,7 +293,7 @@ def test_mix_reasoning_without_reasoning_examples_warns(stocked: Path, cli) -> N
         "the train split has no reasoning examples, so no training set holds reasoning_share = 1: the next round "
         "would stop with nothing to train on. Ingest reasoning examples, or choose another share.")
     assert json.loads(cli("mix", "--reasoning", "0", "--json").out)["warning"] is None
-    set_key(stocked / "refinery.toml", "toggle_template", 'toggle_template = "think_toggle.jinja"')
+    uncomment_setting(stocked / "refinery.toml", "toggle_template", 'toggle_template = "think_toggle.jinja"')
     assert cli("mix", "--reasoning", "0.5").err == (
         'Warning: the train split has no reasoning examples: the next round makes up 2 from direct ones with [mix] '
         'toggle_template = "think_toggle.jinja" (fewer if vetting drops some).\n')
@@ -312,7 +303,7 @@ def test_mix_reasoning_without_reasoning_examples_warns(stocked: Path, cli) -> N
 
 
 def test_one_column_for_input_and_output_is_refused(stocked: Path, cli) -> None:
-    line = set_key(stocked / "refinery.toml", "input_column", 'input_column = "output"')
+    line = uncomment_setting(stocked / "refinery.toml", "input_column", 'input_column = "output"')
     assert fails_unchanged(cli, stocked, "ingest", "data/seed.jsonl") == (
         f'Error: refinery.toml:{line}: [data] input_column and output_column are both "output": one column cannot be '
         f"both (input and output would be the same text). Give each its own column.\n")
