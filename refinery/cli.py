@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # The review commands (and `refinery models`, the converted-model cache) live in their own modules; importing them
 # registers them on `app`.
-from refinery import cli_models, cli_review  # noqa: E402, F401
+from refinery import cli_judge, cli_models, cli_review  # noqa: E402, F401
 
 if __name__ == "__main__":
     from refinery.cli import main as run  # the module as imported, where the review commands are registered

@@ -236,10 +236,22 @@ class JudgeSettings:
     """The model that answers `type = "judge"` checks (rules/): PASS or FAIL with a reason, greedily, in batches."""
 
     model: str | None = opt(None, "Judge model: a local folder, a .gguf file, pypi:smollm2-135m-instruct or a hub id, "
-                            "loaded as base_model is. Unset: the base model judges (self-judging: it may favour "
-                            "its own family's outputs).", example="pypi:smollm2-135m-instruct")
-    batch_size: int = opt(16, "Prompts per judge batch.", min=1)
+                            "loaded as base_model is; with base_url, the model name the endpoint serves. Unset: the "
+                            "base model judges (self-judging: it may favour its own family's outputs).",
+                            example="pypi:smollm2-135m-instruct")
+    base_url: str | None = opt(None, "An OpenAI-compatible endpoint that answers instead of a local model (its "
+                               "/chat/completions); `model` is then the name it serves.",
+                               example="http://127.0.0.1:8000/v1")
+    api_key_env: str | None = opt(None, "The environment variable holding the endpoint's key (never the key itself: "
+                                  "no key goes in a file). Unset: no key is sent.", example="OPENAI_API_KEY")
+    timeout: float = opt(120.0, "Seconds to wait for one endpoint answer.", min=1)
+    concurrency: int = opt(4, "Endpoint requests in flight at once.", min=1, max=64)
+    batch_size: int = opt(16, "Prompts per judge batch (a local judge).", min=1)
     max_new_tokens: int = opt(48, "Longest judge answer (the verdict and one sentence).", min=2)
+    min_agreement: float = opt(0.8, "A judge check that agrees with a person's labels less often than this, or has "
+                               "fewer than min_labels of them, is shown as uncalibrated (`refinery judge calibrate`).",
+                               min=0, max=1)
+    min_labels: int = opt(10, "Labels a judge check needs before its agreement counts.", min=1)
 
 
 SECTIONS: dict[str, type] = {
@@ -468,6 +480,9 @@ def _check_section(cls: type, values: dict[str, Any], where: _Where, *, extra_na
                           f"\"sft+dpo\", or method = \"lora\".")
     if isinstance(settings, DataSettings):
         _check_columns(settings, values, where)
+    if isinstance(settings, JudgeSettings) and settings.base_url and not settings.model:
+        raise ConfigError(f"{where.at('base_url')} base_url = {_show(settings.base_url)} without model: expected the "
+                          f"name of the model the endpoint serves. Add model = \"...\" to [judge].")
     return settings
 
 

@@ -23,6 +23,10 @@ class StoreError(RefineryError):
     """The DuckDB store cannot be opened or is in an unexpected state."""
 
 
+class JudgeError(RefineryError):
+    """The judge gave no answers: its endpoint cannot be reached, refused the request, or answered in another shape."""
+
+
 class Interrupted(RefineryError):
     """Ctrl-C stopped a command; what was interrupted and what happens next. Exit code 130, as a shell expects."""
 

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
-from refinery.errors import ConfigError
+from refinery.config import JudgeSettings
+from refinery.errors import ConfigError, JudgeError, RefineryError
 from refinery.project import Project, resolve_base_model
 from refinery.rules import Check, CompiledCheck, RuleSet
 from refinery.store import ROUND_WAIT, Store
@@ -78,10 +82,9 @@ def judge_checks(rules: RuleSet, rows: pl.DataFrame, *, project: Project,
     records: dict[str, list] = {name: [] for name in RESULT_SCHEMA}
     if not checks or rows.is_empty():
         return pl.DataFrame(records, schema=RESULT_SCHEMA)
-    judge = judge_name(project)
     asked = [(check, row, render_rubric(check, row)) for check, compiled in ((c, CompiledCheck(c)) for c in checks)
              for row in rows.iter_rows(named=True) if compiled.applies(row["input"])]
-    verdicts = _verdicts(project, judge, [(c, prompt) for c, _, prompt in asked], answer)
+    verdicts = ask_judge(project, [(c.rubric, prompt) for c, _, prompt in asked], answer)
     for (check, row, _), answer_text in zip(asked, verdicts, strict=True):
         verdict = parse_score(answer_text, scale=check.scale, threshold=check.threshold) if check.scale else \
             parse_verdict(answer_text)
@@ -112,22 +115,27 @@ def render_rubric(check: Check, row: dict[str, Any]) -> str:
 
 
 def judge_name(project: Project) -> str:
-    """The judge model as the cache knows it: `[judge] model`, else the base model (self-judging)."""
-    return project.config.judge.model or project.config.core.base_model
+    """The judge model as the cache knows it: `[judge] model` (at its endpoint, if any), else the base model."""
+    settings = project.config.judge
+    if settings.base_url:
+        return f"{settings.model} at {settings.base_url}"
+    return settings.model or project.config.core.base_model
 
 
-def _verdicts(project: Project, judge: str, asked: list[tuple[Check, str]],
-              answer: Callable[[list[str]], list[str]] | None) -> list[str]:
-    """The judge's answers: cached where the store has them; the judge asked, in one batch, for the rest (stored
-    after)."""
-    keys = [_key(judge, check.rubric, prompt) for check, prompt in asked]
+def ask_judge(project: Project, asked: list[tuple[str, str]],
+              answer: Callable[[list[str]], list[str]] | None = None) -> list[str]:
+    """The judge's answers to (rubric, prompt) pairs: cached where the store has them by (judge, rubric, prompt);
+    the judge asked once for each of the rest, which are stored after. `answer`: prompts to answers (default: the
+    project's judge, a local model or an endpoint)."""
+    judge = judge_name(project)
+    keys = [_key(judge, rubric, prompt) for rubric, prompt in asked]
     with Store(project.store_path, wait=ROUND_WAIT) as store:
         cached = dict(store.con.execute(
             "SELECT key, answer FROM judge_verdicts WHERE key IN (SELECT unnest(?))", [sorted(set(keys))]).fetchall())
     missing = sorted({k for k in keys if k not in cached})
     if missing:
         prompts = {k: prompt for k, (_, prompt) in zip(keys, asked, strict=True)}
-        answers = (answer or _local_judge(project))([prompts[k] for k in missing])
+        answers = (answer or default_judge(project))([prompts[k] for k in missing])
         fresh = pl.DataFrame({"key": missing, "judge": [judge] * len(missing), "answer": answers})
         with Store(project.store_path, wait=ROUND_WAIT) as store, store.transaction() as con:
             con.register("fresh_verdicts", fresh)
@@ -140,6 +148,13 @@ def _verdicts(project: Project, judge: str, asked: list[tuple[Check, str]],
 
 def _key(judge: str, rubric: str, prompt: str) -> str:
     return hashlib.sha256(json.dumps([judge, rubric, prompt]).encode()).hexdigest()
+
+
+def default_judge(project: Project) -> Callable[[list[str]], list[str]]:
+    """The project's judge as a function of prompts: its endpoint when `[judge] base_url` is set, else a local model.
+    A missing key is said here, before any prompt is sent."""
+    settings = project.config.judge
+    return endpoint_judge(settings) if settings.base_url else _local_judge(project)
 
 
 def _local_judge(project: Project) -> Callable[[list[str]], list[str]]:
@@ -155,3 +170,176 @@ def _local_judge(project: Project) -> Callable[[list[str]], list[str]]:
         return infer.generate(prompts, base_model=model, settings=InferSettings(
             batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens))["output"].to_list()
     return ask
+
+
+def endpoint_judge(settings: JudgeSettings) -> Callable[[list[str]], list[str]]:
+    """Greedy answers (temperature 0) from an OpenAI-compatible /chat/completions endpoint, each prompt as one user
+    message, `concurrency` requests at a time. The key, if any, is read from the environment variable
+    `api_key_env` and sent as a bearer token."""
+    headers = {"Content-Type": "application/json"}
+    if settings.api_key_env:
+        key = os.environ.get(settings.api_key_env)
+        if not key:
+            raise ConfigError(f"[judge] api_key_env = \"{settings.api_key_env}\": the environment variable "
+                              f"{settings.api_key_env} is not set (expected the endpoint's key in it). Export it, or "
+                              f"remove api_key_env if the endpoint needs no key.")
+        headers["Authorization"] = f"Bearer {key}"
+    url = f"{settings.base_url.rstrip('/')}/chat/completions"
+
+    def one(prompt: str) -> str:
+        body = {"model": settings.model, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
+                "max_tokens": settings.max_new_tokens}
+        request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+        where = f"[judge] base_url = \"{settings.base_url}\""
+        try:
+            with urllib.request.urlopen(request, timeout=settings.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raise JudgeError(f"{where}: {url} answered HTTP {exc.code} {exc.reason}: {_snippet(exc.read())}. Check "
+                             f"[judge] model (the name the endpoint serves) and the key in api_key_env.") from None
+        except (urllib.error.URLError, OSError) as exc:
+            why = getattr(exc, "reason", None) or exc
+            raise JudgeError(f"{where}: cannot reach {url} ({why}). Start the server, or fix base_url.") from None
+        try:
+            content = json.loads(raw)["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            content = None
+        if not isinstance(content, str):
+            raise JudgeError(f"{where}: {url} answered {_snippet(raw)}, not a chat completion (expected "
+                             f"choices[0].message.content). Point base_url at an OpenAI-compatible API (often "
+                             f"ending in /v1).")
+        return content
+
+    def ask(prompts: list[str]) -> list[str]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
+            return list(pool.map(one, prompts))
+    return ask
+
+
+def _snippet(raw: bytes) -> str:
+    text = raw.decode("utf-8", "replace").strip()
+    return repr(text if len(text) <= 200 else text[:200] + "...")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How far one judge check can be trusted: its agreement and Cohen's kappa with a person's labels (every round),
+    and with the rule checks on the same outputs (one round: does the judge fail what the rules fail?)."""
+
+    check: str
+    labels: int
+    agreement: float | None
+    kappa: float | None
+    rule_outputs: int
+    rule_agreement: float | None
+    rule_kappa: float | None
+    status: str  # "calibrated", or "uncalibrated: " and why
+
+
+def cohen_kappa(first: list[bool], second: list[bool]) -> float | None:
+    """Cohen's kappa of two raters' pass/fail verdicts on the same items, (p_o - p_e) / (1 - p_e): 1 is full
+    agreement, 0 what chance gives. None when chance agreement is total (both gave a single verdict throughout),
+    where kappa is undefined."""
+    n = len(first)
+    if n == 0 or n != len(second):
+        return None
+    observed = sum(a == b for a, b in zip(first, second, strict=True)) / n
+    p_first, p_second = sum(first) / n, sum(second) / n
+    chance = p_first * p_second + (1 - p_first) * (1 - p_second)
+    return None if chance >= 1 else (observed - chance) / (1 - chance)
+
+
+def judge_results(project: Project, *, round: int | None = None, check: str | None = None,
+                  unlabelled: bool = False) -> pl.DataFrame:
+    """A round's judge results (default: the last finished round): round, example_id, variant, check_name, passed
+    (the judge's verdict; no verdict is a fail), detail, input, expected, output, label (a person's, or null)."""
+    names = _judge_check_names(project, check)
+    with Store(project.store_path, read_only=True) as store:
+        number = round if round is not None else store.scalar(
+            "SELECT max(number) FROM rounds WHERE status = 'done' AND number >= 0")
+        rows = store.frame(f"""
+            SELECT r.round, r.example_id, r.variant, r.check_name, r.passed, r.detail, e.input,
+                   e.output AS expected, p.output, l.passed AS label
+            FROM rule_results r JOIN examples e ON e.id = r.example_id
+            JOIN predictions p ON p.round = r.round AND p.example_id = r.example_id AND p.variant = r.variant
+            LEFT JOIN judge_labels l ON l.round = r.round AND l.example_id = r.example_id
+                AND l.variant = r.variant AND l.check_name = r.check_name
+            WHERE r.round = ? AND r.applies AND r.check_name IN (SELECT unnest(?))
+                {'AND l.passed IS NULL' if unlabelled else ''}
+            ORDER BY r.check_name, r.example_id, r.variant""", [number, names])
+    return rows
+
+
+def save_label(project: Project, *, round: int, example_id: str, check: str, passed: bool, variant: str = "") -> None:
+    """Store a person's verdict on one judge result (replacing an earlier one)."""
+    _judge_check_names(project, check)
+    with Store(project.store_path, wait=ROUND_WAIT) as store, store.transaction() as con:
+        found = con.execute("SELECT count(*) FROM rule_results WHERE round = ? AND example_id = ? AND variant = ? "
+                            "AND check_name = ? AND applies", [round, example_id, variant, check]).fetchone()[0]
+        if not found:
+            raise RefineryError(f"round {round} has no result of judge check '{check}' for example {example_id}"
+                                + (f" (variant {variant!r})" if variant else "") + ": `refinery judge label "
+                                f"--round {round}` lists the ones to label.")
+        con.execute("INSERT OR REPLACE INTO judge_labels (round, example_id, variant, check_name, passed) "
+                    "VALUES (?, ?, ?, ?, ?)", [round, example_id, variant, check, passed])
+
+
+def calibrate(project: Project, *, round: int | None = None) -> list[Calibration]:
+    """Each judge check's agreement with a person's labels (all rounds) and with the rule checks on the same
+    outputs (in `round`, default the last finished one: the judge's verdict against "every applicable rule check
+    passed"). A check with fewer than `[judge] min_labels` labels, or agreeing less than `min_agreement`, is
+    uncalibrated."""
+    settings = project.config.judge
+    names = _judge_check_names(project, None, required=False)
+    if not names:
+        return []
+    with Store(project.store_path, read_only=True) as store:
+        number = round if round is not None else store.scalar(
+            "SELECT max(number) FROM rounds WHERE status = 'done' AND number >= 0")
+        found = []
+        for name in names:
+            labelled = store.frame("""
+                SELECT r.passed AS judge, l.passed AS person FROM judge_labels l JOIN rule_results r
+                    ON r.round = l.round AND r.example_id = l.example_id AND r.variant = l.variant
+                    AND r.check_name = l.check_name
+                WHERE l.check_name = ? AND r.applies""", [name])
+            ruled = store.frame("""
+                SELECT j.passed AS judge, bool_and(r.passed) AS rules FROM rule_results j JOIN rule_results r
+                    ON r.round = j.round AND r.example_id = j.example_id AND r.variant = j.variant AND r.applies
+                    AND r.check_name NOT IN (SELECT unnest(?))
+                WHERE j.round = ? AND j.check_name = ? AND j.applies
+                GROUP BY j.example_id, j.variant, j.passed""", [names, number, name])
+            found.append(_calibration(name, labelled, ruled, settings=settings))
+    return found
+
+
+def _calibration(name: str, labelled: pl.DataFrame, ruled: pl.DataFrame, *, settings: JudgeSettings) -> Calibration:
+    judge, person = labelled["judge"].to_list(), labelled["person"].to_list()
+    agreement = sum(a == b for a, b in zip(judge, person, strict=True)) / len(judge) if judge else None
+    if len(judge) < settings.min_labels:
+        status = f"uncalibrated: {len(judge)} label(s), needs {settings.min_labels} (`refinery judge label`)"
+    elif agreement < settings.min_agreement:
+        status = f"uncalibrated: agrees with a person on {agreement:.0%}, needs {settings.min_agreement:.0%}"
+    else:
+        status = "calibrated"
+    by_judge, by_rules = ruled["judge"].to_list(), ruled["rules"].to_list()
+    return Calibration(
+        check=name, labels=len(judge), agreement=agreement, kappa=cohen_kappa(judge, person),
+        rule_outputs=len(by_judge), rule_kappa=cohen_kappa(by_judge, by_rules),
+        rule_agreement=sum(a == b for a, b in zip(by_judge, by_rules, strict=True)) / len(by_judge)
+        if by_judge else None, status=status)
+
+
+def _judge_check_names(project: Project, check: str | None, *, required: bool = True) -> list[str]:
+    """The project's judge checks' names (just `check`, when given, which must be one)."""
+    from refinery.rules import load_rules
+
+    names = [c.name for c in load_rules(project.rules_dir).checks if c.type == "judge"]
+    if not names and required:
+        raise RefineryError(f"{project.rules_dir.name}/ has no judge check (a [[check]] with type = \"judge\" and a "
+                            f"rubric): add one to label or calibrate it.")
+    if check is not None and check not in names:
+        raise RefineryError(f"check '{check}' is not a judge check (expected one of: {', '.join(names)}).")
+    return [check] if check is not None else names

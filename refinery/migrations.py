@@ -310,3 +310,19 @@ def m008_judge_verdicts(con: duckdb.DuckDBPyConnection) -> None:
             answer      VARCHAR NOT NULL,           -- its raw answer; refinery/judge.py parses the verdict
             created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
         )""")
+
+
+@migration
+def m009_judge_labels(con: duckdb.DuckDBPyConnection) -> None:
+    # A person's verdicts on judge results (`refinery judge label`): one per round, example, variant and judge check,
+    # the output the judge saw. `refinery judge calibrate` reads the judge's agreement with them.
+    con.execute("""
+        CREATE TABLE judge_labels (
+            round       INTEGER NOT NULL,
+            example_id  VARCHAR NOT NULL,
+            variant     VARCHAR NOT NULL DEFAULT '',
+            check_name  VARCHAR NOT NULL,
+            passed      BOOLEAN NOT NULL,           -- the person's verdict on the output
+            created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            PRIMARY KEY (round, example_id, variant, check_name)
+        )""")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ class Report:
     failure_map: list[dict[str, Any]]  # round, pattern, rank, label, example_id, x, y (PCA of input embeddings)
     map_variance: list[float]  # variance explained by the map's two components
     train_examples: int = 0  # active examples in the train split now (what the next round starts from)
+    judges: list[dict[str, Any]] = field(default_factory=list)  # each judge check's calibration (judge.Calibration)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +64,9 @@ class Report:
 
 def build_report(project: Project) -> Report:
     """Gather every figure of the report from the project's store (and its latest mix sweep)."""
+    from refinery.judge import calibrate
+
+    judges = [vars(c) for c in calibrate(project)]
     with Store(project.store_path, read_only=True) as store:
         rounds = _rounds(store)
         if not any(r["status"] == "done" for r in rounds):
@@ -78,8 +82,9 @@ def build_report(project: Project) -> Report:
                       checks=_checks(metrics, done), patterns=_patterns(store, project), added=_added(store),
                       outcomes=_outcomes(store), mix=mix, sweep=sweep,
                       mix_section=_has_mix(store, project, mix, sweep), failure_map=failure_map,
-                      map_variance=variance, train_examples=store.scalar(
+                      map_variance=variance, judges=judges, train_examples=store.scalar(
                           "SELECT count(*) FROM examples WHERE split = 'train' AND status = 'active'"))
+
 
 
 def write_report(project: Project, *, out: str | Path | None = None, report: Report | None = None) -> Path:
@@ -426,8 +431,14 @@ def _checks_text(report: Report, v: dict[str, Any]) -> list:
         return ["2. Pass rate per check per round: no check results on the test split yet."]
     rows = [[row["key"], *(f"{pct(c['rate'])} ({c['passed']}/{c['applies']})" if c else "-"
                            for c in row["cells"].values())] for row in v["checks"]]
-    return [_table("2. Pass rate per check per round (test split)",
-                   ["check", *(round_name(n, k) for n, k in v["columns"])], rows)]
+    tables = [_table("2. Pass rate per check per round (test split)",
+                      ["check", *(round_name(n, k) for n, k in v["columns"])], rows)]
+    if report.judges:
+        tables.append(_table("Judge checks: agreement with a person's labels and with the rules", [
+            "judge check", "labels", "agrees", "kappa", "outputs with rules", "agrees", "kappa", "status"],
+            [[j["check"], str(j["labels"]), pct(j["agreement"]), num(j["kappa"], 2), str(j["rule_outputs"]),
+              pct(j["rule_agreement"]), num(j["rule_kappa"], 2), j["status"]] for j in report.judges]))
+    return tables
 
 
 def _patterns_text(report: Report, v: dict[str, Any]) -> list:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
 import polars as pl
 import pytest
 from conftest import write
@@ -142,26 +141,3 @@ def test_a_rubric_naming_what_it_cannot_see_names_the_check(demo_project) -> Non
         judge_checks(load_rules(demo_project.rules_dir), _rows(), project=demo_project, answer=lambda p: [])
     assert str(caught.value).endswith("check 'polite': rubric: 'reference' is undefined (it sees input, output, "
                                       "expected and fields).")
-
-
-def test_a_round_with_a_judge_check_records_its_verdicts_and_mines_its_failures(demo_project, cli) -> None:
-    write(demo_project.rules_dir / "judge.toml", RUBRIC)
-    result = cli("iterate", "--steps", "4")
-    assert result.code == 0, result.err
-    con = duckdb.connect(str(demo_project.store_path), read_only=True)
-    try:
-        judged = con.execute("SELECT count(*), count(*) FILTER (WHERE NOT passed) FROM rule_results "
-                             "WHERE check_name = 'polite' AND round = 1 AND variant = ''").fetchone()
-        weather = con.execute("SELECT count(*) FROM examples WHERE split <> 'train' AND input LIKE '%weather%' "
-                              "AND status = 'active'").fetchone()[0]
-        mined = con.execute("SELECT count(*) FROM clusters WHERE round = 1 AND checks::VARCHAR LIKE '%polite%'"
-                            ).fetchone()[0]
-        pattern = con.execute("SELECT id FROM clusters WHERE round = 1 AND checks::VARCHAR LIKE '%polite%' "
-                              "ORDER BY rank LIMIT 1").fetchone()[0]
-    finally:
-        con.close()
-    assert judged[0] == weather and judged[1] > 0  # every held-out input with the tag judged; the failures mined
-    assert mined >= 1
-    assert "polite" in result.out
-    shown = cli("clusters", "show", pattern)  # each member with the judge's word on it
-    assert shown.code == 0 and "failing  " in shown.out and "polite: judge: no verdict: 'Answer:" in shown.out
