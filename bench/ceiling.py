@@ -19,7 +19,7 @@ from bench.demo import make_project
 
 def run_ceiling(*, seed: int, eval_rows: int | None, train: dict[str, Any], work: Path, log) -> dict[str, Any]:
     """`refinery ceiling` on a fresh demo project (its `[train]` settings with `train` over them)."""
-    from refinery.measure import run_ceiling as measure
+    from refinery.stages.measure import run_ceiling as measure
 
     overrides: dict[str, dict[str, Any]] = {"core": {"seed": seed}, "train": train}
     project = make_project(work / "ceiling", overrides=overrides, eval_rows=eval_rows)
@@ -35,8 +35,8 @@ def run_ceiling(*, seed: int, eval_rows: int | None, train: dict[str, Any], work
 def run_demo(*, seed: int, eval_rows: int | None, train: dict[str, Any], work: Path, log,
              on_round=None, max_rounds: int | None = None) -> dict[str, Any]:
     """The demo as `make demo` runs it: baseline, then `iterate --until-plateau`; per-round figures."""
-    from refinery.iterate import iterate
-    from refinery.measure import run_baseline
+    from refinery.stages.iterate import iterate
+    from refinery.stages.measure import run_baseline
 
     overrides: dict[str, dict[str, Any]] = {"core": {"seed": seed}, "train": train}
     project = make_project(work / "demo", overrides=overrides, eval_rows=eval_rows)

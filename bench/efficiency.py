@@ -84,8 +84,8 @@ def arm_overrides(arm: str, seed: int, shared: dict[str, Any]) -> dict[str, dict
 def run_arm(arm: str, seed: int, rounds: int, *, train: dict[str, Any], eval_rows: int | None, work: Path,
             log, keep, wanted: list[int] | None, first: int = 1, compute: list[int] | None = None,
             source: Path = DEMO_DATA, slices: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
-    from refinery.loop import run_round
-    from refinery.train import dpo_alone
+    from refinery.stages.loop import run_round
+    from refinery.stages.train import dpo_alone
 
     project = make_project(work / f"seed-{seed}" / arm, overrides=arm_overrides(arm, seed, train),
                            eval_rows=eval_rows, source=source)

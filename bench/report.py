@@ -206,7 +206,7 @@ def _efficiency(rows: list[dict[str, Any]], s: dict[str, Any], target: float | N
            "- **targeted**: refinery as shipped (`[generate] targeting = \"patterns\"`): each round's budget "
            "planned from its failures: the failing share of the analysis split (at least 10 %) rendered from "
            "random analysis examples, the rest shared over every failure pattern with "
-           "templates by failing mass (`refinery/targeting.py`).",
+           "templates by failing mass (`refinery/stages/targeting.py`).",
            "- **random**: `targeting = \"random\"`: the same templates rendered from analysis examples drawn at "
            "random, one template per example in turn, not aimed at any failure, with the same vetting (rules, "
            "duplicates, test leaks). Its `per_round` is set, round by round, to the number the targeted arm of the "
@@ -460,7 +460,7 @@ def _scale(sc: dict[str, Any], s: dict[str, Any]) -> list[str]:
             previous = (r["n"], res["seconds"])
     out += ["", "Growth: time ratio to the size before, and the exponent b of time ~ n^b (1 = linear, 2 = "
             "quadratic). The default scores each k's silhouette on a seeded sample of at most 3,000 points "
-            "(`refinery.analyze.SILHOUETTE_SAMPLE`; the full score is quadratic in the points), so clustering "
+            "(`refinery.stages.analyze.SILHOUETTE_SAMPLE`; the full score is quadratic in the points), so clustering "
             "grows about linearly; describing (features and Fisher tests over every failure) dominates at 100k. "
             "A size skipped for time shows its prediction from the smaller sizes instead.", ""]
     if rate:

@@ -111,8 +111,8 @@ class TimedClusterer:
 def make_clusterer(name: str, *, seed: int = 0):
     """silhouette: the engine's default (k-means, k by silhouette over 2..[analyze] max_clusters);
     kmeans-fixed: one k-means at k = max_clusters, the linear-time swap; hdbscan: the engine's HDBSCAN."""
-    from refinery import analyze
     from refinery.config import AnalyzeSettings
+    from refinery.stages import analyze
 
     settings = AnalyzeSettings()
     if name == "silhouette":
@@ -138,7 +138,7 @@ class FixedKMeans:
 
 def analyze_worker(n: int, clusterer: str) -> dict[str, Any]:
     """One analysis at one size: time to cluster and to describe, and the memory before the work began."""
-    from refinery import analyze
+    from refinery.stages import analyze
 
     failures, passing, vectors = synthetic_analysis(n)
     baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -160,7 +160,7 @@ def analyze_worker(n: int, clusterer: str) -> dict[str, Any]:
 
 def embed_throughput(n: int, *, log) -> dict[str, Any]:
     """refinery's embedder on n demo inputs, in this (warm) process, model loaded first: texts per second."""
-    from refinery.analyze import MiniLMEmbedder
+    from refinery.stages.analyze import MiniLMEmbedder
 
     log(f"embedding throughput: {n:,} texts")
     texts = [r["input"] for r in demo_rows(n, 11)]

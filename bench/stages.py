@@ -31,7 +31,7 @@ def run_stages(*, steps: int | None, eval_rows: int | None, work: Path, log, reu
         project = load_project(reuse, environ={})
         source = "round 1 of the seed-0 targeted run of part 1 (the demo's own settings)"
     else:
-        from refinery.loop import run_round
+        from refinery.stages.loop import run_round
 
         overrides: dict[str, dict[str, Any]] = {"generate": {"review": False}}
         if steps is not None:
@@ -77,9 +77,9 @@ def warm_up() -> None:
         return
     import polars as pl
 
-    from refinery import infer, train
-    from refinery.analyze import MiniLMEmbedder
     from refinery.config import InferSettings, TrainSettings
+    from refinery.stages import infer, train
+    from refinery.stages.analyze import MiniLMEmbedder
 
     base = str(REPO / "data" / "tiny-base")
     rows = pl.DataFrame({"input": ["Ann has 2 pens and buys 1 more. How many pens now?"], "output": ["Answer: 3"]})
@@ -131,7 +131,7 @@ def _bare_train(project, rows) -> dict[str, Any]:
 
     from refinery.device import load_tokenizer
     from refinery.project import resolve_base_model
-    from refinery.train import lora_config, sft_config, step_budget, training_pairs
+    from refinery.stages.train import lora_config, sft_config, step_budget, training_pairs
 
     settings = project.config.train
     base = resolve_base_model(project)
@@ -196,8 +196,8 @@ def _analyze_parts(project, failures, passing) -> dict[str, Any]:
     import polars as pl
     from sentence_transformers import SentenceTransformer
 
-    from refinery import analyze
     from refinery.rules import load_rules
+    from refinery.stages import analyze
     from refinery.store import Store
 
     texts = failures["input"].to_list()

@@ -89,7 +89,7 @@ def export_split(store: Store, path: str | Path, *, split: str = "train", fmt: s
 
 def export_pairs(store: Store, path: str | Path, *, fmt: str | None = None) -> int:
     """Write the active preference pairs of every round to `path`; return how many."""
-    from refinery.pairs import active_pairs
+    from refinery.stages.pairs import active_pairs
 
     path = Path(path)
     fmt = _format(path, fmt)

@@ -80,7 +80,7 @@ class Check:
     field: str | None = None  # equals: the example field to compare with; unset: the same extract of the expected
     lookup: str | None = None  # equals: the [[lookup]] that gives the expected value from the input (not with field)
     schema: dict[str, Any] | None = None
-    rubric: str | None = None  # judge: a Jinja prompt seeing input, output, expected and fields (refinery/judge.py)
+    rubric: str | None = None  # judge: a Jinja prompt seeing input, output, expected and fields (stages/judge.py)
     scale: int | None = None  # judge: ask a score from 1 to scale instead of PASS/FAIL
     threshold: float | None = None  # judge with a scale: the lowest score that passes
     severity: float = 1.0
@@ -490,7 +490,7 @@ class CompiledCheck:
         checked must not be kept (vetting generated examples).
         """
         kind = self.check.type
-        if kind == "judge":  # answered by a judge model in batches (refinery/judge.py), not one output at a time
+        if kind == "judge":  # answered by a judge model in batches (refinery/stages/judge.py), not one output at a time
             return None, ""
         if kind == "regex":
             return (True, "") if self.pattern.search(prediction) else (False, f"no match for /{self.pattern.pattern}/")

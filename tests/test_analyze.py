@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 from conftest import REPO
 
-from refinery.analyze import MiniLMEmbedder, analyze, embed_examples, make_clusterer, make_embedder
-from refinery.hypotheses import benjamini_hochberg, input_features, score_features
+from refinery.stages.analyze import MiniLMEmbedder, analyze, embed_examples, make_clusterer, make_embedder
+from refinery.stages.hypotheses import benjamini_hochberg, input_features, score_features
 
 
 class CountingEmbedder:

@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 from conftest import REPO
 
-from refinery.analyze import MiniLMEmbedder, analyze
-from refinery.hypotheses import (
+from refinery.stages.analyze import MiniLMEmbedder, analyze
+from refinery.stages.hypotheses import (
     UNSEEN,
     all_statement,
     collect_words,

@@ -26,10 +26,10 @@ from conftest import REPO, make_demo, write
 from sklearn.metrics import cohen_kappa_score
 
 from refinery.cli import main
-from refinery.compare import bootstrap_interval, compare_rounds, parse_pick
-from refinery.judge import calibrate, cohen_kappa, judge_checks
 from refinery.project import load_project
+from refinery.report.compare import bootstrap_interval, compare_rounds, parse_pick
 from refinery.rules import load_rules
+from refinery.stages.judge import calibrate, cohen_kappa, judge_checks
 
 RUBRIC = ('[[check]]\nname = "polite"\ntype = "judge"\nwhen = "weather"\nseverity = 2\n'
           'rubric = "Is this reply to {{ input }} polite? Reply: {{ output }} (a good reply: {{ expected }})"\n')
@@ -294,7 +294,7 @@ def test_the_judge_answers_from_a_real_openai_compatible_server(judged, served, 
 
 
 def _local_answers(project, frame) -> list[str]:
-    from refinery.judge import _local_judge, render_rubric
+    from refinery.stages.judge import _local_judge, render_rubric
 
     checks = [c for c in load_rules(project.rules_dir).checks if c.type == "judge"]
     return _local_judge(project)([render_rubric(checks[0], row) for row in frame.iter_rows(named=True)])

@@ -10,8 +10,8 @@ import pytest
 from conftest import REPO, write
 
 from refinery.errors import ConfigError
-from refinery.evaluate import run_checks, summarize
 from refinery.rules import CompiledCheck, check_one, load_rules, parse_rules
+from refinery.stages.evaluate import run_checks, summarize
 
 RULES = """\
 [[check]]

@@ -17,8 +17,8 @@ import pytest
 from conftest import REPO, StopAt, write
 
 from refinery.cli import main
-from refinery.loop import run_round
 from refinery.project import load_project, set_setting
+from refinery.stages.loop import run_round
 from refinery.store import Store
 
 POSITIVE = ["great", "lovely", "superb", "wonderful", "excellent", "charming", "brilliant", "delightful", "pleasant",
@@ -140,7 +140,7 @@ def test_the_readme_own_project_section_runs_verbatim_and_round_2_trains_on_roun
     assert f"{first.height} examples generated" in out
     # the report, its failure map's legend naming each cluster of a round apart, and the export
     assert (root / "runs" / "report.html").is_file()
-    from refinery.report import build_report
+    from refinery.report.page import build_report
     points = build_report(load_project(root, environ={})).failure_map
     for n in {p["round"] for p in points}:
         legends = {p["pattern"]: p["legend"] for p in points if p["round"] == n}

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from refinery.cli import main
 from refinery.config import SECTIONS, CoreSettings
 from refinery.errors import ConfigError
-from refinery.generate import render_candidates, template_environment, vet_candidates
 from refinery.project import init_project, load_project
 from refinery.rules import load_rules
+from refinery.stages.generate import render_candidates, template_environment, vet_candidates
 
 EXAMPLES = int(os.environ.get("REFINERY_FUZZ_EXAMPLES", "400"))
 FUZZ = settings(max_examples=max(1, EXAMPLES // 4), deadline=None, database=None,

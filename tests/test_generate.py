@@ -11,8 +11,8 @@ import pytest
 from conftest import REPO, write
 
 from refinery.errors import ConfigError
-from refinery.generate import render_candidates, template_environment, vet_candidates
 from refinery.rules import check_one, load_rules
+from refinery.stages.generate import render_candidates, template_environment, vet_candidates
 
 DEMO_TEMPLATES = ["punctuation.jinja", "synonyms.jinja", "no_tag.jinja", "think_toggle.jinja",
                   "category_mapping.jinja", "capitalisation.jinja", "schema_strict.jinja"]
@@ -287,8 +287,8 @@ def test_a_missing_template_is_named(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_near_duplicates_of_test_examples_and_of_each_other_are_dropped_and_counted(demo_rules) -> None:
-    from refinery.analyze import MiniLMEmbedder
-    from refinery.generate import Candidate, drop_near_duplicates
+    from refinery.stages.analyze import MiniLMEmbedder
+    from refinery.stages.generate import Candidate, drop_near_duplicates
 
     test_input = "<weather>Sunny!</weather> use thinking. Gus has 4 apples and buys 9 more. How many apples now?"
     inputs = [test_input.replace("Sunny!", "sunny."),  # a planted near-duplicate of the test example

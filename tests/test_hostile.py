@@ -11,9 +11,9 @@ import pytest
 from conftest import REPO, store_snapshot, uncomment_setting, write
 
 from refinery.errors import ConfigError
-from refinery.generate import Candidate, render_candidates, template_environment, vet_candidates
-from refinery.loop import run_round
 from refinery.rules import load_rules
+from refinery.stages.generate import Candidate, render_candidates, template_environment, vet_candidates
+from refinery.stages.loop import run_round
 from refinery.store import Store
 
 

@@ -22,11 +22,11 @@ from conftest import uncomment_setting, write
 from refinery import config
 from refinery.config import UserPattern
 from refinery.errors import ConfigError
-from refinery.evaluate import run_checks
-from refinery.mix import cue_variants
 from refinery.project import load_project
-from refinery.review import check_output
+from refinery.report.review import check_output
 from refinery.rules import load_rules
+from refinery.stages.evaluate import run_checks
+from refinery.stages.mix import cue_variants
 
 SLOW = "^(a|aa)+$"  # still exponential in `regex`, which cuts (a+)+ short
 TEXT = "a" * 40 + "!"

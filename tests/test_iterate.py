@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from refinery.config import PlateauSettings
-from refinery.loop import run_round
-from refinery.plateau import stop_reason
+from refinery.stages.loop import run_round
+from refinery.stages.plateau import stop_reason
 from refinery.store import Store
 
 

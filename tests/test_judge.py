@@ -12,8 +12,8 @@ import pytest
 from conftest import write
 
 from refinery.errors import ConfigError, RefineryError
-from refinery.judge import NO_VERDICT, judge_checks, parse_score, parse_verdict, render_rubric
 from refinery.rules import load_rules
+from refinery.stages.judge import NO_VERDICT, judge_checks, parse_score, parse_verdict, render_rubric
 from refinery.store import Store
 
 RUBRIC = ('[[check]]\nname = "polite"\ntype = "judge"\nwhen = "weather"\nseverity = 2\n'

@@ -16,8 +16,8 @@ from conftest import REPO, make_demo
 
 from refinery.errors import RefineryError
 from refinery.ingest import ingest_files
-from refinery.measure import fit_to_context, model_context
 from refinery.project import load_project
+from refinery.stages.measure import fit_to_context, model_context
 from refinery.store import Store
 
 BASE = str(REPO / "data" / "tiny-base")

@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, StopAt
 
 from refinery.errors import RefineryError
-from refinery.loop import run_round
+from refinery.stages.loop import run_round
 from refinery.store import Store
 
 

@@ -9,10 +9,10 @@ import pytest
 from conftest import CONFIG, write
 
 from refinery.errors import ConfigError, RefineryError
-from refinery.measure import check_mix_settings, questions, score
-from refinery.mix import cue_variants, shortfall, training_set
 from refinery.project import load_project, set_setting
 from refinery.rules import load_rules
+from refinery.stages.measure import check_mix_settings, questions, score
+from refinery.stages.mix import cue_variants, shortfall, training_set
 from refinery.store import Store
 
 
@@ -46,7 +46,7 @@ def test_shortfall_says_which_kind_to_make_up_and_how_many(counts, share, expect
 
 
 def test_a_round_makes_up_the_short_kind_with_toggled_variants(demo_project) -> None:
-    from refinery.loop import run_round
+    from refinery.stages.loop import run_round
     from refinery.store import Store
 
     project = demo_project.with_config(demo_project.config.override("mix", reasoning_share=0.8)

@@ -185,7 +185,7 @@ def test_smollm2_completions_start_on_a_token_boundary(smollm2, smollm2_loaded, 
 
     from refinery.config import TrainSettings
     from refinery.prompts import render_prompt
-    from refinery.train import sft_config, training_pairs
+    from refinery.stages.train import sft_config, training_pairs
 
     model, tokenizer, _ = smollm2_loaded
     rows = seed_rows(20)
@@ -211,8 +211,8 @@ def test_smollm2_lora_presets_resolve_and_two_steps_train_the_adapter_only(smoll
 
     from refinery.config import InferSettings, TrainSettings
     from refinery.device import load_base
-    from refinery.infer import generate
-    from refinery.train import TARGETS, resolve_targets, train
+    from refinery.stages.infer import generate
+    from refinery.stages.train import TARGETS, resolve_targets, train
 
     folder = str(smollm2[0])
     base = load_base(folder, dtype=torch.float32)

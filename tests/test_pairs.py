@@ -13,9 +13,9 @@ from conftest import REPO, make_demo, write
 
 from refinery.config import TrainSettings
 from refinery.errors import ConfigError
-from refinery.loop import run_round
-from refinery.pairs import Pair, vet_pairs
 from refinery.project import load_project
+from refinery.stages.loop import run_round
+from refinery.stages.pairs import Pair, vet_pairs
 from refinery.store import Store
 
 BASE = str(REPO / "data" / "tiny-base")
@@ -67,7 +67,7 @@ def wrong(output: str) -> str:
 
 
 def test_dpo_lowers_the_rejected_output_against_the_chosen_one(tmp_path: Path) -> None:
-    from refinery.train import train, train_dpo
+    from refinery.stages.train import train, train_dpo
 
     seed = pl.read_ndjson(REPO / "data" / "demo" / "seed.jsonl").select("input", "output")
     settings = TrainSettings(batch_size=4, steps=6, dpo_steps=8, dpo_sft_weight=0.0)  # plain DPO first
@@ -120,7 +120,7 @@ def test_a_sft_dpo_round_records_pairs_none_from_test_or_corner(dpo_rounds) -> N
 
 
 def test_pairs_leaking_a_test_input_or_stored_twice_are_not_active(dpo_rounds) -> None:
-    from refinery.analyze import make_embedder
+    from refinery.stages.analyze import make_embedder
 
     project, _ = dpo_rounds
     with Store(project.store_path) as store:
@@ -152,7 +152,7 @@ def test_export_pairs_writes_trl_preference_format(dpo_rounds, cli, tmp_path: Pa
 
 
 def test_rerun_of_a_sft_dpo_round_trains_its_dpo_again(dpo_rounds) -> None:
-    from refinery.measure import rerun_round
+    from refinery.stages.measure import rerun_round
 
     project, (_, second) = dpo_rounds
     document = rerun_round(project, 2)
@@ -174,8 +174,8 @@ def test_a_dpo_round_continues_the_last_rounds_weights_without_sft(dpo_rounds) -
 
 
 def test_a_warm_start_after_a_dpo_round_counts_what_the_last_sft_round_learnt(dpo_rounds) -> None:
-    from refinery.loop import _warm_start
-    from refinery.train import step_budget
+    from refinery.stages.loop import _warm_start
+    from refinery.stages.train import step_budget
 
     project, _ = dpo_rounds
     if not Path(project.runs_dir, "round-003", "train.json").is_file():
@@ -190,7 +190,7 @@ def test_a_warm_start_after_a_dpo_round_counts_what_the_last_sft_round_learnt(dp
 
 
 def test_dpo_alone_without_weights_to_start_from_trains_sft_alone(tmp_path: Path) -> None:
-    from refinery.train import train_round
+    from refinery.stages.train import train_round
 
     seed = pl.read_ndjson(REPO / "data" / "demo" / "seed.jsonl").select("input", "output")
     pairs = seed.head(2).select(pl.col("input").alias("prompt"), pl.col("output").alias("chosen"),

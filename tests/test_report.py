@@ -17,8 +17,8 @@ from PIL import Image
 
 from refinery.cli import main
 from refinery.project import load_project
-from refinery.report import build_report, report_text, write_report
-from refinery.report_plots import PALETTE, PASS, REFERENCE, SCORE
+from refinery.report.page import build_report, report_text, write_report
+from refinery.report.plots import PALETTE, PASS, REFERENCE, SCORE
 from refinery.store import Store
 
 WIDTH = 1280
@@ -191,7 +191,7 @@ def test_a_task_without_reasoning_gets_no_mix_section(project, cli) -> None:
     assert "5. Reasoning/direct mix: no cue-mode figures recorded (they need [mix] cue and cue_pattern)." in text
     assert "6. Failure map: no embedded failures to map yet." in text
     # a sweep run without a cue has no cue-mode figures: the page shows its test pass rates alone
-    from refinery.mix import CUE_FIGURES
+    from refinery.stages.mix import CUE_FIGURES
     rows = [{"share": s, "examples": 10, "reasoning": r, "direct": 10 - r, "toggled": 0, "test_pass_rate": rate,
              "test_weighted_score": rate, **dict.fromkeys(CUE_FIGURES), "seconds": 1.0}
             for s, r, rate in ((0.2, 2, 0.25), (0.6, 6, 0.5))]

@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 from conftest import REPO, store_snapshot
 
-from refinery.analyze import MiniLMEmbedder, analyze
-from refinery.loop import run_round
 from refinery.rules import load_rules
+from refinery.stages.analyze import MiniLMEmbedder, analyze
+from refinery.stages.loop import run_round
 from refinery.store import Store
 
 

@@ -11,10 +11,18 @@ from conftest import REPO, write
 from test_generate import demo_parents
 
 from refinery.errors import ConfigError
-from refinery.generate import render_candidates, share_budget, template_environment, vet_candidates
-from refinery.hypotheses import UNSEEN, collect_words, input_features
 from refinery.rules import load_rules
-from refinery.targeting import Target, _lineage, choose_patterns, feature_words, plan_budget, plan_targets, spread
+from refinery.stages.generate import render_candidates, share_budget, template_environment, vet_candidates
+from refinery.stages.hypotheses import UNSEEN, collect_words, input_features
+from refinery.stages.targeting import (
+    Target,
+    _lineage,
+    choose_patterns,
+    feature_words,
+    plan_budget,
+    plan_targets,
+    spread,
+)
 
 
 @pytest.fixture(scope="module")

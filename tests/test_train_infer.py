@@ -11,9 +11,9 @@ import torch
 from conftest import REPO
 
 from refinery.config import InferSettings, TrainSettings
-from refinery.infer import generate, generate_with
 from refinery.prompts import render_prompt
-from refinery.train import lora_config, sft_config, train, training_pairs
+from refinery.stages.infer import generate, generate_with
+from refinery.stages.train import lora_config, sft_config, train, training_pairs
 
 BASE = str(REPO / "data" / "tiny-base")
 
@@ -127,13 +127,13 @@ def test_full_fine_tuning_updates_the_weights(tmp_path: Path) -> None:
     (100_000, 1000),
 ])
 def test_the_step_rule_gives_the_documented_steps(examples: int, steps: int) -> None:
-    from refinery.train import step_budget
+    from refinery.stages.train import step_budget
 
     assert step_budget(TrainSettings(), examples) == steps
 
 
 def test_a_fixed_step_count_replaces_the_rule_and_the_rule_follows_its_settings() -> None:
-    from refinery.train import step_budget
+    from refinery.stages.train import step_budget
 
     assert step_budget(TrainSettings(steps=7), 10_000) == 7
     assert step_budget(TrainSettings(epochs=2, batch_size=8, min_steps=1, max_steps=50), 100) == 25
@@ -159,7 +159,7 @@ def test_the_plain_loss_trains_exactly_as_trls_fused_loss(tmp_path: Path) -> Non
     from trl import SFTTrainer
 
     from refinery.device import load_tokenizer
-    from refinery.train import _plain_loss_trainer, fused_loss
+    from refinery.stages.train import _plain_loss_trainer, fused_loss
 
     tokenizer = load_tokenizer(BASE)
     settings = TrainSettings(steps=4, batch_size=4, learning_rate=1e-2, warmup=0.0)

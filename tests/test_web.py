@@ -24,11 +24,11 @@ import pytest
 import uvicorn
 from conftest import REPO, make_demo, store_snapshot
 
-from refinery.evaluate import run_checks, summarize
 from refinery.project import load_project
+from refinery.report.web import make_app
 from refinery.rules import load_rules
+from refinery.stages.evaluate import run_checks, summarize
 from refinery.store import Store, content_hash, insert_frame
-from refinery.web import make_app
 
 TOKEN = "test-token-0123456789"
 SCRIPT = "<script>alert(1)</script> Ann has 2 pens and buys 3 more. How many pens now?"

@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 from test_web import TOKEN, built  # noqa: F401 (built: the fixture, a finished round written with SQL)
 
 from refinery.project import load_project
-from refinery.web import make_app
+from refinery.report.web import make_app
 
 EXAMPLES = int(os.environ.get("REFINERY_FUZZ_EXAMPLES", "400"))
 ROUTES = [("GET", "/"), ("GET", "/round/{n}"), ("GET", "/pattern/{id}"), ("GET", "/examples"), ("GET", "/{id}"),

@@ -24,10 +24,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from refinery import review
 from refinery.config import UserPattern
 from refinery.errors import RefineryError, StoreError
-from refinery.status import round_state
+from refinery.report import review
+from refinery.report.status import round_state
 from refinery.store import Store
 
 READ_WAIT = 1.0  # seconds a page waits for a writer (an `iterate` in another terminal) before saying it is busy
@@ -51,7 +51,7 @@ def make_app(project, *, token: str) -> Starlette:
     """The review app for `project`; every request must carry `token` (in the URL once, then in a cookie)."""
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.PackageLoader("refinery", "web_templates"), autoescape=True,
+    env = jinja2.Environment(loader=jinja2.PackageLoader("refinery.report", "web_templates"), autoescape=True,
                              trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = lambda v: "-" if v is None else f"{v:.1%}"
     env.filters["sci"] = lambda v: "-" if v is None else f"{v:.1e}"

@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 
 from refinery.errors import RefineryError
-from refinery.hypotheses import UNSEEN, collect_words, input_features
+from refinery.stages.hypotheses import UNSEEN, collect_words, input_features
 from refinery.store import Store, content_hash
 
 

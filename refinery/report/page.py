@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,9 @@ import polars as pl
 
 from refinery import __version__
 from refinery.errors import RefineryError
-from refinery.measure import REFERENCE_KINDS
 from refinery.project import Project
+from refinery.report.figures import Report
+from refinery.stages.measure import REFERENCE_KINDS
 from refinery.store import Store
 
 MAIN_SPLIT = "test"  # the plateau and every reported figure use the test split
@@ -24,47 +24,9 @@ MIX_FIGURES = ("answer_accuracy_cue_on", "answer_accuracy_cue_off", "think_leaka
                "mean_tokens_cue_off")
 
 
-@dataclass
-class Report:
-    """The figures of every round, as plain rows (JSON-ready). Rounds are ordered by number: production (-1),
-    baseline (0), then the training rounds."""
-
-    project: str
-    store: str
-    created_at: str
-    rounds: list[dict[str, Any]]  # number, kind, status, trained_on, pass rates per split, weighted score, seconds
-    checks: list[dict[str, Any]]  # round, check, applies, passed, rate (test split)
-    patterns: list[dict[str, Any]]  # each cluster with its history into the next round
-    added: list[dict[str, Any]]  # round, template, pattern, status, examples (generated examples per round)
-    outcomes: list[dict[str, Any]]  # round, outcome, candidates (every rendered counterexample)
-    mix: list[dict[str, Any]]  # round, answer accuracy with/without the cue, <think> leakage, mean tokens
-    sweep: dict[str, Any] | None  # the latest runs/sweep-*/sweep.json
-    mix_section: bool  # whether the reasoning/direct mix section is shown (see `_has_mix`)
-    failure_map: list[dict[str, Any]]  # round, pattern, rank, label, example_id, x, y (PCA of input embeddings)
-    map_variance: list[float]  # variance explained by the map's two components
-    train_examples: int = 0  # active examples in the train split now (what the next round starts from)
-    judges: list[dict[str, Any]] = field(default_factory=list)  # each judge check's calibration (judge.Calibration)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def done(self) -> list[dict[str, Any]]:
-        return [r for r in self.rounds if r["status"] == "done"]
-
-    @property
-    def trained(self) -> list[dict[str, Any]]:
-        """The finished training rounds (not the baseline or production)."""
-        return [r for r in self.done if r["kind"] == "round"]
-
-    def reference(self, kind: str) -> dict[str, Any] | None:
-        """The finished baseline or production round, if the project measured one."""
-        return next((r for r in reversed(self.done) if r["kind"] == kind), None)
-
-
 def build_report(project: Project) -> Report:
     """Gather every figure of the report from the project's store (and its latest mix sweep)."""
-    from refinery.judge import calibrate
+    from refinery.stages.judge import calibrate
 
     judges = [vars(c) for c in calibrate(project)]
     with Store(project.store_path, read_only=True) as store:
@@ -109,12 +71,12 @@ def render_html(report: Report) -> str:
     import jinja2
     from markupsafe import Markup
 
-    from refinery.report_plots import draw_plots
+    from refinery.report.plots import draw_plots
 
     env = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True,
                              undefined=jinja2.StrictUndefined)
     env.filters.update(pct=pct, pts=pts, num=num, round_name=round_name)
-    template = env.from_string(files("refinery").joinpath("report.html.jinja").read_text(encoding="utf-8"))
+    template = env.from_string(files("refinery.report").joinpath("report.html.jinja").read_text(encoding="utf-8"))
     plots = {name: Markup(svg) if svg else None for name, svg in draw_plots(report).items()}
     return template.render(r=report, v=views(report), plots=plots, version=__version__)
 
@@ -164,7 +126,7 @@ def _has_mix(store: Store, project: Project, mix: list, sweep: dict | None) -> b
 
 def _patterns(store: Store, project: Project) -> list[dict[str, Any]]:
     """Every pattern of every finished round, worst first within a round, with what became of it next round."""
-    from refinery.review import pattern_history
+    from refinery.report.review import pattern_history
 
     clusters = store.frame("""
         SELECT c.round, c.id AS pattern, c.rank, coalesce(c.label, c.id) AS label, c.statement, c.size, c.score,

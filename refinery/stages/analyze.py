@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 import polars as pl
 
-from refinery.hypotheses import (
+from refinery.stages.hypotheses import (
     UNSEEN,
     Cause,
     all_statement,

@@ -48,7 +48,7 @@ def analysis_pairs(failures: pl.DataFrame, clusters: list) -> list[Pair]:
 def counterexample_pairs(project, rules, candidates: list, *, model_path: str, adapter: str | None) -> list[Pair]:
     """A pair per counterexample stored this round that the round's model gets wrong: its output, generated with
     the round's weights, rejected."""
-    from refinery import evaluate, infer
+    from refinery.stages import evaluate, infer
 
     stored = [c for c in candidates if c.outcome == "stored"]
     if not stored:
@@ -73,7 +73,7 @@ def counterexample_pairs(project, rules, candidates: list, *, model_path: str, a
 def vet_pairs(store: Store, pairs: list[Pair], *, embedder, near_test: float) -> list[Pair]:
     """Mark each pair leak (its prompt is a test or corner input, or has cosine >= `near_test` to one) or
     duplicate (the same prompt, chosen and rejected as a pair stored or kept before it); the rest stay active."""
-    from refinery.analyze import embed_examples
+    from refinery.stages.analyze import embed_examples
 
     held = store.frame("SELECT id AS example_id, input AS text FROM examples WHERE split IN ('test', 'corner') "
                        "AND status = 'active' ORDER BY id")

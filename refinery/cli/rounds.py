@@ -1,16 +1,16 @@
-"""The `refinery` command: each subcommand parses its options, calls one library function and prints the result."""
+"""The commands of a project's data and rounds: init, ingest, status, export, iterate, baseline, ceiling, rerun,
+mix and report. Registered on the app by `refinery.cli`."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from refinery.errors import Interrupted, RefineryError, describe_os_error, shown_text
-from refinery.terminal import (
+from refinery.cli.app import JsonOption, _choice, _project, app
+from refinery.cli.terminal import (
     StageReporter,
     console,
     num,
@@ -21,73 +21,7 @@ from refinery.terminal import (
     show_counts,
     warn,
 )
-
-
-class _PlainArgument(typer.core.TyperArgument):
-    """An argument shown by its metavar alone (`FILE...`, not typer's `FILE <list[Path]>`), in click's usage style."""
-
-    def display_type_rich(self, ctx) -> None:
-        return None
-
-    def _rich_display_name(self) -> str:
-        return self.display_name_raw + ("..." if self.nargs != 1 else "")
-
-    def _usage_display_name(self) -> str:
-        name = self._rich_display_name()
-        return name if self.required else f"[{name}]"
-
-
-def _plain_arguments(command) -> None:
-    for param in command.params:
-        if isinstance(param, typer.core.TyperArgument) and param.metavar:
-            param.__class__ = _PlainArgument
-    for sub in getattr(command, "commands", {}).values():
-        _plain_arguments(sub)
-
-
-class _Group(typer.core.TyperGroup):
-    """The root command group: its arguments (and its subcommands') are shown by their metavars in --help."""
-
-    def main(self, *args, **kwargs):
-        _plain_arguments(self)
-        return super().main(*args, **kwargs)
-
-
-app = typer.Typer(
-    cls=_Group,
-    help="Data-centric fine-tuning: train a LoRA adapter, find the patterns behind its failures, add examples "
-         "that target them, and repeat until the evals plateau.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
-
-ProjectOption = Annotated[Path | None, typer.Option(
-    "--project", "-p", metavar="DIR",
-    help="Project folder (or its project file). Default: $REFINERY_PROJECT, else the nearest "
-                            "folder up from here with refinery.toml or a [tool.refinery] table in pyproject.toml.",
-    show_default=False)]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
-
-
-def _show_version(value: bool) -> None:
-    if value:
-        from refinery import __version__
-        print(f"refinery {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(ctx: typer.Context, project: ProjectOption = None,
-          version: Annotated[bool, typer.Option("--version", help="Show the version and exit.", is_eager=True,
-                                                callback=_show_version)] = False) -> None:
-    ctx.obj = {"project": project}
-
-
-def _project(ctx: typer.Context):
-    from refinery.project import load_project
-    return load_project(ctx.obj["project"])
+from refinery.errors import RefineryError
 
 
 @app.command()
@@ -123,7 +57,7 @@ def ingest(ctx: typer.Context,
            as_json: JsonOption = False) -> None:
     """Check, deduplicate and store examples. One bad row fails the whole ingest and stores nothing."""
     from refinery.ingest import DEALT, KINDS, SPLITS, ingest_files
-    from refinery.measure import over_context
+    from refinery.stages.measure import over_context
     from refinery.store import Store
     _choice("--split", split, SPLITS + DEALT)
     _choice("--kind", kind, KINDS)
@@ -150,7 +84,7 @@ def ingest(ctx: typer.Context,
 @app.command()
 def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Show examples by split, kind and source, and the last rounds."""
-    from refinery.status import project_status
+    from refinery.report.status import project_status
     from refinery.store import Store
     project = _project(ctx)
     with Store(project.store_path, read_only=True) as store:
@@ -234,7 +168,7 @@ def iterate(ctx: typer.Context,
 
     An interrupted round (Ctrl-C, a killed process) is restarted by the next `iterate`, reusing its adapter when
     training had finished. Only one `iterate` runs on a project at a time."""
-    from refinery.iterate import iterate as run
+    from refinery.stages.iterate import iterate as run
     project = _project(ctx)
     if steps is not None:
         project = project.with_config(project.config.override("train", steps=steps))
@@ -254,7 +188,7 @@ def baseline(ctx: typer.Context,
              as_json: JsonOption = False) -> None:
     """Measure the base model with a few-shot prompt of training examples, recorded as round 0: the prompt-first
     baseline every round is compared with. Also measures [baseline] production (round -1) when set."""
-    from refinery.measure import run_baseline
+    from refinery.stages.measure import run_baseline
     project = _project(ctx)
     if shots is not None:
         project = project.with_config(project.config.override("baseline", shots=shots))
@@ -281,7 +215,7 @@ def ceiling(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Train with the project's [train] settings on oracle data, the training examples you brought (not the
     loop's counterexamples) plus every analysis example (the best data the loop could ever add), and measure the
     test split: recorded as round -2, the reference every round's figures are set against. Adds no data."""
-    from refinery.measure import run_ceiling
+    from refinery.stages.measure import run_ceiling
     with StageReporter() as reporter:
         document = run_ceiling(_project(ctx), on_step=reporter.progress, on_start=lambda examples: reporter.begin(
             f"Ceiling: the project's recipe on {examples} oracle examples (brought train + analysis)", "train"))
@@ -306,7 +240,7 @@ def rerun(ctx: typer.Context,
     """Train round N again from its record (config snapshot, seeds, exact training set; under objective "sft+dpo"
     or "dpo" its DPO too, on the pairs of the rounds before it) and compare the test figures and the weights with
     what it recorded. Adds nothing to the store."""
-    from refinery.measure import rerun_round
+    from refinery.stages.measure import rerun_round
     with StageReporter() as reporter:
         title = f"Re-running round {number} from its record: {{}} examples"
         document = rerun_round(_project(ctx), number, on_step=reporter.progress,
@@ -344,8 +278,8 @@ def mix(ctx: typer.Context,
                                                   show_default=False)] = None,
         as_json: JsonOption = False) -> None:
     """Show or set the reasoning/direct mix, or sweep shares to pick one for your latency and quality needs."""
-    from refinery.mix import missing_kind, training_set
     from refinery.project import set_setting
+    from refinery.stages.mix import missing_kind, training_set
     from refinery.store import Store
     project = _project(ctx)
     if sweep is not None:
@@ -371,7 +305,7 @@ def mix(ctx: typer.Context,
 
 
 def _sweep(project, sweep: str, steps: int | None, as_json: bool) -> None:
-    from refinery.sweep import run_sweep
+    from refinery.stages.sweep import run_sweep
     try:
         shares = [float(s) for s in sweep.split(",") if s.strip()]
     except ValueError:
@@ -417,7 +351,7 @@ def report(ctx: typer.Context,
     """Write the report: one self-contained HTML page (plots inline, opens offline) with the main metric per round
     against the baseline, pass rate per check, failure patterns and their history, data added by template and
     pattern, the reasoning/direct mix, and a map of the failures coloured by cluster."""
-    from refinery.report import build_report, report_text, write_report
+    from refinery.report.page import build_report, report_text, write_report
     project = _project(ctx)
     result = build_report(project)
     if as_json:
@@ -425,62 +359,3 @@ def report(ctx: typer.Context,
     if text:
         return print(report_text(result, width=console.width if console.is_terminal else 120), end="")
     console.print(f"Wrote {write_report(project, out=out, report=result)}")
-
-
-def _choice(flag: str, value: str | None, allowed: tuple[str, ...]) -> None:
-    if value is not None and value not in allowed:
-        raise RefineryError(f"{flag} {value}: expected one of: {', '.join(allowed)}.")
-
-
-def _check_arguments(args: list[str]) -> None:
-    """Every argument must be text: bytes that are not UTF-8 (a file name in another encoding) cannot be stored or
-    compared, so they are refused here rather than deep inside a command."""
-    for position, arg in enumerate(args, 1):
-        try:
-            arg.encode("utf-8")
-        except UnicodeEncodeError:
-            raise RefineryError(f"argument {position} ({shown_text(arg)}) is not valid UTF-8. refinery takes text "
-                                f"arguments only; rename the file, or give the value in UTF-8.") from None
-
-
-def _described(exc: Exception) -> str | None:
-    from refinery.store import describe_store_damage
-    return describe_os_error(exc) if isinstance(exc, OSError) else describe_store_damage(exc)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; user errors print `Error: ...` and return 1, without a traceback; Ctrl-C returns 130."""
-    try:
-        _check_arguments(sys.argv[1:] if argv is None else argv)
-        code = app(args=argv, prog_name="refinery", standalone_mode=False)
-    except Interrupted as exc:
-        print(f"Interrupted: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except RefineryError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except typer.Exit as exc:
-        return exc.exit_code
-    except typer.TyperException as exc:  # usage errors: bad option, missing argument
-        exc.show()
-        return exc.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        code = 130
-    except Exception as exc:  # a path the file system refused (too long, no permission, no space); a damaged store
-        if (described := _described(exc)) is None:
-            raise
-        print(f"Error: {described}", file=sys.stderr)
-        return 1
-    if code == 130:  # typer turns a KeyboardInterrupt in a command into this exit code
-        print("Interrupted.", file=sys.stderr)
-    return code if isinstance(code, int) else 0
-
-
-# The review commands (and `refinery models`, the converted-model cache) live in their own modules; importing them
-# registers them on `app`.
-from refinery import cli_judge, cli_models, cli_review  # noqa: E402, F401
-
-if __name__ == "__main__":
-    from refinery.cli import main as run  # the module as imported, where the review commands are registered
-
-    sys.exit(run())

@@ -22,7 +22,8 @@ import polars as pl
 
 from refinery.device import check_loadable
 from refinery.errors import RefineryError
-from refinery.measure import (
+from refinery.project import Project, resolve_base_model
+from refinery.stages.measure import (
     check_mix_settings,
     fit_to_context,
     held_out,
@@ -32,11 +33,10 @@ from refinery.measure import (
     score,
     versions,
 )
-from refinery.pairs import active_pairs, collect_pairs, insert_pairs
-from refinery.project import Project, resolve_base_model
+from refinery.stages.pairs import active_pairs, collect_pairs, insert_pairs
+from refinery.stages.targeting import generate_round, known_vocabulary, vet, why_none
 from refinery.store import ROUND_WAIT as STORE_WAIT
 from refinery.store import Store, content_hash, detect_kind, insert_frame, process_alive, small_splits
-from refinery.targeting import generate_round, known_vocabulary, vet, why_none
 
 STAGES = ("train", "infer", "evaluate", "analyze", "generate", "record")
 
@@ -86,8 +86,8 @@ class RoundSummary:
 
 def run_round(project: Project, *, reporter: Reporter | None = None) -> RoundSummary:
     """Run one round end to end and record it; returns its summary."""
-    from refinery.generate import template_environment
     from refinery.rules import load_rules
+    from refinery.stages.generate import template_environment
 
     reporter = reporter or Quiet()
     rules = load_rules(project.rules_dir)  # bad rules or templates stop the round before it starts
@@ -96,7 +96,7 @@ def run_round(project: Project, *, reporter: Reporter | None = None) -> RoundSum
     check_mix_settings(project, rules)
     base_model = resolve_base_model(project)
     check_loadable(base_model)
-    from refinery.analyze import make_embedder
+    from refinery.stages.analyze import make_embedder
 
     # Built now so that a bad setting stops us before training; the model itself loads on first use, once a round.
     embedder = make_embedder(project.config.analyze.embedder, root=project.root)
@@ -123,7 +123,7 @@ def _warm_start(project: Project, number: int, train_rows: pl.DataFrame) -> tupl
     """`[train] warm_start`: the adapter of the last finished round before `number`, and the steps of this round:
     the step rule on the examples that adapter has not trained on (the rest it has learnt already). (None, None)
     when there is no such adapter (the first round, or a full fine-tune before it): a fresh start on every example."""
-    from refinery.train import dpo_alone, recorded_training, step_budget
+    from refinery.stages.train import dpo_alone, recorded_training, step_budget
 
     with Store(project.store_path, wait=STORE_WAIT) as store:
         found = store.con.execute("SELECT number, adapter_path FROM rounds WHERE kind = 'round' AND status = 'done' "
@@ -152,7 +152,7 @@ def _train_stage(project: Project, number: int, train_rows: pl.DataFrame, base_m
                  timer: _Timer) -> Any:
     """The round's training under `[train] objective`, recorded in `train.json`. The last round's adapter is where
     SFT starts with `[train] warm_start`, and where DPO alone (objective "dpo") starts whatever warm_start says."""
-    from refinery import train
+    from refinery.stages import train
 
     config = project.config.train
     with Store(project.store_path, wait=STORE_WAIT) as store:  # this round's pairs need its own evaluation
@@ -172,7 +172,7 @@ def _train_stage(project: Project, number: int, train_rows: pl.DataFrame, base_m
 
 def _run_stages(project, number, train_rows, rules, env, base_model, embedder, round_dir, timer,
                 resume: bool) -> RoundSummary:
-    from refinery import analyze, infer, train
+    from refinery.stages import analyze, infer, train
 
     config, too_long = project.config, {}
     if resume:  # an interrupted attempt finished training on this same set: its adapter is reused
@@ -248,7 +248,7 @@ def _begin(store: Store, project: Project, toggles: list) -> tuple[int, pl.DataF
     round. The toggled variants that make up the mix are stored with it (vetted data; kept if the round fails).
 
     Returns the round number, the training set, and whether training can be skipped (resumed)."""
-    from refinery.mix import training_set
+    from refinery.stages.mix import training_set
 
     for number, pid in store.con.execute("SELECT number, pid FROM rounds WHERE status = 'running'").fetchall():
         if pid and pid != os.getpid() and process_alive(pid):
@@ -309,8 +309,8 @@ def make_toggles(project, env, rules, embedder, *, share: float | None) -> list:
     """Toggled variants (`[mix] toggle_template`) of the kind in surplus, enough to make up the kind the share is
     short of; vetted like every counterexample. Empty when sampling alone meets the share, or when no toggle
     template is set (the share is then met by sampling only)."""
-    from refinery.generate import render_candidates
-    from refinery.mix import shortfall
+    from refinery.stages.generate import render_candidates
+    from refinery.stages.mix import shortfall
 
     name = project.config.mix.toggle_template
     if name is None:
@@ -445,7 +445,7 @@ def _mark_failed(store: Store, number: int, reason: str) -> None:
 def check_templates(env, rules, project: Project) -> None:
     """Every template the rules name compiles and renders once from a stored example, so that a template that
     raises stops the round before training rather than after it."""
-    from refinery.generate import load_template, render_candidates
+    from refinery.stages.generate import load_template, render_candidates
 
     names = {t for target in rules.targets for t in target.templates} | {s.file for s in rules.templates}
     names = sorted(names | ({project.config.mix.toggle_template} - {None}))

@@ -18,9 +18,9 @@ from typing import Any
 import polars as pl
 
 from refinery.errors import RefineryError
-from refinery.judge import ask_judge, judge_name
-from refinery.measure import KINDS
 from refinery.project import Project, resolve_base_model
+from refinery.stages.judge import ask_judge, judge_name
+from refinery.stages.measure import KINDS
 from refinery.store import Store
 
 # The default question; `rubric` replaces it (Jinja seeing input, expected, fields, first and second).

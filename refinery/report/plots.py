@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from refinery.report import Report
+    from refinery.report.figures import Report
 
 PASS = "#2563eb"  # the main metric: test pass rate
 SCORE = "#0d9488"  # severity-weighted score

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from refinery.cli import JsonOption, app
-from refinery.terminal import console, print_json
+from refinery.cli.app import JsonOption, app
+from refinery.cli.terminal import console, print_json
 
 models_app = typer.Typer(help="The cache of converted base models (a .gguf base_model, or pypi:smollm2-135m-instruct, "
                               "is converted once into a transformers folder there): list it, or clear it.",

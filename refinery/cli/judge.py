@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from refinery.cli import JsonOption, _project, app
+from refinery.cli.app import JsonOption, _project, app
+from refinery.cli.terminal import console, pct, print_json
 from refinery.errors import RefineryError
-from refinery.terminal import console, pct, print_json
 
 judge_app = typer.Typer(help="The LLM judge's checks: label its verdicts as a person, and see how far it agrees.",
                         rich_markup_mode=None)
@@ -32,7 +32,7 @@ def compare(ctx: typer.Context,
             as_json: JsonOption = False) -> None:
     """Judge B's test outputs against A's, each example in both orders: B's wins, ties and losses with a 95 %
     interval, and how often the verdict flipped with the order (position bias)."""
-    from refinery.compare import compare_rounds, round_label
+    from refinery.report.compare import compare_rounds, round_label
 
     question = _read_rubric(rubric) if rubric else None
     result = compare_rounds(_project(ctx), a, b, rubric=question, seed=seed)
@@ -68,7 +68,7 @@ def label(ctx: typer.Context, round: RoundOption = None,
                                                       "--example.", show_default=False)] = None) -> None:
     """Give your verdict on the judge's results: each unlabelled one is shown (input, output, expected, the judge's
     word) and you answer p (pass), f (fail), s (skip) or q (quit). Scriptable: --example ID --verdict pass."""
-    from refinery.judge import judge_results, save_label
+    from refinery.stages.judge import judge_results, save_label
 
     project = _project(ctx)
     if example is not None or verdict is not None:
@@ -99,7 +99,7 @@ def label(ctx: typer.Context, round: RoundOption = None,
 def calibrate(ctx: typer.Context, round: RoundOption = None, as_json: JsonOption = False) -> None:
     """Each judge check's agreement and Cohen's kappa with your labels, and with the rule checks on the same
     outputs; below [judge] min_agreement (or with too few labels) it is uncalibrated."""
-    from refinery.judge import calibrate as run_calibration
+    from refinery.stages.judge import calibrate as run_calibration
 
     found = run_calibration(_project(ctx), round=round)
     if as_json:

@@ -76,7 +76,7 @@ def judge_checks(rules: RuleSet, rows: pl.DataFrame, *, project: Project,
                  answer: Callable[[list[str]], list[str]] | None = None) -> pl.DataFrame:
     """The results of every judge check on `rows` (example_id, variant, input, expected, fields, prediction), in
     `evaluate.RESULT_SCHEMA`. `answer`: prompts to the judge's answers (default: the project's judge model)."""
-    from refinery.evaluate import RESULT_SCHEMA
+    from refinery.stages.evaluate import RESULT_SCHEMA
 
     checks = [c for c in rules.checks if c.type == "judge"]
     records: dict[str, list] = {name: [] for name in RESULT_SCHEMA}
@@ -161,8 +161,8 @@ def _local_judge(project: Project) -> Callable[[list[str]], list[str]]:
     """Greedy, batched answers from a local causal LM (`[judge] model`, or the base model), loaded as the base
     model is; prompts longer than its context are cut like held-out inputs."""
     def ask(prompts: list[str]) -> list[str]:
-        from refinery import infer
         from refinery.config import InferSettings
+        from refinery.stages import infer
 
         settings = project.config.judge
         model = resolve_base_model(project) if not settings.model else \

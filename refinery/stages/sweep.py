@@ -13,9 +13,9 @@ import polars as pl
 
 from refinery.device import check_loadable
 from refinery.errors import RefineryError
-from refinery.loop import STORE_WAIT, Quiet, Reporter, check_templates, make_toggles
-from refinery.measure import ask, check_mix_settings
 from refinery.project import Project, resolve_base_model
+from refinery.stages.loop import STORE_WAIT, Quiet, Reporter, check_templates, make_toggles
+from refinery.stages.measure import ask, check_mix_settings
 from refinery.store import Store, content_hash, detect_kind
 
 
@@ -23,11 +23,11 @@ def run_sweep(project: Project, shares: list[float], *, reporter: Reporter | Non
     """Train one adapter per reasoning share on the same training data and measure each on the test split, with
     the thinking cue and without when `[mix] cue` is set (else the test split as stored: the cue-mode figures are
     None). Nothing is added to the training data; results go to runs/sweep-*/sweep.json."""
-    from refinery import train
-    from refinery.analyze import make_embedder
-    from refinery.generate import template_environment
-    from refinery.mix import CUE_FIGURES, training_set
     from refinery.rules import load_rules
+    from refinery.stages import train
+    from refinery.stages.analyze import make_embedder
+    from refinery.stages.generate import template_environment
+    from refinery.stages.mix import CUE_FIGURES, training_set
 
     reporter = reporter or Quiet()
     rules = load_rules(project.rules_dir)

@@ -14,7 +14,7 @@ console = Console(highlight=False, soft_wrap=True)
 
 
 def print_metric_history(result) -> None:
-    from refinery.plateau import LABELS, show
+    from refinery.stages.plateau import LABELS, show
     label = LABELS[result.metric][0]
     table = Table("round", "kind", label, "change", title=f"{label.capitalize()} by round")
     previous = None

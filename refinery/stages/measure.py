@@ -21,10 +21,10 @@ from typing import Any
 import polars as pl
 
 from refinery.errors import RefineryError
-from refinery.mix import cue_metrics, cue_variants
 from refinery.models import needs_conversion
-from refinery.pairs import active_pairs
 from refinery.project import Project, resolve_base_model
+from refinery.stages.mix import cue_metrics, cue_variants
+from refinery.stages.pairs import active_pairs
 from refinery.store import ROUND_WAIT as STORE_WAIT
 from refinery.store import Store, insert_frame
 
@@ -83,7 +83,7 @@ def score(project: Project, rules, asked: pl.DataFrame, predictions: pl.DataFram
     """Check every output of `asked`: rule results of every variant, and the metrics per split (stored variant),
     with the figures of both cue modes under "mix" when cue variants were asked (answer accuracy needs
     `[mix] answer_check`)."""
-    from refinery import evaluate, judge
+    from refinery.stages import evaluate, judge
 
     config = project.config
     answered = asked.with_columns(predictions["output"].alias("prediction"))
@@ -98,7 +98,7 @@ def score(project: Project, rules, asked: pl.DataFrame, predictions: pl.DataFram
 def ask(project: Project, rules, rows: pl.DataFrame, *, model_path: str, adapter: str | None,
         shots: list[tuple[str, str]] | None = None, on_batch=None) -> Asked:
     """Ask `rows` (and their test examples with the cue on and off) and check every output."""
-    from refinery import infer
+    from refinery.stages import infer
 
     fitted = fit_to_context(project, questions(project, rows), base_model=model_path, what="held-out inputs",
                             shots=shots)
@@ -341,7 +341,7 @@ def run_ceiling(project: Project, *, on_start=None, on_step=None) -> dict[str, A
 
     This is the reference a round's figures are set against: where the recipe, not the data, is what holds a
     project back, the rounds plateau well below it."""
-    from refinery import train
+    from refinery.stages import train
 
     rules, base_model = _rules_and_base(project)
     with Store(project.store_path, wait=STORE_WAIT) as store:
@@ -374,9 +374,9 @@ def rerun_round(project: Project, number: int, *, on_start=None, on_step=None) -
     """Train round `number` again from what it recorded (its config snapshot, its exact training set and, under
     `[train] objective` "sft+dpo" or "dpo", the preference pairs of the rounds before it) and measure it on the
     test split; compare with the figures and the weights it recorded."""
-    from refinery import train
     from refinery.config import config_from_table
     from refinery.rules import load_rules
+    from refinery.stages import train
 
     with Store(project.store_path, wait=STORE_WAIT) as store:
         row = store.one("SELECT status, kind, config, versions, train_set_hash, adapter_path, metrics FROM rounds "
@@ -424,7 +424,7 @@ def rerun_round(project: Project, number: int, *, on_start=None, on_step=None) -
 def _started_from(project: Project, number: int) -> tuple[str | None, int | None]:
     """The adapter round `number` started from (`[train] warm_start`, or DPO alone under objective "dpo") and its
     steps, which a re-run takes too."""
-    from refinery.train import dpo_alone, recorded_training
+    from refinery.stages.train import dpo_alone, recorded_training
 
     recorded = recorded_training(project.runs_dir, number)
     start_from = recorded.get("start_from")

@@ -70,7 +70,7 @@ def plan_budget(weights: dict[str, float], *, budget: int, failing_share: float,
     `explore` when it is set): a random parent is then a failure about as often as a targeted one would be, and
     random parents spread over every family; what is left follows the failing mass, which is concentrated exactly
     when the failures are. With no pattern to aim at and no fixed share, everything explores."""
-    from refinery.generate import share_budget
+    from refinery.stages.generate import share_budget
 
     aimed = {key: w for key, w in weights.items() if w > 0}
     share = explore if explore is not None else max(EXPLORE_FLOOR, failing_share) if aimed else 1.0
@@ -92,7 +92,7 @@ def generate_round(project, env, rules, clusters, rows: pl.DataFrame, number: in
                    known_words: set[str], failing: int = 0) -> tuple[list, list[Target], Plan | None]:
     """Counterexamples for this round's targets, vetted and capped at each target's share; the targets; the plan
     (None under `targeting = "random"` or `"off"`). `failing`: how many analysis examples failed a check."""
-    from refinery.generate import render_candidates
+    from refinery.stages.generate import render_candidates
 
     settings = project.config.generate
     if settings.targeting == "off":
@@ -224,7 +224,7 @@ def _lineage(cluster, earlier: dict[str, Any] | None) -> tuple[float, str, int]:
 
 def _accepted(project, rules, number: int, share: int) -> list[Target]:
     """Patterns a person accepted since the last round, not yet rendered for: each gets a full share."""
-    from refinery.hypotheses import PUNCT
+    from refinery.stages.hypotheses import PUNCT
 
     with Store(project.store_path, wait=STORE_WAIT) as store:
         accepted = store.frame("""
@@ -248,7 +248,7 @@ def pattern_scope(cluster, by_id: dict[str, dict], known_words: set[str]) -> dic
     """The pattern as a template sees it: id, kind, check, feature, statement, the words the feature names (the
     unseen words of its members, for the unseen-word feature), the marks that count as punctuation, and the
     fields of its first members."""
-    from refinery.hypotheses import PUNCT
+    from refinery.stages.hypotheses import PUNCT
 
     members = [by_id[m] for m in cluster.members if m in by_id][:MEMBERS_IN_SCOPE]
     return {"id": cluster.id, "kind": cluster.kind, "check": own_check(cluster), "feature": cluster.feature,
@@ -260,7 +260,7 @@ def pattern_scope(cluster, by_id: dict[str, dict], known_words: set[str]) -> dic
 def feature_words(feature: str | None, inputs: list[str], known_words: set[str]) -> list[str]:
     """The words a feature names ("'sunny' touches punctuation" -> sunny); for an unseen-word feature, the words
     of `inputs` not in `known_words` (inside its tag, for a tag's), most frequent first."""
-    from refinery.hypotheses import UNSEEN, unseen_words
+    from refinery.stages.hypotheses import UNSEEN, unseen_words
 
     if not feature or feature.startswith("the characters"):
         return []
@@ -272,7 +272,7 @@ def feature_words(feature: str | None, inputs: list[str], known_words: set[str])
 
 def mark_carriers(candidates: list, rules, known_words: set[str]) -> None:
     """Set `carries` on every candidate rendered for a feature: whether its input has that feature."""
-    from refinery.hypotheses import input_features
+    from refinery.stages.hypotheses import input_features
 
     cues = rules.cues()
     for c in candidates:
@@ -306,8 +306,8 @@ def cap(candidates: list, shares: dict[str | None, int]) -> list:
 def vet(project, rules, candidates: list, embedder) -> list:
     """Every candidate checked against all rules, the store (duplicates), and the test and corner inputs (exact and
     near-duplicate leaks), and against the candidates kept before it (piling up)."""
-    from refinery import analyze
-    from refinery.generate import drop_near_duplicates, vet_candidates
+    from refinery.stages import analyze
+    from refinery.stages.generate import drop_near_duplicates, vet_candidates
 
     settings = project.config.generate
     with Store(project.store_path, wait=STORE_WAIT) as store:
@@ -325,7 +325,7 @@ def vet(project, rules, candidates: list, embedder) -> list:
 
 def why_none(project, rules, clusters, rows) -> str:
     """Why a round rendered nothing, from its settings, rules and patterns."""
-    from refinery.generate import no_candidates_reason
+    from refinery.stages.generate import no_candidates_reason
 
     settings = project.config.generate
     if clusters and settings.clusters == 0 and settings.targeting == "patterns":
@@ -338,6 +338,6 @@ def why_none(project, rules, clusters, rows) -> str:
 
 def known_vocabulary(store: Store) -> set[str]:
     """The words of the active training split's inputs: what the unseen-word feature calls seen."""
-    from refinery.hypotheses import collect_words
+    from refinery.stages.hypotheses import collect_words
 
     return collect_words(store.frame("SELECT input FROM examples WHERE split = 'train' AND status = 'active'")["input"])

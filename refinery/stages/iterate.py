@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from refinery.errors import Interrupted, RefineryError
-from refinery.loop import Reporter, RoundSummary, run_round
-from refinery.measure import measure_production, production_is_current
-from refinery.plateau import main_metric, stop_reason
 from refinery.project import Project
+from refinery.stages.loop import Reporter, RoundSummary, run_round
+from refinery.stages.measure import measure_production, production_is_current
+from refinery.stages.plateau import main_metric, stop_reason
 from refinery.store import ROUND_WAIT as STORE_WAIT
 from refinery.store import Store
 

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from refinery.cli import JsonOption, _project, app
-from refinery.terminal import console, print_json
+from refinery.cli.app import JsonOption, _project, app
+from refinery.cli.terminal import console, print_json
 
 clusters_app = typer.Typer(help="Review failure patterns: list them with their evidence, show all members, accept, "
                                 "reject, merge or rename them.", rich_markup_mode=None)
@@ -27,7 +27,7 @@ def clusters(ctx: typer.Context,
     """List the failure patterns of a round, worst first, with the statement, evidence and a few members."""
     if ctx.invoked_subcommand:
         return
-    from refinery import review
+    from refinery.report import review
     from refinery.store import Store
     with Store(_project(ctx).store_path, read_only=True) as store:
         if history:
@@ -50,7 +50,7 @@ def clusters(ctx: typer.Context,
 @clusters_app.command("show")
 def clusters_show(ctx: typer.Context, cluster_id: ClusterId, as_json: JsonOption = False) -> None:
     """Show one pattern with every member: input, model output, expected output."""
-    from refinery import review
+    from refinery.report import review
     from refinery.store import Store
     with Store(_project(ctx).store_path, read_only=True) as store:
         pattern = review.show_pattern(store, cluster_id)
@@ -76,7 +76,7 @@ def clusters_merge(ctx: typer.Context, cluster_id: ClusterId,
                    other: Annotated[str, typer.Argument(metavar="OTHER", help="The pattern to fold into ID.")],
                    as_json: JsonOption = False) -> None:
     """Fold OTHER into ID (same round): members, counts and counterexamples move; OTHER is kept as merged."""
-    from refinery import review
+    from refinery.report import review
     from refinery.store import Store
     with Store(_project(ctx).store_path) as store:
         pattern = review.merge_patterns(store, cluster_id, other)
@@ -89,7 +89,7 @@ def clusters_merge(ctx: typer.Context, cluster_id: ClusterId,
 def clusters_rename(ctx: typer.Context, cluster_id: ClusterId,
                     label: Annotated[str, typer.Argument(metavar="LABEL", help="The new label.")]) -> None:
     """Give a pattern a label of your own."""
-    from refinery import review
+    from refinery.report import review
     from refinery.store import Store
     with Store(_project(ctx).store_path) as store:
         pattern = review.rename_pattern(store, cluster_id, label)
@@ -116,7 +116,7 @@ def examples(ctx: typer.Context,
     """List generated examples, newest first, with the round, pattern and template that made them."""
     if ctx.invoked_subcommand:
         return
-    from refinery import review
+    from refinery.report import review
     from refinery.store import Store
     with Store(_project(ctx).store_path, read_only=True) as store:
         frame = review.list_examples(store, status="pending" if pending else None, round=round)
@@ -151,7 +151,7 @@ def examples_reject(ctx: typer.Context, ids: ExampleIds = None, all_pending: All
 
 
 def _decide_examples(ctx: typer.Context, ids: list[str] | None, decision: str, every: bool, as_json: bool) -> None:
-    from refinery import review
+    from refinery.report import review
     from refinery.store import Store
     with Store(_project(ctx).store_path) as store:
         result = review.decide_examples(store, ids or [], decision, every_pending=every)
@@ -168,7 +168,7 @@ def relabel_command(ctx: typer.Context,
                     as_json: JsonOption = False) -> None:
     """Correct an expected output. The corrected example is stored as source 'relabel'; the old one is kept,
     status 'rejected'."""
-    from refinery import review
+    from refinery.report import review
     from refinery.store import Store
     with Store(_project(ctx).store_path) as store:
         result = review.relabel(store, example_id, output)
@@ -178,7 +178,7 @@ def relabel_command(ctx: typer.Context,
 
 
 def _decide(ctx: typer.Context, cluster_id: str, decision: str, as_json: bool) -> None:
-    from refinery import review
+    from refinery.report import review
     from refinery.store import Store
     with Store(_project(ctx).store_path) as store:
         result = review.decide(store, cluster_id, decision)
@@ -244,7 +244,7 @@ def review_command(ctx: typer.Context,
                                                             "a browser.")] = False) -> None:
     """Review in the browser: rounds, failure patterns and their members, generated examples; accept, reject,
     merge, rename, relabel. Serves a local page (the printed URL holds its access token) until Ctrl-C."""
-    from refinery.web import serve
+    from refinery.report.web import serve
     serve(_project(ctx), host=host, port=port, open_browser=not no_browser, allow_remote=allow_remote,
           announce=lambda text: console.print(text, markup=False))
     console.print("Stopped.")
