@@ -27,9 +27,11 @@ from sklearn.metrics import cohen_kappa_score
 
 from refinery.cli import main
 from refinery.project import load_project
+from refinery.report.calibration import calibrate, cohen_kappa
 from refinery.report.compare import bootstrap_interval, compare_rounds, parse_pick
 from refinery.rules import load_rules
-from refinery.stages.judge import calibrate, cohen_kappa, judge_checks
+from refinery.stages.judge import judge_checks
+from refinery.store import Store
 
 RUBRIC = ('[[check]]\nname = "polite"\ntype = "judge"\nwhen = "weather"\nseverity = 2\n'
           'rubric = "Is this reply to {{ input }} polite? Reply: {{ output }} (a good reply: {{ expected }})"\n')
@@ -174,7 +176,8 @@ def test_labels_calibrate_the_judge_and_the_report_says_uncalibrated(judged, cli
         said = cli("judge", "label", "--example", example, "--check", "polite", "--verdict",
                    "pass" if verdict else "fail")
         assert said.code == 0 and said.out.startswith(f"Labelled {example} ")
-    (found,) = calibrate(judged)
+    with Store(judged.store_path, read_only=True) as store:
+        (found,) = calibrate(store, checks=["polite"], settings=judged.config.judge)
     judge = [bool(p) for _, p in results]
     assert found.labels == 4
     assert found.agreement == pytest.approx(sum(j == p for j, p in zip(judge, person, strict=True)) / 4)

@@ -68,18 +68,26 @@ def label(ctx: typer.Context, round: RoundOption = None,
                                                       "--example.", show_default=False)] = None) -> None:
     """Give your verdict on the judge's results: each unlabelled one is shown (input, output, expected, the judge's
     word) and you answer p (pass), f (fail), s (skip) or q (quit). Scriptable: --example ID --verdict pass."""
-    from refinery.stages.judge import judge_results, save_label
+    from refinery.report.calibration import judge_check_names, judge_results, last_round, save_label
+    from refinery.rules import load_rules
+    from refinery.store import Store
 
     project = _project(ctx)
+    checks = judge_check_names(load_rules(project.rules_dir), check)
     if example is not None or verdict is not None:
         if example is None or verdict not in ("pass", "fail") or check is None:
             raise RefineryError("label one result with --example ID --check NAME --verdict pass|fail (and --round "
                                 "N for another round than the last).")
-        number = round if round is not None else _last_round(project)
-        save_label(project, round=number, example_id=example, check=check, passed=verdict == "pass",
-                   variant=variant)
+        with Store(project.store_path) as store:
+            number = round if round is not None else last_round(store)
+            if number is None:
+                raise RefineryError("no finished round yet, so no judge result to label: run `refinery iterate` "
+                                    "first.")
+            save_label(store, round=number, example_id=example, check=check, passed=verdict == "pass",
+                       variant=variant)
         return console.print(f"Labelled {example} {verdict} on '{check}' (round {number}).", markup=False)
-    pending = judge_results(project, round=round, check=check, unlabelled=True)
+    with Store(project.store_path, read_only=True) as store:
+        pending = judge_results(store, checks=checks, round=round, unlabelled=True)
     if pending.is_empty():
         return console.print("Nothing to label: every judge result of that round has your verdict.", markup=False)
     done = 0
@@ -89,9 +97,10 @@ def label(ctx: typer.Context, round: RoundOption = None,
         if answer == "q":
             break
         if answer in ("p", "f"):
-            save_label(project, round=row["round"], example_id=row["example_id"], check=row["check_name"],
-                       passed=answer == "p", variant=row["variant"])
             done += 1
+            with Store(project.store_path) as store:  # each verdict kept as it is given: quitting loses none
+                save_label(store, round=row["round"], example_id=row["example_id"], check=row["check_name"],
+                           passed=answer == "p", variant=row["variant"])
     console.print(f"Labelled {done} result(s).", markup=False)
 
 
@@ -99,9 +108,15 @@ def label(ctx: typer.Context, round: RoundOption = None,
 def calibrate(ctx: typer.Context, round: RoundOption = None, as_json: JsonOption = False) -> None:
     """Each judge check's agreement and Cohen's kappa with your labels, and with the rule checks on the same
     outputs; below [judge] min_agreement (or with too few labels) it is uncalibrated."""
-    from refinery.stages.judge import calibrate as run_calibration
+    from refinery.report.calibration import calibrate as run_calibration
+    from refinery.report.calibration import judge_check_names
+    from refinery.rules import load_rules
+    from refinery.store import Store
 
-    found = run_calibration(_project(ctx), round=round)
+    project = _project(ctx)
+    checks = judge_check_names(load_rules(project.rules_dir), required=False)
+    with Store(project.store_path, read_only=True) as store:
+        found = run_calibration(store, checks=checks, settings=project.config.judge, round=round)
     if as_json:
         return print_json([vars(c) for c in found])
     if not found:
@@ -122,16 +137,6 @@ def _show_result(row: dict, *, left: int) -> None:
     for name, text in (("input", row["input"]), ("output", row["output"]), ("expected", row["expected"])):
         console.print(f"  {name:<9}{text}", markup=False)
     console.print(f"  judge    {said}: {row['detail'] or ''}", markup=False)
-
-
-def _last_round(project) -> int:
-    from refinery.store import Store
-
-    with Store(project.store_path, read_only=True) as store:
-        number = store.scalar("SELECT max(number) FROM rounds WHERE status = 'done' AND number >= 0")
-    if number is None:
-        raise RefineryError("no finished round yet: run `refinery iterate` first.")
-    return number
 
 
 def _read_rubric(path: Path) -> str:

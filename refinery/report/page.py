@@ -26,10 +26,12 @@ MIX_FIGURES = ("answer_accuracy_cue_on", "answer_accuracy_cue_off", "think_leaka
 
 def build_report(project: Project) -> Report:
     """Gather every figure of the report from the project's store (and its latest mix sweep)."""
-    from refinery.stages.judge import calibrate
+    from refinery.report.calibration import calibrate, judge_check_names
+    from refinery.rules import load_rules
 
-    judges = [vars(c) for c in calibrate(project)]
+    judge_checks = judge_check_names(load_rules(project.rules_dir), required=False)
     with Store(project.store_path, read_only=True) as store:
+        judges = [vars(c) for c in calibrate(store, checks=judge_checks, settings=project.config.judge)]
         rounds = _rounds(store)
         if not any(r["status"] == "done" for r in rounds):
             failed = f" ({len(rounds)} started, none finished)" if rounds else ""
