@@ -524,3 +524,47 @@ def _browser():
     driver = webdriver.Chrome(service=Service(driver), options=options)
     driver.implicitly_wait(5)
     return driver
+
+
+def test_a_person_labels_judge_results_and_the_page_shows_the_calibration(site) -> None:
+    """A judge check's results written as a round writes them (the judge fails every output without the tag), then
+    a person's verdicts given on the judge page: stored, counted in the calibration table, refused when hostile."""
+    project = site["project"]
+    write_rules = project.rules_dir / "judge.toml"
+    write_rules.write_text('[[check]]\nname = "shows_weather"\ntype = "judge"\nwhen = "<weather>"\n'
+                           'rubric = "Does {{ output }} show the weather of {{ input }}?"\n', encoding="utf-8")
+    with Store(project.store_path) as store, store.transaction() as con:
+        con.execute("""INSERT INTO rule_results (round, example_id, variant, rule_file, check_name, applies, passed,
+                           severity, detail)
+                       SELECT round, example_id, variant, 'judge.toml', 'shows_weather', true, passed, 1.0,
+                              CASE WHEN passed THEN 'the tag is there' ELSE 'no weather shown' END
+                       FROM rule_results WHERE round = 1 AND check_name = 'display_weather_present'""")
+        judged = con.execute("SELECT example_id, passed FROM rule_results WHERE check_name = 'shows_weather' "
+                             "ORDER BY example_id LIMIT 3").fetchall()
+    client = Client(site["base"])
+    client.get(f"/judge?token={TOKEN}")
+    status, body = client.get("/judge")
+    assert status == 200 and "Judge checks, round 1" in body and "uncalibrated: 0 label(s), needs 10" in body
+    assert f'id="judged-{judged[0][0]}-shows_weather"' in body and "no weather shown" in body
+    csrf = client.csrf("/judge")
+    for (example, passed), verdict in zip(judged, ("pass", "fail", "pass"), strict=True):
+        status, body = client.post("/judge/label", {"round": "1", "example": example, "check": "shows_weather",
+                                                    "verdict": verdict, "csrf": csrf, "next": "/judge"})
+        assert status == 200 and f"Labelled {example} {verdict} on &#39;shows_weather&#39; (round 1)." in body
+    assert _status(project, "SELECT example_id, passed FROM judge_labels ORDER BY example_id", []) == [
+        (e, v == "pass") for (e, _), v in zip(judged, ("pass", "fail", "pass"), strict=True)]
+    status, body = client.get("/judge")
+    assert f'id="judged-{judged[0][0]}-shows_weather"' not in body  # labelled: no longer in the unlabelled list
+    agree = sum(p == (v == "pass") for (_, p), v in zip(judged, ("pass", "fail", "pass"), strict=True))
+    assert f'<td class="num">3</td><td class="num">{agree / 3:.1%}</td>' in body
+    before = store_snapshot(project.store_path)
+    for form, message in (
+            ({"round": "1", "example": judged[0][0], "check": "display_weather_present", "verdict": "pass"},
+             "check &#39;display_weather_present&#39; is not a judge check (expected one of: shows_weather)."),
+            ({"round": "x", "example": judged[0][0], "check": "shows_weather", "verdict": "pass"},
+             "round &#39;x&#39;, verdict &#39;pass&#39;: expected a round number and pass or fail."),
+            ({"round": "1", "example": "nope", "check": "shows_weather", "verdict": "fail"},
+             "round 1 has no result of judge check &#39;shows_weather&#39; for example nope")):
+        status, body = client.post("/judge/label", {**form, "csrf": csrf, "next": "/judge"})
+        assert status == 200 and message in body
+    assert store_snapshot(project.store_path) == before

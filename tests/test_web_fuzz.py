@@ -26,14 +26,15 @@ from refinery.report.web import make_app
 EXAMPLES = int(os.environ.get("REFINERY_FUZZ_EXAMPLES", "400"))
 ROUTES = [("GET", "/"), ("GET", "/round/{n}"), ("GET", "/pattern/{id}"), ("GET", "/examples"), ("GET", "/{id}"),
           ("POST", "/pattern/{id}/decide"), ("POST", "/pattern/{id}/rename"), ("POST", "/pattern/{id}/merge"),
-          ("POST", "/example/{id}/relabel"), ("POST", "/examples/decide")]
+          ("POST", "/example/{id}/relabel"), ("POST", "/examples/decide"), ("GET", "/judge"),
+          ("POST", "/judge/label")]
 FUZZ = settings(max_examples=max(1, EXAMPLES // len(ROUTES)), deadline=None, database=None,
                 derandomize=not os.environ.get("REFINERY_FUZZ_RANDOM"), suppress_health_check=list(HealthCheck))
 SESSION = "fuzz-session"
 ODD = ["", "--1", "²", "٣", "-1", "0", "1", "99999999999999999999", "1e3", " 1", "\u202e", "\u200b", "\x00", "%",
        "%zz", "'; DROP TABLE examples; --", "../../etc/passwd", "//evil.example", "/\\evil.example", "<script>",
        "null", "{}", "[" * 200, "é" * 50]
-PARAMETERS = ("split", "source", "status", "check", "pattern", "text", "id", "round", "token", "next")
+PARAMETERS = ("split", "source", "status", "check", "pattern", "text", "id", "round", "token", "next", "show")
 HOSTILE = st.one_of(st.sampled_from(ODD), st.text(max_size=30))
 HEADER = st.text(st.characters(blacklist_characters="\r\n\x00", blacklist_categories=("Cs",)), max_size=30)
 TALLY: dict[str, int] = {}  # answers by route and status, printed at the end: the cases reach past the guard
@@ -107,7 +108,8 @@ def bodies(draw, value, csrf: str) -> dict:
             "next": draw(st.sampled_from(["/round/1", "/examples", "/pattern/r001-c01"]) | HOSTILE)}
     for field, choices in (("decision", ["accept", "reject"]), ("label", ["a label"]), ("other", []),
                            ("output", ["Answer: 5", "Answer: 2<display_weather>☀️</display_weather>"]),
-                           ("anyway", ["1"]), ("all", ["1"])):
+                           ("anyway", ["1"]), ("all", ["1"]), ("round", ["1", "0"]), ("example", []),
+                           ("check", ["display_weather_present"]), ("verdict", ["pass", "fail"])):
         if draw(st.booleans()):
             form[field] = draw(st.sampled_from(choices) | value if choices else value)
     form["id"] = draw(st.lists(value, max_size=3))

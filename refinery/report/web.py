@@ -7,44 +7,46 @@ import contextlib
 import hashlib
 import hmac
 import json
-import re
 import secrets
 import sys
 import threading
 import time
-import unicodedata
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
-from markupsafe import Markup, escape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from refinery.config import UserPattern
 from refinery.errors import RefineryError, StoreError
-from refinery.report import review
-from refinery.report.status import round_state
+from refinery.report.web_pages import (
+    BadRequest,
+    decide_examples,
+    decide_pattern,
+    examples_page,
+    judge_page,
+    label_judge,
+    merge_pattern,
+    pattern_page,
+    patterns_page,
+    relabel_example,
+    rename_pattern,
+    rounds_page,
+    show_plain,
+    show_text,
+)
 from refinery.store import Store
 
 READ_WAIT = 1.0  # seconds a page waits for a writer (an `iterate` in another terminal) before saying it is busy
 WRITE_WAIT = 5.0  # an action waits longer: a person has just clicked
-SPLITS = ("train", "analysis", "test", "corner")
-SOURCES = ("seed", "import", "generated", "relabel")
-STATUSES = ("active", "pending", "rejected")
-KINDS = {"cause": "cause", "all": "fails on all", "cluster": "embedding cluster"}
 Handler = Callable[[Request], Awaitable[Response]]
 
 
 class StoreBusy(RefineryError):
     """Another process holds the store for writing."""
-
-
-class BadRequest(RefineryError):
-    """A request's parameter is not a value the page can take."""
 
 
 def make_app(project, *, token: str) -> Starlette:
@@ -57,13 +59,15 @@ def make_app(project, *, token: str) -> Starlette:
     env.filters["sci"] = lambda v: "-" if v is None else f"{v:.1e}"
     env.filters["u"], env.filters["plain"] = show_text, show_plain
     site = _Site(project, token, env)
-    routes = [Route("/", site.page(_rounds_page)), Route("/round/{number:int}", site.page(_patterns_page)),
-              Route("/pattern/{id}", site.page(_pattern_page)), Route("/examples", site.page(_examples_page)),
-              Route("/pattern/{id}/decide", site.action(_decide_pattern), methods=["POST"]),
-              Route("/pattern/{id}/rename", site.action(_rename_pattern), methods=["POST"]),
-              Route("/pattern/{id}/merge", site.action(_merge_pattern), methods=["POST"]),
-              Route("/example/{id}/relabel", site.action(_relabel), methods=["POST"]),
-              Route("/examples/decide", site.action(_decide_examples), methods=["POST"])]
+    routes = [Route("/", site.page(rounds_page)), Route("/round/{number:int}", site.page(patterns_page)),
+              Route("/pattern/{id}", site.page(pattern_page)), Route("/examples", site.page(examples_page)),
+              Route("/pattern/{id}/decide", site.action(decide_pattern), methods=["POST"]),
+              Route("/pattern/{id}/rename", site.action(rename_pattern), methods=["POST"]),
+              Route("/pattern/{id}/merge", site.action(merge_pattern), methods=["POST"]),
+              Route("/example/{id}/relabel", site.action(relabel_example), methods=["POST"]),
+              Route("/examples/decide", site.action(decide_examples), methods=["POST"]),
+              Route("/judge", site.page(judge_page)),
+              Route("/judge/label", site.action(label_judge), methods=["POST"])]
     app = Starlette(routes=routes)
     app.state.project = project
     app.add_middleware(_Guard, site=site)
@@ -188,10 +192,10 @@ class _Site:
         return response
 
     def page(self, build: Callable[..., tuple[str, dict[str, Any]]]) -> Handler:
-        """A GET handler: `build(site, store, request)` reads the store and names a template and its context."""
+        """A GET handler: `build(project, store, request)` reads the store and names a template and its context."""
         def read(request: Request) -> tuple[str, dict[str, Any]]:
             with self.store(write=False) as store:
-                return build(self, store, request)
+                return build(self.project, store, request)
 
         async def handler(request: Request) -> Response:
             try:
@@ -346,235 +350,3 @@ def _here(request: Request) -> str:
 
 
 # --- showing user text ---------------------------------------------------------------------------------------------
-
-SHOWN_BLANK = {"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800"}  # letters and symbols that draw as nothing
-
-
-def show_text(value: Any) -> Markup:
-    """User text for a page: escaped, isolated in <bdi> (its right-to-left runs cannot reorder the page around it),
-    every invisible character (zero-width, bidi controls, other format and control characters) shown as a marker
-    such as ⟨U+200B⟩."""
-    if value is None or value == "":
-        return Markup("")
-    shown = re.sub(r"[^\x20-\x7e\n\t]", _mark_invisible, str(escape(str(value))))
-    return Markup(f"<bdi>{shown}</bdi>")
-
-
-def show_plain(value: Any) -> str:
-    """User text where no markup can go (a title attribute, an option): invisible characters as ⟨U+200B⟩ text;
-    the template escapes the rest."""
-    if value is None:
-        return ""
-    return re.sub(r"[^\x20-\x7e\n\t]", lambda m: f"⟨U+{ord(m.group()):04X}⟩" if _invisible(m.group())
-                  else m.group(), str(value))
-
-
-def _mark_invisible(match: re.Match) -> str:
-    char = match.group()
-    if not _invisible(char):
-        return char
-    name = unicodedata.name(char, "control character")
-    return f'<span class="invisible" title="{name}">⟨U+{ord(char):04X}⟩</span>'
-
-
-def _invisible(char: str) -> bool:
-    return unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co") or char in SHOWN_BLANK
-
-
-# --- pages -----------------------------------------------------------------------------------------------------------
-
-def _hits(pattern: UserPattern, text: str) -> list:
-    try:
-        return pattern.finditer(text)
-    except RefineryError:  # too slow on this text: the page shows it unmarked rather than not at all
-        return []
-
-
-def _rounds_page(site: _Site, store: Store, request: Request) -> tuple[str, dict[str, Any]]:
-    rows = store.frame("""
-        SELECT r.number, r.kind, r.status, r.pid, r.metrics, r.stop_reason, r.error, r.finished_at,
-               (SELECT count(*) FROM clusters c WHERE c.round = r.number AND c.status <> 'merged') AS patterns,
-               (SELECT count(*) FROM examples e WHERE e.round_added = r.number AND e.source = 'generated') AS added
-        FROM rounds r ORDER BY r.number""").to_dicts()
-    for r in rows:
-        r["metrics"] = json.loads(r["metrics"]) if r["metrics"] else {}
-        r["status"] = round_state(r["status"], r.pop("pid"))
-    last = next((r for r in reversed(rows) if r["status"] == "done" and r["metrics"]), None)
-    stops = [r for r in rows if r["stop_reason"]]
-    names = sorted({c for m in (last or {}).get("metrics", {}).values() if isinstance(m, dict)
-                    for c in m.get("checks", {})})
-    return "rounds.html", {"rounds": rows, "last": last, "stop": stops[-1] if stops else None, "check_names": names,
-                           "pending": store.scalar("SELECT count(*) FROM examples WHERE status = 'pending'")}
-
-
-def _patterns_page(site: _Site, store: Store, request: Request) -> tuple[str, dict[str, Any]]:
-    number = request.path_params["number"]
-    patterns = review.list_patterns(store, round=number, members=0)
-    history = {h["pattern"]: h for h in review.pattern_history(store, cues=_cues(site)).to_dicts()}
-    rounds = store.frame("SELECT number FROM rounds WHERE status = 'done' ORDER BY number")["number"].to_list()
-    return "patterns.html", {"number": number, "patterns": patterns, "history": history, "rounds": rounds,
-                             "kinds": KINDS}
-
-
-def _pattern_page(site: _Site, store: Store, request: Request) -> tuple[str, dict[str, Any]]:
-    pattern = review.show_pattern(store, request.path_params["id"])
-    failing = store.frame("""
-        SELECT r.example_id, r.check_name, r.detail FROM rule_results r JOIN cluster_members m
-        ON m.example_id = r.example_id AND m.variant = r.variant
-        WHERE m.cluster_id = ? AND r.round = ? AND r.passed = false ORDER BY r.check_name""",
-                          [pattern.id, pattern.round])
-    by_member: dict[str, list[dict[str, Any]]] = {}
-    for f in failing.iter_rows(named=True):
-        by_member.setdefault(f["example_id"], []).append(f)
-    marks = _marks(site)
-    members = []
-    for m in pattern.members:
-        checks = by_member.get(m["example_id"], [])
-        names = [c["check_name"] for c in checks]
-        members.append({**m, "failing": checks,
-                        "output_parts": _highlight(m["output"] or "", names, marks),
-                        "expected_parts": _highlight(m["expected"] or "", names, marks),
-                        "relabelled": store.scalar("SELECT status FROM examples WHERE id = ?",
-                                                   [m["example_id"]]) != "active"})
-    others = store.frame("SELECT id, label FROM clusters WHERE round = ? AND id <> ? AND status <> 'merged' "
-                         "ORDER BY rank", [pattern.round, pattern.id]).to_dicts()
-    return "pattern.html", {"p": pattern, "members": members, "others": others, "kinds": KINDS}
-
-
-def _examples_page(site: _Site, store: Store, request: Request) -> tuple[str, dict[str, Any]]:
-    """Search and filter examples; every value from the form is a bound parameter."""
-    q = request.query_params
-    given = {k: q.get(k, "").strip() for k in ("split", "source", "status", "check", "pattern", "text", "id", "round")}
-    where, params = ["true"], []
-    for column in ("split", "source", "status"):
-        if given[column]:
-            where.append(f"e.{column} = ?")
-            params.append(given[column])
-    if given["id"]:
-        where.append("(e.id = ? OR e.parent_id = ?)")
-        params += [given["id"], given["id"]]
-    if given["text"]:
-        where.append("(e.input ILIKE ? OR e.output ILIKE ?)")
-        params += [f"%{given['text']}%"] * 2
-    if given["pattern"]:
-        where.append("(e.cluster_id = ? OR e.id IN (SELECT example_id FROM cluster_members WHERE cluster_id = ?))")
-        params += [given["pattern"]] * 2
-    number = _round_number(given["round"], store)
-    if given["check"]:
-        where.append("e.id IN (SELECT example_id FROM rule_results WHERE round = ? AND check_name = ? "
-                     "AND passed = false)")
-        params += [number, given["check"]]
-    rows = store.frame(f"""
-        SELECT e.id, e.split, e.source, e.status, e.round_added, e.cluster_id, e.template, e.feature, e.parent_id,
-               e.input, e.output, p.input AS parent_input
-        FROM examples e LEFT JOIN examples p ON p.id = e.parent_id
-        WHERE {' AND '.join(where)}
-        ORDER BY e.status = 'pending' DESC, e.round_added DESC NULLS LAST, e.cluster_id, e.id LIMIT 201""", params)
-    checks = store.frame("SELECT DISTINCT check_name FROM rule_results ORDER BY 1")["check_name"].to_list()
-    patterns = store.frame("SELECT id FROM clusters WHERE status <> 'merged' ORDER BY round DESC, rank")["id"]
-    return "examples.html", {"rows": rows.head(200).to_dicts(), "more": rows.height > 200, "given": given,
-                             "number": number, "splits": SPLITS, "sources": SOURCES, "statuses": STATUSES,
-                             "checks": checks, "patterns": patterns.to_list(),
-                             "pending": store.scalar("SELECT count(*) FROM examples WHERE status = 'pending'")}
-
-
-def _round_number(given: str, store: Store) -> int | None:
-    """The round the 'failing check' filter looks at: the one asked for, else the last finished one."""
-    if not given:
-        return store.scalar("SELECT max(number) FROM rounds WHERE status = 'done'")
-    if not re.fullmatch(r"[0-9]{1,9}", given):  # ASCII digits only: int() refuses '²' and '--1' alike
-        raise BadRequest(f"round '{given}' is not a round number: expected a whole number such as 1, or nothing "
-                         f"for the last finished round.")
-    return int(given)
-
-
-def _cues(site: _Site) -> list | None:
-    rules = _rules(site)
-    return rules.cues() if rules else None
-
-
-def _rules(site: _Site):
-    from refinery.rules import load_rules
-    try:
-        return load_rules(site.project.rules_dir)
-    except RefineryError:  # a page still shows what the store holds when the rules do not load
-        return None
-
-
-def _marks(site: _Site) -> dict[str, UserPattern]:
-    """Per check, the regex whose hits a member's texts show highlighted: its extract, else its pattern (run with
-    the time bound every user pattern has)."""
-    rules = _rules(site)
-    out = {}
-    for check in rules.checks if rules else ():
-        source = check.extract or check.pattern
-        if source and check.type != "json_schema":
-            out[check.name] = UserPattern(source, setting=f"{check.source}: check '{check.name}': "
-                                                          f"{'extract' if check.extract else 'pattern'}")
-    return out
-
-
-def _highlight(text: str, checks: list[str], marks: dict[str, UserPattern]) -> list[dict[str, Any]]:
-    """`text` cut into parts, the spans the failing checks' regexes hit marked with the check's name (none for a
-    pattern that runs past its time bound). The template escapes every part: no HTML is built here."""
-    spans = sorted((m.start(), m.end(), name) for name in checks if name in marks
-                   for m in _hits(marks[name], text) if m.end() > m.start())
-    parts, at = [], 0
-    for start, end, name in spans:
-        if start < at:  # overlaps a span already marked
-            continue
-        if start > at:
-            parts.append({"text": text[at:start], "check": None})
-        parts.append({"text": text[start:end], "check": name})
-        at = end
-    if at < len(text):
-        parts.append({"text": text[at:], "check": None})
-    return parts
-
-
-# --- actions: each calls the function the CLI command calls ----------------------------------------------------------
-
-def _decide_pattern(store: Store, request: Request, form) -> str:
-    result = review.decide(store, request.path_params["id"], str(form.get("decision", "")))
-    moved = ", ".join(f"{v} counterexamples {k.removeprefix('examples_')}" for k, v in result.items()
-                      if k.startswith("examples_"))
-    return f"{result['id']} {result['status']} ({moved})."
-
-
-def _rename_pattern(store: Store, request: Request, form) -> str:
-    pattern = review.rename_pattern(store, request.path_params["id"], str(form.get("label", "")))
-    return f"{pattern.id} is now labelled: {pattern.label}"
-
-
-def _merge_pattern(store: Store, request: Request, form) -> str:
-    other = str(form.get("other", ""))
-    pattern = review.merge_patterns(store, request.path_params["id"], other)
-    return f"Merged {other} into {pattern.id}: now {pattern.size} members."
-
-
-def _relabel(store: Store, request: Request, form) -> str:
-    """Refuses a new output that fails an applicable check, naming the failures, unless the person ticks
-    'save anyway' (the rules can be what is wrong)."""
-    example_id, output = request.path_params["id"], str(form.get("output", "")).replace("\r\n", "\n")
-    row = store.one("SELECT input, fields FROM examples WHERE id = ?", [example_id])
-    from refinery.rules import load_rules
-    rules = load_rules(_project_of(request).rules_dir)
-    failing = review.check_output(rules, input=row[0], output=output,
-                                  fields=json.loads(row[1]) if row and row[1] else {}) if row else []
-    if failing and not form.get("anyway"):
-        raise RefineryError(f"not relabelled: the new output of {example_id} fails {'; '.join(failing)}. Fix it, "
-                            f"or tick 'save anyway' if the rule is what is wrong.")
-    result = review.relabel(store, example_id, output)
-    note = f" (saved although it fails {'; '.join(failing)})" if failing else " (passes every applicable check)"
-    return f"Relabelled {result['old']} -> {result['new']} ({result['split']}){note}."
-
-
-def _decide_examples(store: Store, request: Request, form) -> str:
-    every = form.get("all") == "1"
-    result = review.decide_examples(store, [str(i) for i in form.getlist("id")], str(form.get("decision", "")),
-                                    every_pending=every)
-    return f"{result['examples']} examples {result['status']}; {result['pending_left']} still pending."
-
-
-def _project_of(request: Request):
-    return request.app.state.project
