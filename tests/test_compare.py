@@ -28,7 +28,8 @@ from sklearn.metrics import cohen_kappa_score
 from refinery.cli import main
 from refinery.project import load_project
 from refinery.report.calibration import calibrate, cohen_kappa
-from refinery.report.compare import bootstrap_interval, compare_rounds, parse_pick
+from refinery.report.compare import RUBRIC as RUBRIC_PAIR
+from refinery.report.compare import bootstrap_interval, compare_rounds, parse_pick, render_pair
 from refinery.rules import load_rules
 from refinery.stages.judge import judge_checks
 from refinery.store import Store
@@ -106,10 +107,13 @@ def test_compare_asks_each_example_in_both_orders_and_counts_what_the_order_flip
                 "1" if len(one) > len(two.split("\n\nAnswer with")[0]) else "2" for one, two in replies]
 
     fair = compare_rounds(judged, "baseline", "1", answer=longer)
-    assert fair.examples == len(a) == len(b) > 0 and len(asked) == 2 * len(a)
-    for first, second in zip(asked[::2], asked[1::2], strict=True):  # the second prompt is the first, swapped
-        shown = first.split("Reply 1:\n", 1)[1].split("\n\nAnswer with")[0].split("\n\nReply 2:\n")
-        assert f"Reply 1:\n{shown[1]}\n\nReply 2:\n{shown[0]}\n\nAnswer with" in second
+    # Each example asked in both orders: the two prompts, one when the outputs are the same (then asked once).
+    assert fair.examples == len(a) == len(b) > 0
+    rows = _query(judged, "SELECT id, input, output, fields::VARCHAR FROM examples WHERE id IN (SELECT unnest(?))",
+                  [sorted(a)])
+    both = {render_pair(RUBRIC_PAIR, {"input": i, "expected": e, "fields": f}, shown)
+            for id_, i, e, f in rows for shown in ([a[id_], b[id_]], [b[id_], a[id_]])}
+    assert len(asked) == len(set(asked)) and set(asked) == both
     expected = [(len(b[i]) > len(a[i])) - (len(b[i]) < len(a[i])) for i in sorted(a)]
     assert (fair.wins, fair.ties, fair.losses) == (expected.count(1), expected.count(0), expected.count(-1))
     assert fair.flipped == 0 and fair.no_verdict == 0
@@ -119,6 +123,9 @@ def test_compare_asks_each_example_in_both_orders_and_counts_what_the_order_flip
     assert orders == [r["b_first"] for r in compare_rounds(judged, 0, 1, answer=longer).rows]  # drawn per example
     assert 0 < sum(orders) < len(orders) or len(orders) < 4  # both orders come first somewhere
 
+    con = duckdb.connect(str(judged.store_path))
+    con.execute("DELETE FROM judge_verdicts")  # the cache keeps what the judge above said: start again
+    con.close()
     biased = compare_rounds(judged, "baseline", "1", answer=lambda prompts: ["1"] * len(prompts), seed=1)
     assert (biased.wins, biased.losses, biased.flipped, biased.ties) == (0, 0, biased.examples, biased.examples)
     assert biased.first_picked == 1.0 and biased.score == 0.5

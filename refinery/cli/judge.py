@@ -122,11 +122,14 @@ def calibrate(ctx: typer.Context, round: RoundOption = None, as_json: JsonOption
     if not found:
         return console.print("No judge checks in rules/ (a [[check]] with type = \"judge\" and a rubric): nothing "
                              "to calibrate.", markup=False)
-    table = Table("judge check", "labels", "agrees", "kappa", "outputs with rules", "agrees", "kappa", "status")
+    table = Table("judge check", "your labels", "agrees", "kappa", "outputs with rules", "agrees", "kappa",
+                  title="The judge against you, and against the rule checks")
     for c in found:
         table.add_row(c.check, str(c.labels), pct(c.agreement), _kappa(c.kappa), str(c.rule_outputs),
-                      pct(c.rule_agreement), _kappa(c.rule_kappa), c.status)
+                      pct(c.rule_agreement), _kappa(c.rule_kappa))
     console.print(table)
+    for c in found:
+        console.print(f"{c.check}: {c.status}", markup=False)
 
 
 def _show_result(row: dict, *, left: int) -> None:
