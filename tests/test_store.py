@@ -37,7 +37,7 @@ def test_fresh_store_gets_every_migration_once(tmp_path: Path) -> None:
     assert tables(path) == TABLES
     with Store(path) as store:
         assert store.migrate() == []
-        assert store.scalar("SELECT count(*) FROM _migrations") == 8
+        assert store.scalar("SELECT count(*) FROM _migrations") == 9
 
 
 def test_existing_store_gets_only_new_migrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

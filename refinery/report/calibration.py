@@ -104,13 +104,14 @@ def calibrate(store: Store, *, checks: list[str], settings: JudgeSettings,
             SELECT r.passed AS judge, l.passed AS person FROM judge_labels l JOIN rule_results r
                 ON r.round = l.round AND r.example_id = l.example_id AND r.variant = l.variant
                 AND r.check_name = l.check_name
-            WHERE l.check_name = ? AND r.applies""", [name])
+            WHERE l.check_name = ? AND r.applies AND r.passed IS NOT NULL""", [name])
         ruled = store.frame("""
             SELECT j.passed AS judge, bool_and(r.passed) AS rules FROM rule_results j JOIN rule_results r
                 ON r.round = j.round AND r.example_id = j.example_id AND r.variant = j.variant AND r.applies
                 AND r.check_name NOT IN (SELECT unnest(?))
-            WHERE j.round = ? AND j.check_name = ? AND j.applies
-            GROUP BY j.example_id, j.variant, j.passed""", [checks, number, name])
+            WHERE j.round = ? AND j.check_name = ? AND j.applies AND j.passed IS NOT NULL
+            GROUP BY j.example_id, j.variant, j.passed HAVING bool_and(r.passed) IS NOT NULL""",
+            [checks, number, name])
         found.append(_calibration(name, labelled, ruled, settings=settings))
     return found
 
