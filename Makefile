@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-smollm2 test test-all test-models install chromium smollm2
+.PHONY: demo demo-smollm2 test test-all test-models test-bench install chromium smollm2
 
 install: $(VENV)/.installed
 
@@ -70,3 +70,7 @@ test-all: install chromium
 # They convert the model into a temporary cache once (about 20 s to 2 min) and train two LoRA steps on a CPU.
 test-models: smollm2
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m slow tests/test_models.py
+
+# The benchmark's quick run end to end (about two minutes, slow-marked): `.ci/run` runs it after `make test`.
+test-bench: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m slow tests/test_bench.py

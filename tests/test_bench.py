@@ -1,4 +1,7 @@
-"""The benchmark runs end to end on its quick setting, and what it writes holds real numbers that agree."""
+"""The benchmark runs end to end on its quick setting, and what it writes holds real numbers that agree.
+
+The quick run takes about two minutes, so its tests are slow-marked: `make test-bench` runs them, and `.ci/run` after
+`make test`; the benchmark's arithmetic (verdicts, the paired test, the regime tables) stays in the default run."""
 
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, Path]:
     return results, page, out
 
 
+@pytest.mark.slow
 def test_quick_run_measures_the_ceiling_and_the_demo_per_round(quick) -> None:
     results, page, out = quick
     ceiling, demo = results["ceiling"], results["demo"]
@@ -46,6 +50,7 @@ def test_quick_run_measures_the_ceiling_and_the_demo_per_round(quick) -> None:
     assert demo["rounds"][1]["train_examples"] == demo["rounds"][0]["train_examples"] + demo["rounds"][0]["added"]
 
 
+@pytest.mark.slow
 def test_quick_run_compares_the_three_arms_with_equal_data(quick) -> None:
     results, page, out = quick
     rows = results["efficiency"]
@@ -82,6 +87,7 @@ def test_quick_run_compares_the_three_arms_with_equal_data(quick) -> None:
     assert svg.read_text(encoding="utf-8").lstrip().startswith("<?xml") and "benchmarks/sample-efficiency.svg" in page
 
 
+@pytest.mark.slow
 def test_quick_run_measures_the_usually_right_regime_with_slices_and_pattern_effects(quick) -> None:
     results, page, _ = quick
     rows = results["usually_right"]
@@ -127,6 +133,7 @@ def test_the_regime_tables_from_planted_rows() -> None:
     assert "| 1 | 6 | 120 | 50.0 % | 5.0 % | 45.0 % | 3 / 0 |" in effects
 
 
+@pytest.mark.slow
 def test_quick_run_times_the_stages_against_the_bare_libraries(quick) -> None:
     results, page, _ = quick
     st = results["stages"]
@@ -140,6 +147,7 @@ def test_quick_run_times_the_stages_against_the_bare_libraries(quick) -> None:
     assert re.search(r"\| - embed \| [\d.]+ \|", page)
 
 
+@pytest.mark.slow
 def test_quick_run_measures_scale(quick) -> None:
     results, page, _ = quick
     sc = results["scale"]
