@@ -7,6 +7,7 @@ from typing import Any
 
 # For base models without a chat template (plain causal LMs from the hub).
 FALLBACK_FORMAT = "### Input:\n{input}\n### Output:\n"
+CUT_MARK = " [...] "  # where `cut_input(middle=True)` took text out
 
 
 def render_prompt(tokenizer: Any, text: str, *, shots: Sequence[tuple[str, str]] = ()) -> str:
@@ -53,16 +54,29 @@ def token_counts(tokenizer: Any, prompts: Sequence[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(list(prompts), verbose=False)["input_ids"]] if prompts else []
 
 
-def cut_input(tokenizer: Any, text: str, *, max_tokens: int, shots: Sequence[tuple[str, str]] = ()) -> str | None:
+def cut_input(tokenizer: Any, text: str, *, max_tokens: int, shots: Sequence[tuple[str, str]] = (),
+              middle: bool = False) -> str | None:
     """`text` cut at its end, on a token boundary, until its rendered prompt takes at most `max_tokens`; None when
-    not even an empty input fits (the template and shots alone are over)."""
+    not even an empty input fits (the template and shots alone are over). `middle`: cut out of the middle instead,
+    keeping its start and its end (a judge's prompt ends with the verdict it asks for)."""
     ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     keep = len(ids)
     for _ in range(8):  # a cut changes how the template's own tokens merge at its edge by a token or two at most
-        over = prompt_lengths(tokenizer, [tokenizer.decode(ids[:keep])], shots=shots)[0] - max_tokens
+        cut = _kept(tokenizer, ids, keep, middle=middle)
+        over = prompt_lengths(tokenizer, [cut], shots=shots)[0] - max_tokens
         if over <= 0:
-            return tokenizer.decode(ids[:keep])
+            return cut
         if keep == 0:
             return None
         keep = max(0, keep - over - (1 if keep < len(ids) else 0))
     return None
+
+
+def _kept(tokenizer: Any, ids: list[int], keep: int, *, middle: bool) -> str:
+    """`keep` tokens of `ids` as text: the first ones, or with `middle` the first and last halves around CUT_MARK."""
+    if keep >= len(ids):
+        return tokenizer.decode(ids)
+    if not middle:
+        return tokenizer.decode(ids[:keep])
+    head = keep // 2
+    return tokenizer.decode(ids[:head]) + CUT_MARK + tokenizer.decode(ids[len(ids) - (keep - head):])

@@ -9,11 +9,15 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import write
+from conftest import REPO, write
 
+from refinery.config import InferSettings
+from refinery.device import load_tokenizer
 from refinery.errors import ConfigError, RefineryError
+from refinery.prompts import CUT_MARK, cut_input, prompt_lengths
 from refinery.rules import load_rules
-from refinery.stages.judge import NO_VERDICT, judge_checks, parse_score, parse_verdict, render_rubric
+from refinery.stages import infer
+from refinery.stages.judge import ASK, NO_VERDICT, judge_checks, parse_score, parse_verdict, render_rubric
 from refinery.store import Store
 
 RUBRIC = ('[[check]]\nname = "polite"\ntype = "judge"\nwhen = "weather"\nseverity = 2\n'
@@ -141,3 +145,17 @@ def test_a_rubric_naming_what_it_cannot_see_names_the_check(demo_project) -> Non
         judge_checks(load_rules(demo_project.rules_dir), _rows(), project=demo_project, answer=lambda p: [])
     assert str(caught.value).endswith("check 'polite': rubric: 'reference' is undefined (it sees input, output, "
                                       "expected and fields).")
+
+
+def test_a_judge_prompt_over_the_context_loses_its_middle_and_keeps_its_question() -> None:
+    """The bundled model has 256 positions: a long output under judgement is cut out of the middle of the prompt,
+    so that the prompt still ends with the verdict it asks for (cut at its end, the question would be lost)."""
+    model = str(REPO / "data" / "tiny-base")
+    tokenizer = load_tokenizer(model)
+    text = "Is this reply polite? Reply: " + "very long words " * 400 + "the end." + ASK
+    cut = cut_input(tokenizer, text, max_tokens=200, middle=True)
+    assert cut.startswith("Is this reply polite? Reply: very long words") and CUT_MARK in cut
+    assert cut.endswith("then one sentence that says why.") and prompt_lengths(tokenizer, [cut])[0] <= 200
+    asked = infer.generate([text], base_model=model, settings=InferSettings(max_new_tokens=8), cut_middle=True)
+    prompt = asked["prompt"][0]  # the chat template's assistant opening follows the question
+    assert "then one sentence that says why." in prompt[-80:] and CUT_MARK in prompt

@@ -14,27 +14,29 @@ from refinery.prompts import cut_input, render_prompt, token_counts
 
 
 def generate(inputs: list[str], *, base_model: str, settings: InferSettings, adapter: str | None = None,
-             shots: Sequence[tuple[str, str]] = (), on_batch: Callable[[int, int], None] | None = None
-             ) -> pl.DataFrame:
+             shots: Sequence[tuple[str, str]] = (), on_batch: Callable[[int, int], None] | None = None,
+             cut_middle: bool = False) -> pl.DataFrame:
     """One row per input: prompt, output (special tokens removed), tokens generated, latency in ms.
 
     Latency is the batch's wall time divided by its size: what one example costs when served in batches. With
     `shots`, every prompt starts with those worked examples (the caller makes them fit the model's context).
+    `cut_middle`: an input over the context loses its middle, not its end (a judge's prompt ends with its question).
     """
     device = pick_device()
     model, tokenizer = load_model(base_model, device=device, dtype=pick_dtype(device), adapter=adapter)
-    return generate_with(model, tokenizer, inputs, settings=settings, shots=shots, on_batch=on_batch)
+    return generate_with(model, tokenizer, inputs, settings=settings, shots=shots, on_batch=on_batch,
+                         cut_middle=cut_middle)
 
 
 def generate_with(model: Any, tokenizer: Any, inputs: list[str], *, settings: InferSettings,
-                  shots: Sequence[tuple[str, str]] = (),
-                  on_batch: Callable[[int, int], None] | None = None) -> pl.DataFrame:
+                  shots: Sequence[tuple[str, str]] = (), on_batch: Callable[[int, int], None] | None = None,
+                  cut_middle: bool = False) -> pl.DataFrame:
     """`generate` for a model already loaded. An input whose prompt would leave no room for `max_new_tokens` in
     the model's context is cut at its end (callers fit inputs first, by `[data] too_long`; this is the floor that
     keeps one long input from taking the machine's memory)."""
     import torch
 
-    prompts, lengths = _prompts(model, tokenizer, inputs, settings=settings, shots=shots)
+    prompts, lengths = _prompts(model, tokenizer, inputs, settings=settings, shots=shots, cut_middle=cut_middle)
     stop_ids = _stop_ids(model, tokenizer)
     outputs, tokens, latency = [], [], []
     for start, end in token_batches(lengths, rows=settings.batch_size, tokens=settings.batch_tokens):
@@ -59,15 +61,15 @@ def generate_with(model: Any, tokenizer: Any, inputs: list[str], *, settings: In
 
 
 def _prompts(model: Any, tokenizer: Any, inputs: list[str], *, settings: InferSettings,
-             shots: Sequence[tuple[str, str]]) -> tuple[list[str], list[int]]:
+             shots: Sequence[tuple[str, str]], cut_middle: bool = False) -> tuple[list[str], list[int]]:
     """Each input's rendered prompt and its length in tokens, cut to leave `max_new_tokens` in the context."""
     room = (getattr(model.config, "max_position_embeddings", None) or 10**9) - settings.max_new_tokens
     prompts = [render_prompt(tokenizer, text, shots=shots) for text in inputs]
     lengths = token_counts(tokenizer, prompts)
     for i, n in enumerate(lengths):
         if n > room:
-            prompts[i] = render_prompt(tokenizer, cut_input(tokenizer, inputs[i], max_tokens=room, shots=shots) or "",
-                                       shots=shots)
+            cut = cut_input(tokenizer, inputs[i], max_tokens=room, shots=shots, middle=cut_middle)
+            prompts[i] = render_prompt(tokenizer, cut or "", shots=shots)
             lengths[i] = token_counts(tokenizer, [prompts[i]])[0]
     return prompts, lengths
 

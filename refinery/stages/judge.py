@@ -159,7 +159,8 @@ def default_judge(project: Project) -> Callable[[list[str]], list[str]]:
 
 def _local_judge(project: Project) -> Callable[[list[str]], list[str]]:
     """Greedy, batched answers from a local causal LM (`[judge] model`, or the base model), loaded as the base
-    model is; prompts longer than its context are cut like held-out inputs."""
+    model is; a prompt longer than its context loses its middle (the output under judgement, mostly), so that the
+    verdict it asks for is still its end."""
     def ask(prompts: list[str]) -> list[str]:
         from refinery.config import InferSettings
         from refinery.stages import infer
@@ -167,7 +168,7 @@ def _local_judge(project: Project) -> Callable[[list[str]], list[str]]:
         settings = project.config.judge
         model = resolve_base_model(project) if not settings.model else \
             resolve_base_model(project.with_config(project.config.override("core", base_model=settings.model)))
-        return infer.generate(prompts, base_model=model, settings=InferSettings(
+        return infer.generate(prompts, base_model=model, cut_middle=True, settings=InferSettings(
             batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens))["output"].to_list()
     return ask
 
