@@ -109,7 +109,17 @@ class TrainSettings:
                            "constant.", choices=("cosine", "linear", "constant"))
     warmup: float = opt(0.05, "Share of a round's steps spent warming the learning rate up from zero.",
                         min=0.0, max=0.5)
-    batch_size: int = opt(16, "Examples per optimizer step.", min=1)
+    batch_size: int = opt(16, "Examples per optimizer step (with processes > 1, the effective batch: each process "
+                          "takes batch_size / processes).", min=1)
+    processes: int = opt(1, "Training processes: above 1 a round's training runs as a distributed (DDP) job of this "
+                         "many processes through `launcher`, one per GPU (on a CPU, sharing its cores); only "
+                         "refinery's own process writes the store.", min=1, max=1024)
+    launcher: str = opt("torchrun", "What starts the processes: torchrun (DDP; gloo on a CPU, NCCL on GPUs) or "
+                        "accelerate (accelerate launch, with accelerate_config for FSDP or DeepSpeed).",
+                        choices=("torchrun", "accelerate"))
+    accelerate_config: str | None = opt(None, "An accelerate config file (relative to the project) for launcher = "
+                                        "\"accelerate\": FSDP, DeepSpeed ZeRO, mixed precision.",
+                                        example="accelerate/fsdp.yaml")
     max_length: int = opt(256, "Longest tokenized prompt + completion; longer ones are truncated.", min=8)
     precision: str = opt("auto", "auto uses bf16 on a GPU that supports it and fp32 elsewhere.",
                          choices=("auto", "fp32", "bf16", "fp16"))
@@ -473,6 +483,12 @@ def _check_section(cls: type, values: dict[str, Any], where: _Where, *, extra_na
         raise ConfigError(f"{where.at(key)} min_steps = {settings.min_steps} is above max_steps = "
                           f"{settings.max_steps}: expected min_steps <= max_steps. Lower min_steps or raise "
                           f"max_steps.")
+    if isinstance(settings, TrainSettings) and settings.batch_size % settings.processes:
+        key = "processes" if "processes" in values else "batch_size"
+        raise ConfigError(f"{where.at(key)} batch_size = {settings.batch_size} does not split over processes = "
+                          f"{settings.processes}: expected a batch_size that is a multiple of processes (each "
+                          f"process takes an equal share of the effective batch). Use batch_size = "
+                          f"{settings.batch_size + settings.processes - settings.batch_size % settings.processes}.")
     if isinstance(settings, TrainSettings) and settings.objective == "dpo" and settings.method == "full":
         key = "objective" if "objective" in values else "method"
         raise ConfigError(f"{where.at(key)} objective = \"dpo\" with method = \"full\": DPO alone continues the "

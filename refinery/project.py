@@ -13,6 +13,7 @@ from refinery.config import (
     SECTIONS,
     Config,
     CoreSettings,
+    TrainSettings,
     check_folders,
     config_from_table,
     field_docs,
@@ -107,6 +108,15 @@ def read_config(path: Path) -> Config:
     config = config_from_table(table, path=path, text=text, pyproject=pyproject)
     check_folders(config.core, path=path, text=text, pyproject=pyproject)
     return config
+
+
+def train_settings(project: Project) -> TrainSettings:
+    """`[train]` with its paths resolved against the project (`accelerate_config`), as the training processes,
+    started elsewhere, need them."""
+    settings = project.config.train
+    if settings.accelerate_config and not Path(settings.accelerate_config).is_absolute():
+        return dataclasses.replace(settings, accelerate_config=str(project.path(settings.accelerate_config)))
+    return settings
 
 
 def resolve_base_model(project: Project) -> str:

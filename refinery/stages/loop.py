@@ -22,7 +22,7 @@ import polars as pl
 
 from refinery.device import check_loadable
 from refinery.errors import RefineryError
-from refinery.project import Project, resolve_base_model
+from refinery.project import Project, resolve_base_model, train_settings
 from refinery.stages.measure import (
     check_mix_settings,
     fit_to_context,
@@ -154,7 +154,7 @@ def _train_stage(project: Project, number: int, train_rows: pl.DataFrame, base_m
     SFT starts with `[train] warm_start`, and where DPO alone (objective "dpo") starts whatever warm_start says."""
     from refinery.stages import train
 
-    config = project.config.train
+    config = train_settings(project)
     with Store(project.store_path, wait=STORE_WAIT) as store:  # this round's pairs need its own evaluation
         pairs = active_pairs(store, before=number)  # train_round uses them only under objective sft+dpo or dpo
     last, steps = _warm_start(project, number, train_rows) \

@@ -22,7 +22,7 @@ import polars as pl
 
 from refinery.errors import RefineryError
 from refinery.models import needs_conversion
-from refinery.project import Project, resolve_base_model
+from refinery.project import Project, resolve_base_model, train_settings
 from refinery.stages.mix import cue_metrics, cue_variants
 from refinery.stages.pairs import active_pairs
 from refinery.store import ROUND_WAIT as STORE_WAIT
@@ -402,8 +402,8 @@ def rerun_round(project: Project, number: int, *, on_start=None, on_step=None) -
     start_from, steps = _started_from(project, number)
     out_dir = project.runs_dir / f"round-{number:03d}" / time.strftime("rerun-%Y%m%d-%H%M%S")
     base_model = resolve_base_model(recorded)
-    result, _ = train.train_round(examples, pairs, base_model=base_model, settings=config.train, out_dir=out_dir,
-                                  on_step=on_step, start_from=start_from, steps=steps)
+    result, _ = train.train_round(examples, pairs, base_model=base_model, settings=train_settings(recorded),
+                                  out_dir=out_dir, on_step=on_step, start_from=start_from, steps=steps)
     model_path, adapter = ((result.weights_path, None) if result.method == "full"
                            else (base_model, result.weights_path))
     asked = ask(recorded, load_rules(project.rules_dir), test, model_path=model_path, adapter=adapter)

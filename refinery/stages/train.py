@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import polars as pl
 from refinery.config import TrainSettings
 from refinery.device import load_base, load_tokenizer, pick_device, pick_dtype
 from refinery.prompts import render_prompt
+from refinery.stages import distributed
 
 TARGETS = {
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -80,9 +82,10 @@ def train(rows: pl.DataFrame, *, base_model: str, settings: TrainSettings, out_d
     trainer.train()
     seconds = time.perf_counter() - started
     weights = out_dir / ("adapter" if settings.method == "lora" else "model")
-    trainer.model.save_pretrained(weights)
-    if settings.method == "full":
-        tokenizer.save_pretrained(weights)
+    if trainer.is_world_process_zero():  # in a distributed job, rank 0 alone writes
+        trainer.model.save_pretrained(weights)
+        if settings.method == "full":
+            tokenizer.save_pretrained(weights)
     return _result(trainer, out_dir / "train_log.json", weights=weights, settings=settings, examples=rows.height,
                    seconds=seconds, device=device, dtype=dtype, start_from=start_from)
 
@@ -93,7 +96,12 @@ def train_round(rows: pl.DataFrame, pairs: pl.DataFrame, *, base_model: str, set
     """A round's training under `[train] objective`, and a note on what ran. sft: `train` on `rows`. sft+dpo: then
     DPO on `pairs` from the SFT weights. dpo: DPO on `pairs` from `start_from` (the last round's weights) in place
     of SFT. Without pairs, or for dpo without weights to start from (round 1), SFT alone. The result carries the
-    weights the round ends with; for DPO, `dpo` says how it ran (and, after SFT, which SFT weights it started from)."""
+    weights the round ends with; for DPO, `dpo` says how it ran (and, after SFT, which SFT weights it started from).
+    With `[train] processes` above 1, the same runs as a distributed job (`distributed`), each process taking an equal
+    share of the batch."""
+    if settings.processes > 1 and distributed.world_size() == 1:
+        return _train_distributed(rows, pairs, base_model=base_model, settings=settings, out_dir=out_dir,
+                                  on_step=on_step, start_from=start_from, steps=steps)
     if settings.objective == "dpo" and start_from and pairs.height:
         dpo = train_dpo(pairs, base_model=base_model, settings=settings, start_from=start_from, out_dir=out_dir,
                         on_step=on_step)
@@ -152,7 +160,8 @@ def _result(trainer: Any, log_file: Path, *, weights: Path, settings: TrainSetti
             device: str, dtype: Any, start_from: str | None) -> TrainResult:
     """The run's log written to `log_file`, and what it made."""
     log = [entry for entry in trainer.state.log_history if "loss" in entry]
-    log_file.write_text(json.dumps(log, indent=1))
+    if trainer.is_world_process_zero():
+        log_file.write_text(json.dumps(log, indent=1))
     return TrainResult(weights_path=str(weights), method=settings.method, steps=trainer.state.global_step,
                        examples=examples, seconds=round(seconds, 2), final_loss=log[-1]["loss"] if log else None,
                        device=device, dtype=str(dtype).split(".")[-1], log=log, start_from=start_from)
@@ -259,7 +268,8 @@ def _trainer_args(settings: TrainSettings, *, steps: int, device: str, dtype: An
             "max_length": settings.max_length, "bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16,
             "activation_checkpointing": False, "use_cpu": device == "cpu", "seed": settings.seed,
             "data_seed": settings.seed, "logging_steps": max(1, steps // 20), "save_strategy": "no",
-            "report_to": [], "disable_tqdm": True, "dataloader_num_workers": 0}
+            "report_to": [], "disable_tqdm": True, "dataloader_num_workers": 0,
+            **({"ddp_backend": "gloo"} if device == "cpu" and distributed.world_size() > 1 else {})}
 
 
 def train_dpo(pairs: pl.DataFrame, *, base_model: str, settings: TrainSettings, start_from: str, out_dir: Path,
@@ -286,9 +296,9 @@ def train_dpo(pairs: pl.DataFrame, *, base_model: str, settings: TrainSettings, 
     trainer.train()
     seconds = time.perf_counter() - started
     weights = out_dir / ("dpo-adapter" if settings.method == "lora" else "dpo-model")
-    if settings.method == "lora":
+    if trainer.is_world_process_zero() and settings.method == "lora":
         trainer.model.save_pretrained(weights, selected_adapters=["default"])  # not trl's frozen "ref" copy
-    else:
+    elif trainer.is_world_process_zero():
         trainer.model.save_pretrained(weights)
         tokenizer.save_pretrained(weights)
     return _result(trainer, out_dir / "dpo_log.json", weights=weights, settings=settings, examples=pairs.height,
@@ -320,3 +330,41 @@ def dpo_config(settings: TrainSettings, out_dir: Path, *, device: str, dtype: An
                      lr_scheduler_type="constant_with_warmup", beta=settings.dpo_beta, loss_type=list(losses),
                      loss_weights=list(losses.values()),
                      **_trainer_args(settings, steps=settings.dpo_steps, device=device, dtype=dtype))
+
+
+def _train_distributed(rows: pl.DataFrame, pairs: pl.DataFrame, *, base_model: str, settings: TrainSettings,
+                       out_dir: Path, on_step: Callable[[int, int], None] | None, start_from: str | None,
+                       steps: int | None) -> tuple[TrainResult, str]:
+    """`train_round` as a job of `settings.processes` processes: the job written under out_dir/distributed (the
+    rows, the pairs, the settings, and the steps the step rule gives for the effective batch), run, and read back."""
+    job = out_dir / "distributed"
+    job.mkdir(parents=True, exist_ok=True)
+    rows.write_parquet(job / "rows.parquet")
+    pairs.write_parquet(job / "pairs.parquet")
+    spec = {"base_model": base_model, "settings": asdict(settings), "out_dir": str(out_dir),
+            "start_from": start_from, "steps": steps or step_budget(settings, rows.height)}
+    (job / "spec.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
+    done = distributed.run_job(job, settings, on_step=on_step)
+    result = TrainResult(**done["result"])
+    per_process = settings.batch_size // settings.processes
+    return result, (f"{done['note']}; {settings.processes} processes x {per_process} = effective batch "
+                    f"{settings.batch_size} ({settings.launcher})")
+
+
+def _work(job: Path) -> None:
+    """One process of a distributed job (`python -m refinery.stages.train JOB_DIR`, started by the launcher): the
+    round's training with this process's share of the batch; rank 0 writes result.json."""
+    spec = json.loads((job / "spec.json").read_text(encoding="utf-8"))
+    settings = TrainSettings(**spec["settings"])
+    share = replace(settings, batch_size=settings.batch_size // distributed.world_size(), processes=1)
+    lead = distributed.rank() == 0
+    result, note = train_round(pl.read_parquet(job / "rows.parquet"), pl.read_parquet(job / "pairs.parquet"),
+                               base_model=spec["base_model"], settings=share, out_dir=Path(spec["out_dir"]),
+                               on_step=distributed.report_step if lead else None, start_from=spec["start_from"],
+                               steps=spec["steps"])
+    if lead:
+        (job / "result.json").write_text(json.dumps({"result": asdict(result), "note": note}), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    _work(Path(sys.argv[1]))
