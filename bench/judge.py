@@ -4,6 +4,7 @@ A set where the demo's rules know the answer: held-out demo examples with a weat
 expected output and half with the emoji of another condition (emoji_correct fails on those). The rule is restated
 as a rubric; each judge model answers it on every output (timed, batched), then again from the store's cache
 (timed), and its verdicts are set against emoji_correct's: agreement, Cohen's kappa, verdicts it gave none for.
+The rubric is the example project's (examples/judge-smollm2/rules/judged.toml).
 """
 
 from __future__ import annotations
@@ -18,21 +19,8 @@ from typing import Any
 from bench.demo import DEMO_DATA, REPO, make_project
 
 EMOJI = ["☀️", "☁️", "🌧️", "❄️", "🌫️", "💨", "⛈️"]
-RUBRIC = """A reply to a request that carries a <weather> tag must end with <display_weather>EMOJI</display_weather>, \
-holding the emoji of that weather: ☀️ sunny or clear, ☁️ cloudy or overcast, 🌧️ rain or drizzle, ❄️ snow, \
-🌫️ fog or mist, 💨 wind, ⛈️ storm or thunder.
-
-Request: {{ input }}
-Reply: {{ output }}
-
-Does the reply show the right emoji for the weather in the request?"""
-JUDGE_RULE = f'''[[check]]
-name = "emoji_judged"
-description = "emoji_correct, restated as a rubric for a judge model"
-type = "judge"
-when = '<weather>'
-rubric = """{RUBRIC}"""
-'''
+JUDGED = REPO / "examples" / "judge-smollm2" / "rules" / "judged.toml"  # emoji_correct as a rubric: emoji_judged
+JUDGE_RULE = JUDGED.read_text(encoding="utf-8")
 
 
 def planted_rows(count: int, *, seed: int = 0):
@@ -117,7 +105,8 @@ def judge_section(rows: list[dict[str, Any]], results: dict[str, Any], run_line:
     out = ["## The LLM judge: cost per verdict and agreement with the rules", "", run_line, "",
            f"- {count} held-out demo examples with a weather tag (seeded draw), the first half answered with their "
            "expected output and the second with another condition's emoji: `emoji_correct` fails on those, so the "
-           "rules know every answer. The rule restated as a rubric (`bench/judge.py`) is a `type = \"judge\"` check; "
+           "rules know every answer. The rule restated as a rubric (`emoji_judged` in "
+           "`examples/judge-smollm2/rules/judged.toml`) is a `type = \"judge\"` check; "
            "each judge model answers it greedily in batches of 16 (`[judge] max_new_tokens = 32`), then again from "
            "the store's cache.",
            "- Agreement: the judge's verdict (no verdict counts as a fail, as in a round) against `emoji_correct`'s. "
