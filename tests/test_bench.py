@@ -252,3 +252,27 @@ def test_the_objective_section_is_spliced_into_the_page_and_replaced_by_the_next
     assert again.count("<!-- bench:objective -->") == 1 and "| 2 | 25.0 % | 76.0 % | 7 |" in again
     kept = carry("# Benchmarks\n\nA new main run.\n", again, {"efficiency": [{}]})
     assert kept.endswith(again[again.index("<!-- bench:objective -->"):])
+
+
+def test_the_judge_part_plants_rule_failures_in_half_its_outputs() -> None:
+    from bench.judge import planted_rows
+    from refinery.rules import load_rules
+    from refinery.stages.evaluate import run_checks
+
+    rows = planted_rows(20)
+    verdicts = run_checks(load_rules(REPO / "rules"), rows).filter(check_name="emoji_correct")
+    assert verdicts.height == 20 and verdicts["applies"].all()
+    assert verdicts.sort("example_id")["passed"].to_list() == [True] * 10 + [False] * 10
+
+
+def test_the_judge_part_times_a_real_judge_and_its_cache(tmp_path: Path) -> None:
+    from bench.judge import judge_section, run_judge
+
+    said: list[str] = []
+    (row,) = run_judge([str(REPO / "data" / "tiny-base")], count=6, work=tmp_path, log=said.append)
+    assert row["outputs"] == 6 and row["rule_passes"] == 3
+    assert row["verdicts"] + row["no_verdict"] == 6 and 0 <= row["agreement"] <= 1
+    assert row["seconds_per_verdict"] > row["cached_seconds_per_verdict"] > 0 and row["speedup"] > 1
+    assert said and said[0].startswith(f"judge {REPO / 'data' / 'tiny-base'}: agreement ")
+    page = "\n".join(judge_section([row], {"settings": {}}, "Measured here."))
+    assert "| bundled tiny model | " in page and f"{row['agreement']:.1%}" in page

@@ -274,3 +274,41 @@ def test_a_gguf_path_is_converted_into_its_own_cache_folder(tmp_path: Path, monk
     assert json.loads((folder / "refinery-source.json").read_text())["path"] == str(tmp_path / "models" / "Smol.gguf")
     assert json.loads((folder / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     assert resolve_base_model(project) == str(folder)  # the second time, from the cache
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_smollm2_judges_a_rubric_through_the_local_path(smollm2, tmp_path: Path) -> None:
+    """SmolLM2 as `[judge] model` (the converted folder, loaded as a base model is): one answer per output, parsed or
+    failed as no verdict, cached, and its agreement with the rule the rubric restates printed (a finding, not an
+    assertion: docs/benchmarks.md has it on 60 outputs)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from conftest import make_demo
+
+    from bench.judge import JUDGE_RULE, planted_rows
+    from refinery.rules import load_rules
+    from refinery.stages.evaluate import run_checks
+    from refinery.stages.judge import NO_VERDICT, judge_checks
+    from refinery.store import Store
+
+    project = make_demo(tmp_path / "demo")
+    config = project.root / "refinery.toml"
+    config.write_text(config.read_text() + f'\n[judge]\nmodel = "{smollm2[0]}"\nmax_new_tokens = 32\n')
+    write(project.rules_dir / "judged.toml", JUDGE_RULE)
+    project = load_project(project.root, environ={})
+    rules, rows = load_rules(project.rules_dir), planted_rows(8)
+    results = judge_checks(rules, rows, project=project)
+    assert results.height == 8 and set(results["check_name"]) == {"emoji_judged"}
+    read = [not d.startswith(NO_VERDICT) for d in results["detail"]]
+    with Store(project.store_path, read_only=True) as store:
+        assert store.scalar("SELECT count(*) FROM judge_verdicts WHERE judge = ?", [str(smollm2[0])]) == 8
+
+    def nobody(prompts: list[str]) -> list[str]:
+        raise AssertionError("the judge was asked again")
+
+    assert judge_checks(rules, rows, project=project, answer=nobody).equals(results)
+    truth = run_checks(rules, rows).filter(check_name="emoji_correct").select("example_id", rule="passed")
+    joined = results.join(truth, on="example_id")
+    agree = sum(a == b for a, b in zip(joined["passed"], joined["rule"], strict=True))
+    print(f"\nSmolLM2 as judge: {sum(read)} of 8 verdicts read, agrees with emoji_correct on {agree} of 8")
