@@ -89,3 +89,19 @@ def test_the_step_rule_uses_the_effective_batch(processes: int) -> None:
 
     settings = TrainSettings(batch_size=8, processes=processes, epochs=2.0, min_steps=1, max_steps=10_000)
     assert step_budget(settings, 100) == 25  # 2 passes over 100 examples at 8 a step, however many processes
+
+
+def test_the_vllm_engine_without_vllm_says_what_to_do(demo_project, cli) -> None:
+    config = demo_project.root / "refinery.toml"
+    config.write_text(config.read_text().replace("[infer]\n", '[infer]\nengine = "vllm"\n'))
+    result = cli("iterate", "--steps", "2")
+    assert result.code == 1
+    assert 'Error: [infer] engine = "vllm": vllm is not installed.' in result.err or \
+        'Error: [infer] engine = "vllm": no CUDA GPU here' in result.err
+
+
+def test_engine_differences_are_counted() -> None:
+    from refinery.stages.vllm_engine import differences
+
+    assert differences(["a", "b", "c"], ["a", "x", "c"]) == {
+        "compared": 3, "different": 1, "examples": [{"vllm": "b", "transformers": "x"}]}

@@ -191,12 +191,15 @@ def _run_stages(project, number, train_rows, rules, env, base_model, embedder, r
     with timer.stage("infer") as note:
         fitted = fit_to_context(project, asked, base_model=base_model, what="held-out inputs")
         asked, too_long["infer"] = fitted.rows, fitted.counts()
+        checked: list[dict[str, Any]] = []
         outputs = infer.generate(fitted.inputs, base_model=model_path, settings=config.infer,
-                                 adapter=adapter, on_batch=timer.progress)
+                                 adapter=adapter, on_batch=timer.progress, on_check=checked.append)
         predictions = pl.concat([asked.select("example_id", "variant"), outputs], how="horizontal").with_columns(
             pl.lit(number).alias("round"))
         _write(project, "predictions", predictions)
-        note(f"{outputs.height} outputs, {outputs['tokens'].mean() or 0:.1f} tokens each")
+        engines = "".join(f"; vLLM against transformers on {c['compared']}: {c['different']} differ"
+                          for c in checked)
+        note(f"{outputs.height} outputs, {outputs['tokens'].mean() or 0:.1f} tokens each{engines}")
     with timer.stage("evaluate") as note:
         all_results, metrics = score(project, rules, asked, predictions)
         _write(project, "rule_results", all_results.with_columns(pl.lit(number).alias("round")))
