@@ -202,6 +202,8 @@ def test_labels_calibrate_the_judge_and_the_report_says_uncalibrated(judged, cli
     assert report.code == 0, report.err
     assert "Judge checks: agreement with a person's labels and with the rules" in report.out
     assert "uncalibrated: 4 label(s)" in report.out
+    assert "The judge's most frequent reasons for a failure (last round)" in report.out
+    assert "judge: no verdict: " in report.out  # the bundled model's answers are no verdict: that is the reason
 
 
 def test_label_asks_for_each_unlabelled_result_until_quit(judged, cli, monkeypatch: pytest.MonkeyPatch) -> None:
