@@ -28,7 +28,8 @@ def compare(ctx: typer.Context,
                                                         "(sees input, expected, fields, first, second). Default: "
                                                         "which reply is correct and closest to the reference.",
                                                         show_default=False)] = None,
-            seed: Annotated[int, typer.Option("--seed", help="Draws which output each example shows first.")] = 0,
+            seed: Annotated[int, typer.Option("--seed", metavar="N", help="Draws which output each example shows "
+                                                                          "first.")] = 0,
             as_json: JsonOption = False) -> None:
     """Judge B's test outputs against A's, each example in both orders: B's wins, ties and losses with a 95 %
     interval, and how often the verdict flipped with the order (position bias)."""
