@@ -121,6 +121,13 @@ def judge_section(rows: list[dict[str, Any]], results: dict[str, Any], run_line:
                    f"{'-' if r['agreement_read'] is None else format(r['agreement_read'], '.1%')} | "
                    f"{r['seconds_per_verdict']:.3f} | {r['cached_seconds_per_verdict']:.4f} | "
                    f"{r['speedup']:.0f}x |")
+    for r in rows:
+        if r["verdicts"] == 0 and r["sample"]:
+            name = "The bundled tiny model" if r["judge"].endswith("tiny-base") else r["judge"]
+            out += ["", f"{name} gave no answer that starts with PASS or FAIL, so every output failed as no verdict "
+                        f"(and agreement is the share of planted failures). Its answers began like this: "
+                        + "; ".join(f"`{x['detail'].removeprefix('judge: no verdict: ')[:90]}`"
+                                    for x in r["sample"][:2]) + "."]
     out += ["", "A small judge's weak agreement is a finding, not a failure: it says how far its pass rates can be "
             "read before a person has labelled some of its verdicts (`refinery judge label`, `refinery judge "
             "calibrate`)."]
