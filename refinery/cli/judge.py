@@ -151,4 +151,4 @@ def _read_rubric(path: Path) -> str:
 
 
 def _kappa(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    return "-" if value is None else f"{round(value, 2) + 0.0:.2f}"  # + 0.0: no "-0.00"
