@@ -19,7 +19,7 @@ import polars as pl
 
 from refinery.errors import RefineryError
 from refinery.project import Project, resolve_base_model
-from refinery.stages.judge import ask_judge, judge_name
+from refinery.stages.judge import ask_judge, judge_name, local_judge_model
 from refinery.stages.measure import KINDS
 from refinery.store import Store
 
@@ -208,8 +208,7 @@ def _self_judging(project: Project) -> str | None:
         return None
     if not settings.model or settings.model == project.config.core.base_model:
         return "the base model itself"
-    judge = _family(resolve_base_model(project.with_config(project.config.override("core",
-                                                                                   base_model=settings.model))))
+    judge = _family(local_judge_model(project))
     base = _family(resolve_base_model(project))
     return f"of the base model's family ({judge[0]}, {judge[1]} tokens)" if judge and judge == base else None
 

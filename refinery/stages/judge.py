@@ -157,6 +157,15 @@ def default_judge(project: Project) -> Callable[[list[str]], list[str]]:
     return endpoint_judge(settings) if settings.base_url else _local_judge(project)
 
 
+def local_judge_model(project: Project) -> str:
+    """The local judge's model folder: `[judge] model` resolved as base_model is (converted once if it must be),
+    else the base model's."""
+    model = project.config.judge.model
+    if not model:
+        return resolve_base_model(project)
+    return resolve_base_model(project.with_config(project.config.override("core", base_model=model)))
+
+
 def _local_judge(project: Project) -> Callable[[list[str]], list[str]]:
     """Greedy, batched answers from a local causal LM (`[judge] model`, or the base model), loaded as the base
     model is; a prompt longer than its context loses its middle (the output under judgement, mostly), so that the
@@ -166,9 +175,7 @@ def _local_judge(project: Project) -> Callable[[list[str]], list[str]]:
         from refinery.stages import infer
 
         settings = project.config.judge
-        model = resolve_base_model(project) if not settings.model else \
-            resolve_base_model(project.with_config(project.config.override("core", base_model=settings.model)))
-        return infer.generate(prompts, base_model=model, cut_middle=True, settings=InferSettings(
+        return infer.generate(prompts, base_model=local_judge_model(project), cut_middle=True, settings=InferSettings(
             batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens))["output"].to_list()
     return ask
 
