@@ -50,12 +50,17 @@ demo-smollm2: smollm2
 	$(SMOL) report
 
 # The demo with an LLM judge beside its rules (examples/judge-smollm2): SmolLM2-135M-Instruct answers emoji_judged on
-# every held-out output with a weather tag; the bundled model is the one trained. Then the two rounds compared by the
-# judge, and its calibration (label some verdicts with `refinery -p examples/judge-smollm2 judge label` first).
+# every held-out output with a weather tag (150 analysis and 60 test examples of the demo's, to keep the judge's share
+# of the time small); the bundled model is the one trained. Then the two rounds compared by the judge, and its
+# calibration (label some verdicts with `refinery -p examples/judge-smollm2 judge label` first).
 JUDGE := $(BIN)/refinery --project examples/judge-smollm2
 demo-judge: smollm2
+	mkdir -p runs/judge-smollm2
+	head -n 150 data/demo/eval.jsonl > runs/judge-smollm2/analysis.jsonl
+	head -n 60 data/demo/test.jsonl > runs/judge-smollm2/test.jsonl
 	$(JUDGE) ingest data/demo/seed.jsonl --split train --source seed
-	$(JUDGE) ingest data/demo/test.jsonl --split holdout
+	$(JUDGE) ingest runs/judge-smollm2/analysis.jsonl --split analysis
+	$(JUDGE) ingest runs/judge-smollm2/test.jsonl --split test
 	HF_HUB_OFFLINE=1 $(JUDGE) baseline
 	HF_HUB_OFFLINE=1 $(JUDGE) iterate --rounds 2
 	HF_HUB_OFFLINE=1 $(JUDGE) compare 1 2

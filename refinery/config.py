@@ -262,6 +262,11 @@ class JudgeSettings:
                                   "no key goes in a file). Unset: no key is sent.", example="OPENAI_API_KEY")
     timeout: float = opt(120.0, "Seconds to wait for one endpoint answer.", min=1)
     concurrency: int = opt(4, "Endpoint requests in flight at once.", min=1, max=64)
+    verdict: str = opt("auto", "How a verdict is read. likelihood: from a local judge's probabilities of each "
+                       "answer it may give (PASS or FAIL, a score, 1/2/TIE), then a reason generated after it; "
+                       "generate: from the text it writes (a small model rarely starts with the word asked for); "
+                       "auto: likelihood for a local judge, generate at an endpoint.",
+                       choices=("auto", "likelihood", "generate"))
     batch_size: int = opt(16, "Prompts per judge batch (a local judge).", min=1)
     max_new_tokens: int = opt(48, "Longest judge answer (the verdict and one sentence).", min=2)
     min_agreement: float = opt(0.8, "A judge check that agrees with a person's labels less often than this, or has "

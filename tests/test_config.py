@@ -173,7 +173,8 @@ def test_init_scaffolds_a_project_whose_commented_defaults_are_the_defaults(tmp_
                                   answer_check="answer_correct", toggle_template="think_toggle.jinja")
                 .override("train", steps=300).override("generate", explore=0.2)
                 .override("plateau", target=0.95).override("baseline", production="runs/production-adapter")
-                .override("judge", model="pypi:smollm2-135m-instruct"))
+                .override("judge", model="pypi:smollm2-135m-instruct", base_url="http://127.0.0.1:8000/v1",
+                          api_key_env="OPENAI_API_KEY"))
     assert read_config(config_file) == expected
     assert uncommented.count("\n# ") > 30  # the help text stays as comments
 

@@ -1,7 +1,8 @@
 """Judge checks (issue 27, first part): a rubric rendered with the input, the output and the expected output, a real
 local judge model answering greedily in batches, verdicts parsed (an unreadable answer fails as "judge: no
 verdict"), cached in the store, and their failures in a round like any rule's. The judge here is the bundled tiny
-model: a word-problem model, so its answers are mostly no verdict, which is what the no-verdict path must handle."""
+model: a word-problem model, which never writes PASS or FAIL itself (the no-verdict path), so a local judge reads its
+verdict from the likelihood of each allowed answer by default, and writes the reason after it."""
 
 from __future__ import annotations
 
@@ -17,7 +18,18 @@ from refinery.errors import ConfigError, RefineryError
 from refinery.prompts import CUT_MARK, cut_input, prompt_lengths
 from refinery.rules import load_rules
 from refinery.stages import infer
-from refinery.stages.judge import ASK, NO_VERDICT, judge_checks, parse_score, parse_verdict, render_rubric
+from refinery.stages.judge import (
+    ASK,
+    ASK_PICK,
+    ASK_SCORE,
+    NO_VERDICT,
+    answer_choices,
+    judge_checks,
+    judge_name,
+    parse_score,
+    parse_verdict,
+    render_rubric,
+)
 from refinery.store import Store
 
 RUBRIC = ('[[check]]\nname = "polite"\ntype = "judge"\nwhen = "weather"\nseverity = 2\n'
@@ -36,6 +48,7 @@ RUBRIC = ('[[check]]\nname = "polite"\ntype = "judge"\nwhen = "weather"\nseverit
     ("PASS or FAIL? Hard to say", None, ""),
     ("It is fine.\nPASS", None, ""),
     ("", None, ""),
+    ("FAIL (p=0.93)\nThe emoji is wrong.", False, "The emoji is wrong."),
 ])
 def test_verdicts_are_read_from_the_first_word(answer: str, passed: bool | None, reason: str) -> None:
     verdict = parse_verdict(answer)
@@ -159,3 +172,65 @@ def test_a_judge_prompt_over_the_context_loses_its_middle_and_keeps_its_question
     asked = infer.generate([text], base_model=model, settings=InferSettings(max_new_tokens=8), cut_middle=True)
     prompt = asked["prompt"][0]  # the chat template's assistant opening follows the question
     assert "then one sentence that says why." in prompt[-80:] and CUT_MARK in prompt
+
+
+def test_choose_scores_each_answer_as_a_forward_pass_does_whatever_the_batch() -> None:
+    """The log-probability of each choice as the answer's first tokens: the same one prompt at a time as in a
+    left-padded batch of prompts of different lengths, and the same as a plain forward pass over prompt + choice."""
+    import torch
+
+    from refinery.device import load_model
+    from refinery.prompts import render_prompt
+
+    model, tokenizer = load_model(str(REPO / "data" / "tiny-base"), device="cpu", dtype=torch.float32)
+    inputs = ["<weather>Sunny</weather> 2 + 3?", "Ann has 3 apples and buys 12 more. How many apples now?", "1+1"]
+    choices = ("Answer", "PASS", "7")
+    batched = infer.choose(model, tokenizer, inputs, choices, settings=InferSettings(batch_size=16))
+    alone = infer.choose(model, tokenizer, inputs, choices, settings=InferSettings(batch_size=1))
+    for one, other in zip(batched, alone, strict=True):
+        assert one == pytest.approx(other, abs=1e-4)
+    for text, scores in zip(inputs, batched, strict=True):
+        for choice, score in zip(choices, scores, strict=True):
+            prompt = tokenizer(render_prompt(tokenizer, text))["input_ids"]
+            tail = tokenizer(choice, add_special_tokens=False)["input_ids"]
+            with torch.inference_mode():
+                logprobs = model(torch.tensor([prompt + tail])).logits[0].log_softmax(-1)
+            assert score == pytest.approx(sum(logprobs[len(prompt) - 1 + i, t].item() for i, t in enumerate(tail)),
+                                          abs=1e-4)
+    assert all(max(row) == row[0] for row in batched)  # the word-problem model starts its answers with "Answer"
+
+
+def test_each_verdict_format_allows_its_own_answers() -> None:
+    assert answer_choices("Is it polite?" + ASK) == ("PASS", "FAIL")
+    assert answer_choices("Which reply?" + ASK_PICK) == ("1", "2", "TIE")
+    assert answer_choices("How polite?" + ASK_SCORE.format(scale=4, threshold="3")) == ("1", "2", "3", "4")
+    assert answer_choices("Is it polite? Say yes or no.") is None
+
+
+def test_the_likelihood_judge_always_gives_a_verdict_and_caches_apart_from_generated_ones(demo_project) -> None:
+    write(demo_project.rules_dir / "judge.toml", RUBRIC)
+    rules = load_rules(demo_project.rules_dir)
+    results = judge_checks(rules, _rows(), project=demo_project)
+    assert len(results) == 2 and not any(d.startswith(NO_VERDICT) for d in results["detail"])
+    with Store(demo_project.store_path) as store:
+        answers = store.con.execute("SELECT judge, answer FROM judge_verdicts").fetchall()
+    for judge, answer in answers:  # the likelier of PASS and FAIL first, with its share of the two
+        word, share = answer.split("\n", 1)[0].split(" ")
+        assert judge.endswith(" (likelihood)") and word in ("PASS", "FAIL")
+        assert share.startswith("(p=") and 0.5 <= float(share[3:7]) <= 1.0
+    for answer, detail in zip(sorted(a for _, a in answers), sorted(results["detail"]), strict=True):
+        assert detail == " ".join(answer.split("\n", 1)[1].split())  # the reason it wrote after the verdict
+    generating = demo_project.with_config(demo_project.config.override("judge", verdict="generate"))
+    assert judge_name(generating) == demo_project.config.core.base_model != judge_name(demo_project)
+    said = judge_checks(rules, _rows(), project=generating)  # not read from the likelihood verdicts' cache
+    assert all(d.startswith(NO_VERDICT) for d in said["detail"])  # it writes "Answer: ...", never PASS or FAIL
+
+
+def test_likelihood_verdicts_need_a_local_judge(demo_project) -> None:
+    project = demo_project.with_config(demo_project.config.override(
+        "judge", model="m", base_url="http://127.0.0.1:9/v1", verdict="likelihood"))
+    with pytest.raises(ConfigError) as caught:
+        judge_name(project)
+    assert str(caught.value) == ('[judge] verdict = "likelihood" needs a local judge, and base_url = '
+                                 '"http://127.0.0.1:9/v1" is an endpoint, which answers with text. Set verdict = '
+                                 '"generate" (or "auto"), or remove base_url.')

@@ -279,9 +279,9 @@ def test_a_gguf_path_is_converted_into_its_own_cache_folder(tmp_path: Path, monk
 @pytest.mark.slow
 @needs_smollm2
 def test_smollm2_judges_a_rubric_through_the_local_path(smollm2, tmp_path: Path) -> None:
-    """SmolLM2 as `[judge] model` (the converted folder, loaded as a base model is): one answer per output, parsed or
-    failed as no verdict, cached, and its agreement with the rule the rubric restates printed (a finding, not an
-    assertion: docs/benchmarks.md has it on 60 outputs)."""
+    """SmolLM2 as `[judge] model` (the converted folder, loaded as a base model is): one verdict per output, read
+    from its likelihoods (it never starts an answer with PASS or FAIL itself), cached, and its agreement with the
+    rule the rubric restates printed (a finding, not an assertion: docs/benchmarks.md has it on 60 outputs)."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     from conftest import make_demo
@@ -301,8 +301,10 @@ def test_smollm2_judges_a_rubric_through_the_local_path(smollm2, tmp_path: Path)
     results = judge_checks(rules, rows, project=project)
     assert results.height == 8 and set(results["check_name"]) == {"emoji_judged"}
     read = [not d.startswith(NO_VERDICT) for d in results["detail"]]
+    assert all(read)
     with Store(project.store_path, read_only=True) as store:
-        assert store.scalar("SELECT count(*) FROM judge_verdicts WHERE judge = ?", [str(smollm2[0])]) == 8
+        assert store.scalar("SELECT count(*) FROM judge_verdicts WHERE judge = ?",
+                            [f"{smollm2[0]} (likelihood)"]) == 8
 
     def nobody(prompts: list[str]) -> list[str]:
         raise AssertionError("the judge was asked again")

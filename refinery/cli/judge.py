@@ -28,7 +28,8 @@ def compare(ctx: typer.Context,
                                                         "(sees input, expected, fields, first, second). Default: "
                                                         "which reply is correct and closest to the reference.",
                                                         show_default=False)] = None,
-            seed: Annotated[int, typer.Option("--seed", help="Draws which output each example shows first.")] = 0,
+            seed: Annotated[int, typer.Option("--seed", metavar="N", help="Draws which output each example shows "
+                                                                          "first.")] = 0,
             as_json: JsonOption = False) -> None:
     """Judge B's test outputs against A's, each example in both orders: B's wins, ties and losses with a 95 %
     interval, and how often the verdict flipped with the order (position bias)."""
@@ -150,4 +151,4 @@ def _read_rubric(path: Path) -> str:
 
 
 def _kappa(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    return "-" if value is None else f"{round(value, 2) + 0.0:.2f}"  # + 0.0: no "-0.00"

@@ -19,7 +19,7 @@ import polars as pl
 
 from refinery.errors import RefineryError
 from refinery.project import Project, resolve_base_model
-from refinery.stages.judge import ask_judge, judge_name
+from refinery.stages.judge import ASK_PICK, ask_judge, judge_name, local_judge_model
 from refinery.stages.measure import KINDS
 from refinery.store import Store
 
@@ -38,7 +38,6 @@ Reply 1:
 
 Reply 2:
 {{ second }}"""
-ASK = "\n\nAnswer with 1, 2 or TIE on the first line, then one sentence that says why."
 PICK = re.compile(r"(?<!\w)(?<!\d\.)(1|2|TIE)(?!\w)(?!\.\d)", re.IGNORECASE)
 NAMES = {"baseline": 0, "production": -1}
 
@@ -117,7 +116,7 @@ def render_pair(rubric: str, row: dict[str, Any], shown: list[str]) -> str:
                                               first=shown[0], second=shown[1])
     except TemplateError as exc:
         raise RefineryError(f"compare rubric: {exc} (it sees input, expected, fields, first and second).") from None
-    return text.rstrip() + ASK
+    return text.rstrip() + ASK_PICK
 
 
 def bootstrap_interval(scores: list[float], *, seed: int, resamples: int = 2000) -> tuple[float, float]:
@@ -208,8 +207,7 @@ def _self_judging(project: Project) -> str | None:
         return None
     if not settings.model or settings.model == project.config.core.base_model:
         return "the base model itself"
-    judge = _family(resolve_base_model(project.with_config(project.config.override("core",
-                                                                                   base_model=settings.model))))
+    judge = _family(local_judge_model(project))
     base = _family(resolve_base_model(project))
     return f"of the base model's family ({judge[0]}, {judge[1]} tokens)" if judge and judge == base else None
 

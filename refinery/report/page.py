@@ -31,7 +31,8 @@ def build_report(project: Project) -> Report:
 
     judge_checks = judge_check_names(load_rules(project.rules_dir), required=False)
     with Store(project.store_path, read_only=True) as store:
-        judges = [vars(c) for c in calibrate(store, checks=judge_checks, settings=project.config.judge)]
+        judges = [{**vars(c), "reasons": _judge_reasons(store, c.check)}
+                  for c in calibrate(store, checks=judge_checks, settings=project.config.judge)]
         rounds = _rounds(store)
         if not any(r["status"] == "done" for r in rounds):
             failed = f" ({len(rounds)} started, none finished)" if rounds else ""
@@ -84,6 +85,15 @@ def render_html(report: Report) -> str:
 
 
 # ---- gathering -------------------------------------------------------------------------------------------------
+
+def _judge_reasons(store: Store, check: str, *, top: int = 3) -> list[dict[str, Any]]:
+    """The judge's most frequent reasons for failing `check` in the last finished round, with their counts."""
+    return store.frame("""
+        SELECT detail AS reason, count(*) AS failures FROM rule_results
+        WHERE check_name = ? AND applies AND NOT passed AND variant = ''
+            AND round = (SELECT max(number) FROM rounds WHERE status = 'done' AND number >= 0)
+        GROUP BY detail ORDER BY failures DESC, detail LIMIT ?""", [check, top]).to_dicts()
+
 
 def _rounds(store: Store) -> list[dict[str, Any]]:
     frame = store.frame("""
@@ -402,6 +412,9 @@ def _checks_text(report: Report, v: dict[str, Any]) -> list:
             "judge check", "labels", "agrees", "kappa", "outputs with rules", "agrees", "kappa", "status"],
             [[j["check"], str(j["labels"]), pct(j["agreement"]), num(j["kappa"], 2), str(j["rule_outputs"]),
               pct(j["rule_agreement"]), num(j["rule_kappa"], 2), j["status"]] for j in report.judges]))
+        reasons = [[j["check"], str(r["failures"]), r["reason"] or ""] for j in report.judges for r in j["reasons"]]
+        tables.append(_table("The judge's most frequent reasons for a failure (last round)",
+                             ["judge check", "failures", "reason"], reasons))
     return tables
 
 

@@ -65,13 +65,15 @@ def _generate_on_vllm(model: Any, tokenizer: Any, inputs: list[str], *, base_mod
 
 def generate_with(model: Any, tokenizer: Any, inputs: list[str], *, settings: InferSettings,
                   shots: Sequence[tuple[str, str]] = (), on_batch: Callable[[int, int], None] | None = None,
-                  cut_middle: bool = False) -> pl.DataFrame:
+                  cut_middle: bool = False, starts: Sequence[str] | None = None) -> pl.DataFrame:
     """`generate` for a model already loaded. An input whose prompt would leave no room for `max_new_tokens` in
     the model's context is cut at its end (callers fit inputs first, by `[data] too_long`; this is the floor that
-    keeps one long input from taking the machine's memory)."""
+    keeps one long input from taking the machine's memory). `starts`: per input, text the answer is made to begin
+    with (it goes after the prompt; the output is what the model wrote after it)."""
     import torch
 
-    prompts, lengths = _prompts(model, tokenizer, inputs, settings=settings, shots=shots, cut_middle=cut_middle)
+    prompts, lengths = _prompts(model, tokenizer, inputs, settings=settings, shots=shots, cut_middle=cut_middle,
+                                starts=starts)
     stop_ids = _stop_ids(model, tokenizer)
     outputs, tokens, latency = [], [], []
     for start, end in token_batches(lengths, rows=settings.batch_size, tokens=settings.batch_tokens):
@@ -95,16 +97,48 @@ def generate_with(model: Any, tokenizer: Any, inputs: list[str], *, settings: In
                                 "latency_ms": pl.Float64})
 
 
+def choose(model: Any, tokenizer: Any, inputs: list[str], choices: Sequence[str], *, settings: InferSettings,
+           cut_middle: bool = False) -> list[list[float]]:
+    """Per input, the log-probability of each of `choices` as the model's whole answer's first tokens (a
+    verdict read from the model's distribution, not from what it happens to write). Batched like generation;
+    positions follow the left padding, as `generate` places them."""
+    import torch
+
+    ids = [tokenizer(choice, add_special_tokens=False)["input_ids"] for choice in choices]
+    prompts, lengths = _prompts(model, tokenizer, inputs, settings=settings, shots=(), cut_middle=cut_middle,
+                                reserve=max(len(i) for i in ids))
+    scores: list[list[float]] = []
+    for start, end in token_batches(lengths, rows=settings.batch_size, tokens=settings.batch_tokens):
+        encoded = tokenizer(prompts[start:end], return_tensors="pt", padding=True).to(model.device)
+        per_choice = []
+        for choice in ids:
+            tail = torch.tensor([choice] * (end - start), device=model.device)
+            input_ids = torch.cat([encoded["input_ids"], tail], dim=1)
+            mask = torch.cat([encoded["attention_mask"], torch.ones_like(tail)], dim=1)
+            positions = (mask.cumsum(1) - 1).clamp(min=0)
+            with torch.inference_mode():
+                logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits
+            steps = logits[:, -len(choice) - 1:-1].float().log_softmax(-1)
+            per_choice.append(steps.gather(2, tail.unsqueeze(2)).squeeze(2).sum(1).tolist())
+        scores.extend([list(row) for row in zip(*per_choice, strict=True)])
+    return scores
+
+
 def _prompts(model: Any, tokenizer: Any, inputs: list[str], *, settings: InferSettings,
-             shots: Sequence[tuple[str, str]], cut_middle: bool = False) -> tuple[list[str], list[int]]:
-    """Each input's rendered prompt and its length in tokens, cut to leave `max_new_tokens` in the context."""
-    room = (getattr(model.config, "max_position_embeddings", None) or 10**9) - settings.max_new_tokens
-    prompts = [render_prompt(tokenizer, text, shots=shots) for text in inputs]
+             shots: Sequence[tuple[str, str]], cut_middle: bool = False, starts: Sequence[str] | None = None,
+             reserve: int | None = None) -> tuple[list[str], list[int]]:
+    """Each input's rendered prompt (and its `starts`, if any) and its length in tokens, cut to leave
+    `max_new_tokens` (or `reserve`) tokens in the context."""
+    room = (getattr(model.config, "max_position_embeddings", None) or 10**9) - (
+        settings.max_new_tokens if reserve is None else reserve)
+    start = list(starts) if starts is not None else [""] * len(inputs)
+    prompts = [render_prompt(tokenizer, text, shots=shots) + begin for text, begin in zip(inputs, start, strict=True)]
     lengths = token_counts(tokenizer, prompts)
     for i, n in enumerate(lengths):
         if n > room:
-            cut = cut_input(tokenizer, inputs[i], max_tokens=room, shots=shots, middle=cut_middle)
-            prompts[i] = render_prompt(tokenizer, cut or "", shots=shots)
+            begin = token_counts(tokenizer, [start[i]])[0] if start[i] else 0
+            cut = cut_input(tokenizer, inputs[i], max_tokens=room - begin, shots=shots, middle=cut_middle)
+            prompts[i] = render_prompt(tokenizer, cut or "", shots=shots) + start[i]
             lengths[i] = token_counts(tokenizer, [prompts[i]])[0]
     return prompts, lengths
 

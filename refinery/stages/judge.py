@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import urllib.error
@@ -33,7 +34,9 @@ ASK = "\n\nAnswer with PASS or FAIL on the first line, then one sentence that sa
 WORD = re.compile(r"(?<![A-Za-z])(PASS|FAIL)(?![A-Za-z])", re.IGNORECASE)
 ASK_SCORE = ("\n\nAnswer with a score from 1 to {scale} on the first line ({threshold} or more passes), then one "
              "sentence that says why.")
+ASK_PICK = "\n\nAnswer with 1, 2 or TIE on the first line, then one sentence that says why."  # `compare`
 NO_VERDICT = "judge: no verdict"
+LIKELIHOOD = re.compile(r"^\s*\(p=[01]\.\d\d\)")  # after a verdict read from likelihoods: its share of the choices
 
 
 @dataclass(frozen=True)
@@ -52,9 +55,12 @@ def parse_verdict(answer: str) -> Verdict:
     words = {w.upper() for w in WORD.findall(line)}
     if len(words) != 1:
         return Verdict(None, "", answer)
-    found = WORD.search(answer)
-    reason = " ".join(answer[found.end():].lstrip(" \t:.,;*_-–—").split())[:300]
-    return Verdict(words == {"PASS"}, reason, answer)
+    return Verdict(words == {"PASS"}, _reason(answer[WORD.search(answer).end():]), answer)
+
+
+def _reason(rest: str) -> str:
+    """What follows the verdict, as one line: a likelihood verdict's "(p=0.93)" and leading punctuation dropped."""
+    return " ".join(LIKELIHOOD.sub("", rest, count=1).lstrip(" \t:.,;*_-–—").split())[:300]
 
 
 def parse_score(answer: str, *, scale: int, threshold: float) -> Verdict:
@@ -67,8 +73,7 @@ def parse_score(answer: str, *, scale: int, threshold: float) -> Verdict:
         return Verdict(None, "", answer)
     score = int(found.group(1))
     rest = answer[answer.index(found.group(0), answer.index(line)) + len(found.group(0)):]
-    rest = re.sub(rf"^\s*/\s*{scale}\b", "", rest)
-    reason = " ".join(rest.lstrip(" \t:.,;*_-–—").split())[:300]
+    reason = _reason(re.sub(rf"^\s*/\s*{scale}\b", "", rest))
     return Verdict(score >= threshold, f"score {score}/{scale}" + (f": {reason}" if reason else ""), answer)
 
 
@@ -114,12 +119,38 @@ def render_rubric(check: Check, row: dict[str, Any]) -> str:
     return text.rstrip() + ASK
 
 
+def answer_choices(prompt: str) -> tuple[str, ...] | None:
+    """The answers a prompt's verdict format allows (PASS/FAIL, a score's whole numbers, 1/2/TIE), read from its
+    ending; None for a prompt that asks in no format refinery writes."""
+    if prompt.endswith(ASK):
+        return ("PASS", "FAIL")
+    if prompt.endswith(ASK_PICK):
+        return ("1", "2", "TIE")
+    scale = re.search(r"Answer with a score from 1 to (\d+) on the first line \([^)]*\), then one sentence that "
+                      r"says why\.$", prompt)
+    return tuple(str(n) for n in range(1, int(scale.group(1)) + 1)) if scale else None
+
+
+def verdict_mode(settings: JudgeSettings) -> str:
+    """likelihood or generate: `[judge] verdict` with auto resolved (likelihood for a local judge)."""
+    if settings.verdict == "likelihood" and settings.base_url:
+        raise ConfigError(f"[judge] verdict = \"likelihood\" needs a local judge, and base_url = "
+                          f"\"{settings.base_url}\" is an endpoint, which answers with text. Set verdict = "
+                          f"\"generate\" (or \"auto\"), or remove base_url.")
+    if settings.verdict == "auto":
+        return "generate" if settings.base_url else "likelihood"
+    return settings.verdict
+
+
 def judge_name(project: Project) -> str:
-    """The judge model as the cache knows it: `[judge] model` (at its endpoint, if any), else the base model."""
+    """The judge model as the cache knows it: `[judge] model` (at its endpoint, if any), else the base model; a
+    verdict read from likelihoods says so (its answers differ from generated ones)."""
     settings = project.config.judge
+    mode = verdict_mode(settings)
     if settings.base_url:
         return f"{settings.model} at {settings.base_url}"
-    return settings.model or project.config.core.base_model
+    name = settings.model or project.config.core.base_model
+    return f"{name} (likelihood)" if mode == "likelihood" else name
 
 
 def ask_judge(project: Project, asked: list[tuple[str, str]],
@@ -157,20 +188,58 @@ def default_judge(project: Project) -> Callable[[list[str]], list[str]]:
     return endpoint_judge(settings) if settings.base_url else _local_judge(project)
 
 
+def local_judge_model(project: Project) -> str:
+    """The local judge's model folder: `[judge] model` resolved as base_model is (converted once if it must be),
+    else the base model's."""
+    model = project.config.judge.model
+    if not model:
+        return resolve_base_model(project)
+    return resolve_base_model(project.with_config(project.config.override("core", base_model=model)))
+
+
 def _local_judge(project: Project) -> Callable[[list[str]], list[str]]:
     """Greedy, batched answers from a local causal LM (`[judge] model`, or the base model), loaded as the base
     model is; a prompt longer than its context loses its middle (the output under judgement, mostly), so that the
-    verdict it asks for is still its end."""
+    verdict it asks for is still its end. With likelihood verdicts (`verdict_mode`), the answer starts with the
+    choice the model finds likeliest and its probability among the choices, then the reason it writes after it."""
     def ask(prompts: list[str]) -> list[str]:
         from refinery.config import InferSettings
+        from refinery.device import load_model, pick_device, pick_dtype
         from refinery.stages import infer
 
         settings = project.config.judge
-        model = resolve_base_model(project) if not settings.model else \
-            resolve_base_model(project.with_config(project.config.override("core", base_model=settings.model)))
-        return infer.generate(prompts, base_model=model, cut_middle=True, settings=InferSettings(
-            batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens))["output"].to_list()
+        device = pick_device()
+        model, tokenizer = load_model(local_judge_model(project), device=device, dtype=pick_dtype(device))
+        infer_settings = InferSettings(batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens)
+        picked: list[tuple[str, float] | None] = [None] * len(prompts)
+        if verdict_mode(settings) == "likelihood":
+            picked = _likeliest(model, tokenizer, prompts, settings=infer_settings)
+        written = infer.generate_with(model, tokenizer, prompts, settings=infer_settings, cut_middle=True,
+                                      starts=[f"{p[0]}\n" if p else "" for p in picked])
+        return [f"{p[0]} (p={p[1]:.2f})\n{text}" if p else text
+                for p, text in zip(picked, written["output"], strict=True)]
     return ask
+
+
+def _likeliest(model: Any, tokenizer: Any, prompts: list[str], *,
+               settings: Any) -> list[tuple[str, float] | None]:
+    """Per prompt, its likeliest allowed answer and that answer's share of the choices' probability, or None for
+    a prompt that allows no fixed answers. Prompts are scored together by their set of choices."""
+    from refinery.stages import infer
+
+    picked: list[tuple[str, float] | None] = [None] * len(prompts)
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        if choices := answer_choices(prompt):
+            groups.setdefault(choices, []).append(index)
+    for choices, indices in groups.items():
+        scores = infer.choose(model, tokenizer, [prompts[i] for i in indices], choices, settings=settings,
+                              cut_middle=True)
+        for index, logprobs in zip(indices, scores, strict=True):
+            weights = [math.exp(x - max(logprobs)) for x in logprobs]
+            best = weights.index(1.0)
+            picked[index] = (choices[best], weights[best] / sum(weights))
+    return picked
 
 
 def endpoint_judge(settings: JudgeSettings) -> Callable[[list[str]], list[str]]:
