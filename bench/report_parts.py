@@ -11,7 +11,7 @@ from bench import stats
 from bench.report import _minutes, _pct, _pts, _spread_pct
 from refinery.config import TrainSettings
 
-SPLICED = ("objective", "model", "judge")
+SPLICED = ("objective", "model", "judge", "distributed")
 DPO_KEYS = ("dpo_steps", "dpo_beta", "dpo_learning_rate", "dpo_sft_weight")
 ARM_NAMES = {"sft": "SFT", "sft+dpo": "SFT then DPO", "dpo": "DPO alone after round 1"}
 
@@ -175,4 +175,10 @@ def _judge(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
     return judge_section(rows, results, _run_line(results, "judge"))
 
 
-SECTIONS = {"objective": _objective, "model": _model, "judge": _judge}
+def _distributed(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
+    from bench.distributed import distributed_section
+
+    return distributed_section(rows, results, _run_line(results, "distributed"))
+
+
+SECTIONS = {"objective": _objective, "model": _model, "judge": _judge, "distributed": _distributed}

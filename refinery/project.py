@@ -112,11 +112,16 @@ def read_config(path: Path) -> Config:
 
 def train_settings(project: Project) -> TrainSettings:
     """`[train]` with its paths resolved against the project (`accelerate_config`), as the training processes,
-    started elsewhere, need them."""
+    started elsewhere, need them; an accelerate config that is not there is an error before a round starts."""
     settings = project.config.train
-    if settings.accelerate_config and not Path(settings.accelerate_config).is_absolute():
-        return dataclasses.replace(settings, accelerate_config=str(project.path(settings.accelerate_config)))
-    return settings
+    if not settings.accelerate_config:
+        return settings
+    config = project.path(settings.accelerate_config)
+    if settings.launcher == "accelerate" and not config.is_file():
+        raise ConfigError(f"{project.config.setting('train', 'accelerate_config')} = \"{settings.accelerate_config}\": "
+                          f"no such file ({config}). Write one with `accelerate config --config_file {config}`, or "
+                          f"remove the setting.")
+    return dataclasses.replace(settings, accelerate_config=str(config))
 
 
 def resolve_base_model(project: Project) -> str:

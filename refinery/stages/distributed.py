@@ -1,28 +1,24 @@
-"""Distributed training: a round's training as a job of several processes, started by torchrun (DDP: gloo on a CPU,
-NCCL on GPUs) or by `accelerate launch` with the user's config (FSDP, DeepSpeed ZeRO). refinery's own process writes
-the job (the training set, the preference pairs and the settings) into the round folder, starts the launcher, passes
-rank 0's progress on, and reads back what rank 0 saved. The processes never open the store: only the round's
-process writes it, once.
+"""Distributed jobs: a round's training on several processes, started by torchrun (DDP: gloo on a CPU, NCCL on
+GPUs) or by `accelerate launch` with the user's config (FSDP, DeepSpeed ZeRO), and its held-out generation sharded
+over several processes. refinery's own process writes the job (its data and settings) into the round folder, starts
+the launcher, passes rank 0's progress on, and reads back what the processes wrote. The processes never open the
+store: only the round's process writes it, once.
 
-Entry point: `run_job(job_dir, ...)`; `refinery.stages.train` writes the job and reads its result, and is what every
-process runs (`python -m refinery.stages.train JOB_DIR`).
+Entry point: `run_job(job_dir, command, ...)` with `launch_command(...)`; the stage that writes a job is what every
+process runs (`python -m refinery.stages.train JOB_DIR`, `python -m refinery.stages.infer JOB_DIR`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from refinery.config import TrainSettings
 from refinery.errors import RefineryError
 
-PROGRESS = "refinery-progress"  # rank 0 prints "refinery-progress STEP OF" after each optimizer step
-WORKER = "refinery.stages.train"  # the module every process runs
+PROGRESS = "refinery-progress"  # rank 0 prints "refinery-progress DONE OF" as it goes
 
 
 def rank() -> int:
@@ -35,30 +31,31 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def launch_command(settings: TrainSettings, job_dir: Path) -> list[str]:
-    """The command that starts `settings.processes` processes of the worker on `job_dir`: torchrun on this machine
-    alone (a free port of its own), or accelerate launch with the accelerate config (its path resolved against the
-    project by `project.train_settings`)."""
-    if settings.launcher == "torchrun":
+def local_rank() -> int:
+    """This process's rank on its machine (its GPU, where there are GPUs)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def launch_command(worker: str, job_dir: Path, *, processes: int, launcher: str = "torchrun",
+                   accelerate_config: str | None = None) -> list[str]:
+    """The command that starts `processes` processes of the module `worker` on `job_dir`: torchrun on this machine
+    alone (a free port of its own), or accelerate launch with the accelerate config (its path resolved and checked
+    against the project by `project.train_settings`)."""
+    if launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-                "--nproc_per_node", str(settings.processes), "-m", WORKER, str(job_dir)]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(settings.processes)]
-    if settings.accelerate_config:
-        config = Path(settings.accelerate_config)
-        if not config.is_file():
-            raise RefineryError(f"[train] accelerate_config = \"{settings.accelerate_config}\": no such file "
-                                f"({config}). Write one with `accelerate config --config_file {config}`, or remove "
-                                f"the setting.")
-        command += ["--config_file", str(config)]
-    return [*command, "-m", WORKER, str(job_dir)]
+                "--nproc_per_node", str(processes), "-m", worker, str(job_dir)]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes)]
+    if accelerate_config:
+        command += ["--config_file", accelerate_config]
+    return [*command, "-m", worker, str(job_dir)]
 
 
-def run_job(job_dir: Path, settings: TrainSettings, *,
-            on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Start the job written in `job_dir` (spec.json beside its data), pass rank 0's progress to `on_step`, and
-    return what rank 0 wrote to result.json. A job that fails raises with the end of its log (job_dir/log.txt)."""
-    command = launch_command(settings, job_dir)
-    threads = max(1, (os.cpu_count() or 1) // settings.processes)  # a CPU's cores shared, not fought over
+def run_job(job_dir: Path, command: list[str], *, processes: int, what: str,
+            on_step: Callable[[int, int], None] | None = None) -> None:
+    """Run the job written in `job_dir` with `command` (from `launch_command`), passing rank 0's progress to
+    `on_step`. A job that fails raises with the end of its log (job_dir/log.txt); what it made is the caller's to
+    read back."""
+    threads = max(1, (os.cpu_count() or 1) // processes)  # a CPU's cores shared, not fought over
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
            "TOKENIZERS_PARALLELISM": "false"}
     log_path = job_dir / "log.txt"
@@ -69,8 +66,8 @@ def run_job(job_dir: Path, settings: TrainSettings, *,
         try:
             for line in process.stdout:
                 if line.startswith(PROGRESS) and on_step:
-                    step, total = line.split()[1:3]
-                    on_step(int(step), int(total))
+                    done, total = line.split()[1:3]
+                    on_step(int(done), int(total))
                 elif not line.startswith(PROGRESS):
                     log.write(line)
             code = process.wait()
@@ -78,14 +75,12 @@ def run_job(job_dir: Path, settings: TrainSettings, *,
             process.kill()
             process.wait()
             raise
-    result = job_dir / "result.json"
-    if code != 0 or not result.is_file():
+    if code != 0:
         tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-15:])
-        raise RefineryError(f"distributed training ({settings.processes} processes, {settings.launcher}) failed with "
-                            f"exit code {code}; the end of its log ({log_path}):\n{tail}")
-    return json.loads(result.read_text(encoding="utf-8"))
+        raise RefineryError(f"{what} ({processes} processes) failed with exit code {code}; the end of its log "
+                            f"({log_path}):\n{tail}")
 
 
-def report_step(step: int, total: int) -> None:
+def report_step(done: int, total: int) -> None:
     """Rank 0's progress, on stdout, where `run_job` reads it."""
-    print(f"{PROGRESS} {step} {total}", flush=True)
+    print(f"{PROGRESS} {done} {total}", flush=True)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -11,6 +14,9 @@ import polars as pl
 from refinery.config import InferSettings
 from refinery.device import load_model, pick_device, pick_dtype
 from refinery.prompts import cut_input, render_prompt, token_counts
+from refinery.stages import distributed
+
+WORKER = "refinery.stages.infer"  # what every process of a sharded generation runs
 
 
 def generate(inputs: list[str], *, base_model: str, settings: InferSettings, adapter: str | None = None,
@@ -28,6 +34,9 @@ def generate(inputs: list[str], *, base_model: str, settings: InferSettings, ada
         from refinery.stages.vllm_engine import check_vllm
 
         check_vllm()  # before a model is loaded for nothing
+    elif settings.processes > 1 and distributed.world_size() == 1:
+        return _generate_sharded(inputs, base_model=base_model, settings=settings, adapter=adapter, shots=shots,
+                                 on_batch=on_batch, cut_middle=cut_middle)
     device = pick_device()
     model, tokenizer = load_model(base_model, device=device, dtype=pick_dtype(device), adapter=adapter)
     if settings.engine == "vllm":
@@ -61,6 +70,48 @@ def _generate_on_vllm(model: Any, tokenizer: Any, inputs: list[str], *, base_mod
     if reference is not None and on_check:
         on_check(vllm_engine.differences(frame["output"].head(sample).to_list(), reference["output"].to_list()))
     return frame
+
+
+def _generate_sharded(inputs: list[str], *, base_model: str, settings: InferSettings, adapter: str | None,
+                      shots: Sequence[tuple[str, str]], on_batch: Callable[[int, int], None] | None,
+                      cut_middle: bool) -> pl.DataFrame:
+    """`generate` over `settings.processes` processes (torchrun): process r takes inputs r, r + N, r + 2N, ...,
+    and the outputs come back in the inputs' order. The job's folder is kept, with its log, when it fails."""
+    import shutil
+    import tempfile
+
+    job = Path(tempfile.mkdtemp(prefix="refinery-infer-"))
+    pl.DataFrame({"input": inputs}, schema={"input": pl.String}).write_parquet(job / "inputs.parquet")
+    spec = {"base_model": base_model, "adapter": adapter, "settings": asdict(settings), "shots": list(shots),
+            "cut_middle": cut_middle}
+    (job / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+    command = distributed.launch_command(WORKER, job, processes=settings.processes)
+    distributed.run_job(job, command, processes=settings.processes, on_step=on_batch, what="sharded generation")
+    parts = [pl.read_parquet(job / f"part-{r}.parquet") for r in range(settings.processes)]
+    shutil.rmtree(job, ignore_errors=True)
+    return pl.concat(parts).sort("index").drop("index")
+
+
+def _work(job: Path) -> None:
+    """One process of a sharded generation (`python -m refinery.stages.infer JOB_DIR`, started by torchrun): its
+    share of the inputs, on its own GPU where there are GPUs, written to part-RANK.parquet with their positions."""
+    import torch
+
+    spec = json.loads((job / "spec.json").read_text(encoding="utf-8"))
+    rank, world = distributed.rank(), distributed.world_size()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(distributed.local_rank())
+    inputs = pl.read_parquet(job / "inputs.parquet")["input"].to_list()
+    mine = list(range(rank, len(inputs), world))
+    settings = InferSettings(**{**spec["settings"], "processes": 1})
+
+    def progress(done: int, total: int) -> None:  # rank 0's share stands for the whole
+        distributed.report_step(min(len(inputs), done * world), len(inputs))
+
+    frame = generate([inputs[i] for i in mine], base_model=spec["base_model"], settings=settings,
+                     adapter=spec["adapter"], shots=[tuple(s) for s in spec["shots"]], cut_middle=spec["cut_middle"],
+                     on_batch=progress if rank == 0 else None)
+    frame.with_columns(pl.Series("index", mine, dtype=pl.Int64)).write_parquet(job / f"part-{rank}.parquet")
 
 
 def generate_with(model: Any, tokenizer: Any, inputs: list[str], *, settings: InferSettings,
@@ -162,3 +213,9 @@ def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
     configured = getattr(model.generation_config, "eos_token_id", None)
     ids = configured if isinstance(configured, list) else [configured] if configured is not None else []
     return sorted({*ids, tokenizer.eos_token_id} - {None})
+
+
+if __name__ == "__main__":
+    import sys
+
+    _work(Path(sys.argv[1]))

@@ -94,6 +94,7 @@ def run_round(project: Project, *, reporter: Reporter | None = None) -> RoundSum
     env = template_environment(project.templates_dir)
     check_templates(env, rules, project)
     check_mix_settings(project, rules)
+    train_settings(project)  # an accelerate config that is missing, said before the round starts
     base_model = resolve_base_model(project)
     check_loadable(base_model)
     from refinery.stages.analyze import make_embedder

@@ -21,9 +21,11 @@ import polars as pl
 
 from refinery.config import TrainSettings
 from refinery.device import load_base, load_tokenizer, pick_device, pick_dtype
+from refinery.errors import RefineryError
 from refinery.prompts import render_prompt
 from refinery.stages import distributed
 
+WORKER = "refinery.stages.train"  # what every process of a distributed training job runs
 TARGETS = {
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "attention-mlp": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -269,7 +271,15 @@ def _trainer_args(settings: TrainSettings, *, steps: int, device: str, dtype: An
             "activation_checkpointing": False, "use_cpu": device == "cpu", "seed": settings.seed,
             "data_seed": settings.seed, "logging_steps": max(1, steps // 20), "save_strategy": "no",
             "report_to": [], "disable_tqdm": True, "dataloader_num_workers": 0,
-            **({"ddp_backend": "gloo"} if device == "cpu" and distributed.world_size() > 1 else {})}
+            **(_ddp_args(device) if distributed.world_size() > 1 else {})}
+
+
+def _ddp_args(device: str) -> dict[str, Any]:
+    """A distributed job's trainer settings. Each process averages the loss over its own tokens and DDP averages
+    the gradients: with trl 1.16's token averaging across processes instead, the loss it logged here was the
+    single-process loss divided by the number of processes (measured: exactly half with 2)."""
+    return {"ddp_backend": "gloo" if device == "cpu" else "nccl", "ddp_find_unused_parameters": False,
+            "average_tokens_across_devices": False}
 
 
 def train_dpo(pairs: pl.DataFrame, *, base_model: str, settings: TrainSettings, start_from: str, out_dir: Path,
@@ -344,7 +354,14 @@ def _train_distributed(rows: pl.DataFrame, pairs: pl.DataFrame, *, base_model: s
     spec = {"base_model": base_model, "settings": asdict(settings), "out_dir": str(out_dir),
             "start_from": start_from, "steps": steps or step_budget(settings, rows.height)}
     (job / "spec.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
-    done = distributed.run_job(job, settings, on_step=on_step)
+    command = distributed.launch_command(WORKER, job, processes=settings.processes, launcher=settings.launcher,
+                                         accelerate_config=settings.accelerate_config)
+    distributed.run_job(job, command, processes=settings.processes, on_step=on_step,
+                        what=f"distributed training ({settings.launcher})")
+    if not (job / "result.json").is_file():
+        raise RefineryError(f"distributed training ({settings.launcher}) ended without rank 0's result "
+                            f"({job / 'result.json'}); its log: {job / 'log.txt'}")
+    done = json.loads((job / "result.json").read_text(encoding="utf-8"))
     result = TrainResult(**done["result"])
     per_process = settings.batch_size // settings.processes
     return result, (f"{done['note']}; {settings.processes} processes x {per_process} = effective batch "
