@@ -61,8 +61,10 @@ def distributed_section(rows: list[dict[str, Any]], results: dict[str, Any], run
            f"of {first['batch']} (with 2 processes, 4 each), median of {first['repeats']} runs. Seconds per step "
            "count the optimizer's steps alone (the trainer's own clock); a run's seconds include starting the "
            "processes and loading the model in each.",
-           f"- Generation: {first['prompts']} held-out demo inputs, greedy, batches of 16; with 2 processes each "
-           "takes every other input, and the outputs are gathered back in order.", "",
+           f"- Generation: {first['prompts']} held-out demo inputs, greedy, batches of 64 (the default); with 2 "
+           "processes each "
+           "takes every other input, and the outputs are gathered back in order; the seconds include loading the "
+           "model (in each process).", "",
            "| processes | s per step | samples per s | s per training run (all in) | s to generate |",
            "|---|---|---|---|---|"]
     for r in rows:
