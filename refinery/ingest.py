@@ -94,8 +94,9 @@ def ingest_files(store: Store, paths: list[str | Path], *, config: Config, split
     return IngestReport(files=reports, warnings=small_splits(store, empty=False), stored_ids=fresh["id"].to_list())
 
 
-def read_rows(path: Path, *, data: DataSettings) -> pl.DataFrame:
-    """One file as a frame of strings: input, output, kind, split, fields (JSON of the other columns), origin."""
+def read_rows(path: Path, *, data: DataSettings, need_output: bool = True) -> pl.DataFrame:
+    """One file as a frame of strings: input, output, kind, split, fields (JSON of the other columns), origin.
+    `need_output`: a CSV or Parquet file without the output column is an error (else its outputs are null)."""
     why = not_a_file(path)
     if why:
         raise DataError(f"{path}: {why}. Give the data files themselves (JSONL, CSV or Parquet).")
@@ -107,7 +108,7 @@ def read_rows(path: Path, *, data: DataSettings) -> pl.DataFrame:
                         f"{', '.join(sorted(FORMATS))}). Rename the file or convert it.")
     if fmt == "jsonl":
         return _read_jsonl(path, data)
-    return _read_table(path, data, fmt)
+    return _read_table(path, data, fmt, need_output=need_output)
 
 
 def prepare_examples(rows: pl.DataFrame, *, data: DataSettings, seed: int, split: str | None = None,
@@ -216,7 +217,7 @@ def _check_surrogates(path: Path, number: int, record: dict) -> None:
                                 f"pair.") from None
 
 
-def _read_table(path: Path, data: DataSettings, fmt: str) -> pl.DataFrame:
+def _read_table(path: Path, data: DataSettings, fmt: str, *, need_output: bool = True) -> pl.DataFrame:
     if fmt == "csv":
         _check_csv_header(path)
     try:
@@ -227,6 +228,8 @@ def _read_table(path: Path, data: DataSettings, fmt: str) -> pl.DataFrame:
     if table.height == 0:
         raise DataError(f"{path}: the file has no rows.")
     names = {"input": data.input_column, "output": data.output_column}
+    if not need_output and data.output_column not in table.columns:
+        table = table.with_columns(pl.lit(None, dtype=pl.String).alias(data.output_column))
     for target, name in names.items():
         if name not in table.columns:
             raise DataError(f"{path}: no column '{name}' for the {target} (columns: {', '.join(table.columns)}). "

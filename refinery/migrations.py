@@ -326,3 +326,31 @@ def m009_judge_labels(con: duckdb.DuckDBPyConnection) -> None:
             created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
             PRIMARY KEY (round, example_id, variant, check_name)
         )""")
+
+
+@migration
+def m010_drift(con: duckdb.DuckDBPyConnection) -> None:
+    # `refinery drift`: each run's figures, and the production inputs it sampled that wait for an expected output
+    # (kept apart from the examples, so never scored); `refinery relabel ID --output TEXT` makes one an analysis
+    # example. Sampled inputs that came with one are examples at once (source 'import', origin 'drift N: ...').
+    con.execute("""
+        CREATE TABLE drift_runs (
+            id          INTEGER PRIMARY KEY,
+            files       JSON NOT NULL,              -- the production files compared
+            production  INTEGER NOT NULL,           -- their rows
+            reference   INTEGER NOT NULL,           -- train and analysis inputs compared with
+            drifted     BOOLEAN NOT NULL,           -- a feature or the embedding test stood out
+            summary     JSON NOT NULL,              -- drift.DriftReport.to_json()
+            created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )""")
+    con.execute("""
+        CREATE TABLE drift_inputs (
+            id          VARCHAR PRIMARY KEY,        -- 'd' and 15 hex digits of sha256 of the input
+            run         INTEGER NOT NULL,           -- the drift run that sampled it
+            input       VARCHAR NOT NULL,
+            output      VARCHAR,                    -- what the model answered in production, if logged
+            origin      VARCHAR NOT NULL,           -- file:line
+            drift_group VARCHAR,                    -- the drifting feature or far group it was sampled from
+            example_id  VARCHAR,                    -- once relabelled: the analysis example it became
+            created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )""")

@@ -4,7 +4,7 @@ rounds, review, the judge, the model cache) and register themselves on the app w
 `refinery --help` lists them."""
 
 from refinery.cli import rounds  # noqa: I001  (first: the round's commands open the help)
-from refinery.cli import judge, models, review  # noqa: F401
+from refinery.cli import drift, judge, models, review  # noqa: F401
 from refinery.cli.app import app, main
 
-__all__ = ["app", "main", "rounds", "judge", "models", "review"]
+__all__ = ["app", "main", "rounds", "drift", "judge", "models", "review"]

@@ -167,11 +167,13 @@ def relabel_command(ctx: typer.Context,
                                                         "output.", show_default=False)],
                     as_json: JsonOption = False) -> None:
     """Correct an expected output. The corrected example is stored as source 'relabel'; the old one is kept,
-    status 'rejected'."""
+    status 'rejected'. Given the id of a production input that `refinery drift --add` left waiting, store it as an
+    analysis example with this expected output."""
     from refinery.report import review
     from refinery.store import Store
-    with Store(_project(ctx).store_path) as store:
-        result = review.relabel(store, example_id, output)
+    project = _project(ctx)
+    with Store(project.store_path) as store:
+        result = review.relabel(store, example_id, output, think=project.config.think())
     if as_json:
         return print_json(result)
     console.print(f"Relabelled {result['old']} -> {result['new']} ({result['split']}): {result['output']}")

@@ -27,6 +27,7 @@ class Report:
     map_variance: list[float]  # variance explained by the map's two components
     train_examples: int = 0  # active examples in the train split now (what the next round starts from)
     judges: list[dict[str, Any]] = field(default_factory=list)  # each judge check's calibration (judge.Calibration)
+    drift: dict[str, Any] | None = None  # the latest `refinery drift` run (drift.DriftReport.to_json())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

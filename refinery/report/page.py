@@ -48,7 +48,8 @@ def build_report(project: Project) -> Report:
                       outcomes=_outcomes(store), mix=mix, sweep=sweep,
                       mix_section=_has_mix(store, project, mix, sweep), failure_map=failure_map,
                       map_variance=variance, judges=judges, train_examples=store.scalar(
-                          "SELECT count(*) FROM examples WHERE split = 'train' AND status = 'active'"))
+                          "SELECT count(*) FROM examples WHERE split = 'train' AND status = 'active'"),
+                      drift=_latest_drift(store))
 
 
 
@@ -93,6 +94,12 @@ def _judge_reasons(store: Store, check: str, *, top: int = 3) -> list[dict[str, 
         WHERE check_name = ? AND applies AND NOT passed AND variant = ''
             AND round = (SELECT max(number) FROM rounds WHERE status = 'done' AND number >= 0)
         GROUP BY detail ORDER BY failures DESC, detail LIMIT ?""", [check, top]).to_dicts()
+
+
+def _latest_drift(store: Store) -> dict[str, Any] | None:
+    """The latest drift run's figures, as `refinery drift` stored them."""
+    found = store.one("SELECT summary FROM drift_runs ORDER BY id DESC LIMIT 1")
+    return json.loads(found[0]) if found else None
 
 
 def _rounds(store: Store) -> list[dict[str, Any]]:
@@ -354,7 +361,7 @@ def report_text(report: Report, *, width: int = 120) -> str:
     v = views(report)
     out.print(f"Project {report.project}  store {report.store}", markup=False)
     out.print(_headline_text(v["headline"]), markup=False)
-    for section in (_rounds_text, _checks_text, _patterns_text, _added_text, _mix_text, _map_text):
+    for section in (_rounds_text, _checks_text, _patterns_text, _added_text, _mix_text, _map_text, _drift_text):
         for part in section(report, v):
             out.print()
             out.print(part, markup=False) if isinstance(part, str) else out.print(part)
@@ -492,3 +499,23 @@ def _map_text(report: Report, v: dict[str, Any]) -> list:
         clusters = ", ".join(f"c{c['rank']:02d} {c['label']} {c['points']}" for c in panel["clusters"])
         lines.append(f"   round {panel['round']}: {panel['points']} failures: {clusters}")
     return ["\n".join(lines)]
+
+
+def _drift_text(report: Report, v: dict[str, Any]) -> list:
+    d = report.drift
+    if not d:
+        return []
+    n, e = v["map_section"] + 1, d["embedding"]
+    head = (f"{n}. Drift of production inputs (run {d['run']}): {d['production']:,} production inputs against "
+            f"{d['reference']:,} train and analysis inputs; " + ("drift found" if d["drifted"] else "no drift found")
+            + f". Embeddings: MMD {e['mmd']:.4f} (p = {e['p']:.2g}); {pct(e['far_share'])} of production inputs "
+            f"unlike any reference input ({pct(e['far_expected'])} expected).")
+    parts: list = [head]
+    if d["features"]:
+        parts.append(_table("Features more common in production (q < 0.05)", ["feature", "production", "reference",
+                                                                              "q"],
+                            [[f["feature"], pct(f["production_share"]),
+                              "never" if f["never_seen"] else pct(f["reference_share"]), f"{f['q']:.2g}"]
+                             for f in d["features"][:12]]))
+    parts += [f"#{i} {g['statement']} ({g['size']} inputs)" for i, g in enumerate(d["groups"], 1)]
+    return parts

@@ -33,7 +33,7 @@ def draw_plots(report: Report) -> dict[str, str | None]:
     """Every plot of the page as SVG text, None where there is nothing to plot."""
     plots: dict[str, Callable[[Report], Figure | None]] = {
         "metric": metric_plot, "checks": checks_plot, "added": added_plot, "mix": mix_plot,
-        "sweep": sweep_plot, "map": map_plot}
+        "sweep": sweep_plot, "map": map_plot, "drift": drift_plot}
     return {name: _svg(name, draw, report) for name, draw in plots.items()}
 
 
@@ -251,6 +251,30 @@ def map_plot(report: Report) -> Figure | None:
         ax.legend(loc="upper left", bbox_to_anchor=(-0.02, -0.17), fontsize=7, handletextpad=0.2, markerscale=1.2,
                   borderaxespad=0)
     axes[0][0].set_ylabel("PC 2")
+    return figure
+
+
+def drift_plot(report: Report) -> Figure | None:
+    """The latest drift run's embedding samples on their first two principal components: reference inputs grey,
+    production blue, the production inputs unlike any reference input red."""
+    points = (report.drift or {}).get("map") or {}
+    if not points.get("production"):
+        return None
+    figure, ax = _figure(6.0, 4.0)
+    far = set(points["far"])
+    for xy, color, label, size in (
+            (points["reference"], "#9aa5b1", f"train and analysis inputs ({len(points['reference'])})", 10),
+            ([p for i, p in enumerate(points["production"]) if i not in far], PALETTE[0],
+             f"production inputs ({len(points['production']) - len(far)})", 10),
+            ([points["production"][i] for i in sorted(far)], "#d64545",
+             f"production inputs unlike any reference input ({len(far)})", 22)):
+        if xy:
+            ax.scatter([p[0] for p in xy], [p[1] for p in xy], s=size, color=color, alpha=0.6, linewidths=0,
+                       label=label)
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.set_title("Production against reference inputs (embedding samples)", fontsize=9)
+    ax.legend(loc="upper left", bbox_to_anchor=(0, -0.14), fontsize=7)
     return figure
 
 

@@ -213,16 +213,21 @@ def rename_pattern(store: Store, cluster_id: str, label: str) -> Pattern:
     return show_pattern(store, cluster_id, members=3)
 
 
-def relabel(store: Store, example_id: str, output: str) -> dict[str, Any]:
+def relabel(store: Store, example_id: str, output: str, *, think: Any = None) -> dict[str, Any]:
     """Correct an expected output: a new example (source 'relabel', parent the old one); the old one is kept,
-    status 'rejected'."""
+    status 'rejected'. A production input that `refinery drift --add` left waiting for an expected output (an id
+    from drift_inputs) becomes an analysis example with it; `think` (the project's think pattern) gives its kind."""
     old = store.one("SELECT id, input, output, fields, kind, split, status FROM examples WHERE id = ?", [example_id])
-    if old is None:
-        raise RefineryError(f"no example '{example_id}'. `refinery clusters show ID` lists example ids.")
-    if old[6] != "active":
-        raise RefineryError(f"example {example_id} is already rejected (relabelled or withdrawn).")
     if not output.strip():
         raise RefineryError("the new output is empty.")
+    if old is None and think is not None and store.one(
+            "SELECT id FROM drift_inputs WHERE id = ? AND example_id IS NULL", [example_id]):
+        return _expect_drift_input(store, example_id, output, think)
+    if old is None:
+        raise RefineryError(f"no example '{example_id}'. `refinery clusters show ID` lists example ids, and "
+                            f"`refinery drift --waiting` the production inputs that wait for an expected output.")
+    if old[6] != "active":
+        raise RefineryError(f"example {example_id} is already rejected (relabelled or withdrawn).")
     digest = content_hash(old[1], output)
     if store.scalar("SELECT count(*) FROM examples WHERE content_hash = ?", [digest]):
         raise RefineryError(f"an example with this input and output already exists ({digest[:16]}).")
@@ -233,6 +238,23 @@ def relabel(store: Store, example_id: str, output: str) -> dict[str, Any]:
                     "round_added) VALUES (?, ?, ?, ?, ?, ?, ?, 'relabel', ?, ?)",
                     [digest[:16], digest, old[1], output, old[3], old[4], old[5], example_id, number])
     return {"old": example_id, "new": digest[:16], "split": old[5], "output": output}
+
+
+def _expect_drift_input(store: Store, input_id: str, output: str, think: Any) -> dict[str, Any]:
+    """A waiting production input with its expected output: an analysis example (source import, origin 'drift N:
+    FILE:LINE'), the drift input marked with it."""
+    from refinery.store import detect_kind
+
+    run, text, origin = store.one("SELECT run, input, origin FROM drift_inputs WHERE id = ?", [input_id])
+    digest = content_hash(text, output)
+    if store.scalar("SELECT count(*) FROM examples WHERE content_hash = ?", [digest]):
+        raise RefineryError(f"an example with this input and output already exists ({digest[:16]}).")
+    with store.transaction() as con:
+        con.execute("INSERT INTO examples (id, content_hash, input, output, kind, split, source, origin) VALUES "
+                    "(?, ?, ?, ?, ?, 'analysis', 'import', ?)",
+                    [digest[:16], digest, text, output, detect_kind(output, think), f"drift {run}: {origin}"])
+        con.execute("UPDATE drift_inputs SET example_id = ? WHERE id = ?", [digest[:16], input_id])
+    return {"old": input_id, "new": digest[:16], "split": "analysis", "output": output}
 
 
 def check_output(rules, *, input: str, output: str, fields: dict[str, Any] | None = None) -> list[str]:
