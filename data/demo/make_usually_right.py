@@ -28,7 +28,6 @@ make_demo's corner set (14). Rows have exactly the demo's fields; the slice labe
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import sys
