@@ -10,6 +10,7 @@
     bench/run --parts objective,model --model-project examples/smollm2-cpu   # and a real model's rounds beside
     bench/run --parts judge --out bench/out-judge   # an LLM judge's cost and agreement with the rules (minutes)
     bench/run --parts distributed --out bench/out-dist  # 2 training/generation processes against 1 (minutes)
+    bench/run --parts drift --out bench/out-drift   # a planted drift named, a clean one not, and 100,000 inputs
 """
 
 from __future__ import annotations
@@ -34,16 +35,18 @@ from bench.demo import REPO  # noqa: E402
 
 OBJECTIVE_ARMS = ("sft", "sft+dpo", "dpo")  # the objective part's arms: values of [train] objective
 PARTS = ("ceiling", "demo", "efficiency", "usually_right", "stages", "scale", "objective", "model", "judge",
-         "distributed")
+         "distributed", "drift")
 DEFAULT_PARTS = PARTS[:6]  # the parts after these are asked for by name: each adds its own section to the page
 FULL = {"seeds": 3, "rounds": 4, "steps": None, "eval_rows": None, "analysis_sizes": [1000, 10000, 100000],
         "clusterers": ["silhouette", "kmeans-fixed"], "ingest_sizes": [10000, 100000, 1000000],
         "embed_texts": 2000, "scale_timeout": 150.0, "judge_outputs": 60,
-        "distributed_steps": 30, "distributed_repeats": 3, "distributed_prompts": 200}
+        "distributed_steps": 30, "distributed_repeats": 3, "distributed_prompts": 200, "drift_seeds": 5,
+        "drift_size": 2000, "drift_scale": 100000}
 QUICK = {"seeds": 1, "rounds": 2, "steps": 4, "eval_rows": 40, "analysis_sizes": [300, 600],
          "clusterers": ["silhouette", "kmeans-fixed"], "ingest_sizes": [1000, 2000], "embed_texts": 64,
          "scale_timeout": 120.0, "judge_outputs": 8,
-         "distributed_steps": 4, "distributed_repeats": 1, "distributed_prompts": 16}
+         "distributed_steps": 4, "distributed_repeats": 1, "distributed_prompts": 16, "drift_seeds": 1,
+         "drift_size": 400, "drift_scale": 2000}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -85,6 +88,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--distributed-steps", type=int, help="distributed part: training steps a run (full: 30)")
     parser.add_argument("--distributed-repeats", type=int, help="distributed part: runs per process count (full: 3)")
     parser.add_argument("--distributed-prompts", type=int, help="distributed part: inputs generated (full: 200)")
+    parser.add_argument("--drift-seeds", type=int, help="drift part: planted and clean sets per seed (full: 5)")
+    parser.add_argument("--drift-size", type=int, help="drift part: production inputs a set (full: 2000)")
+    parser.add_argument("--drift-scale", type=int, help="drift part: production inputs timed (full: 100000)")
     parser.add_argument("--out", type=Path, help="results JSON and work folders (default: bench/out)")
     parser.add_argument("--docs", type=Path, help="where benchmarks.md and its plots go (default: docs/; with "
                                                   "--quick or --out, the results folder's docs/)")
@@ -275,9 +281,16 @@ def _distributed(args, work: Path, log, results: dict[str, Any], save) -> list[d
                            prompts=args.distributed_prompts, work=work, log=log)
 
 
+def _drift(args, work: Path, log, results: dict[str, Any], save) -> dict[str, Any]:
+    from bench.drift import run_drift
+
+    return run_drift(seeds=list(range(args.drift_seeds)), size=args.drift_size, scale=args.drift_scale, work=work,
+                     log=log)
+
+
 RUNNERS = {"ceiling": _ceiling, "demo": _demo, "efficiency": _efficiency, "usually_right": _usually_right,
            "stages": _stages, "scale": _scale, "objective": _objective, "model": _model, "judge": _judge,
-           "distributed": _distributed}
+           "distributed": _distributed, "drift": _drift}
 
 
 def _logger(started: float):

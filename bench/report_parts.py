@@ -11,7 +11,7 @@ from bench import stats
 from bench.report import _minutes, _pct, _pts, _spread_pct
 from refinery.config import TrainSettings
 
-SPLICED = ("objective", "model", "judge", "distributed")
+SPLICED = ("objective", "model", "judge", "distributed", "drift")
 DPO_KEYS = ("dpo_steps", "dpo_beta", "dpo_learning_rate", "dpo_sft_weight")
 ARM_NAMES = {"sft": "SFT", "sft+dpo": "SFT then DPO", "dpo": "DPO alone after round 1"}
 
@@ -181,4 +181,10 @@ def _distributed(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[st
     return distributed_section(rows, results, _run_line(results, "distributed"))
 
 
-SECTIONS = {"objective": _objective, "model": _model, "judge": _judge, "distributed": _distributed}
+def _drift(result: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    from bench.drift import drift_section
+
+    return drift_section(result, results, _run_line(results, "drift"))
+
+
+SECTIONS = {"objective": _objective, "model": _model, "judge": _judge, "distributed": _distributed, "drift": _drift}

@@ -54,8 +54,9 @@ def print_drift(report) -> None:
     from refinery.stages.hypotheses import format_p
 
     e = report.embedding
+    sample = f" on a seeded sample of {report.sampled:,} of them" if report.sampled < report.production else ""
     console.print(f"Drift run {report.run}: {report.production:,} production inputs against {report.reference:,} "
-                  f"train and analysis inputs ({report.tested:,} features tested).", markup=False)
+                  f"train and analysis inputs ({report.tested:,} features tested{sample}).", markup=False)
     if not report.drifted:
         console.print(f"No drift found: no feature is more common in production (q < 0.05 after "
                       f"Benjamini-Hochberg over {report.tested:,}), and the embedding samples do not differ "
