@@ -269,10 +269,13 @@ def test_the_judge_part_times_a_real_judge_and_its_cache(tmp_path: Path) -> None
     from bench.judge import judge_section, run_judge
 
     said: list[str] = []
-    (row,) = run_judge([str(REPO / "data" / "tiny-base")], count=6, work=tmp_path, log=said.append)
+    generated, row = run_judge([str(REPO / "data" / "tiny-base")], count=6, work=tmp_path, log=said.append)
+    assert (generated["verdict"], row["verdict"]) == ("generate", "likelihood")
+    assert generated["verdicts"] == 0 and row["verdicts"] == 6  # the word-problem model never writes PASS or FAIL
+    assert row["auc"] is not None and 0 <= row["auc"] <= 1
     assert row["outputs"] == 6 and row["rule_passes"] == 3
     assert row["verdicts"] + row["no_verdict"] == 6 and 0 <= row["agreement"] <= 1
     assert row["seconds_per_verdict"] > row["cached_seconds_per_verdict"] > 0 and row["speedup"] > 1
-    assert said and said[0].startswith(f"judge {REPO / 'data' / 'tiny-base'}: agreement ")
-    page = "\n".join(judge_section([row], {"settings": {}}, "Measured here."))
-    assert "| bundled tiny model | " in page and f"{row['agreement']:.1%}" in page
+    assert said and said[0].startswith(f"judge {REPO / 'data' / 'tiny-base'} (generate): agreement ")
+    page = "\n".join(judge_section([generated, row], {"settings": {}}, "Measured here."))
+    assert "| bundled tiny model | likelihood | 6 of 6 | " in page and f"{row['agreement']:.1%}" in page

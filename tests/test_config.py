@@ -91,10 +91,10 @@ def test_explicit_folder_without_project(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ("[tool.refinery.train]\nrank = 8\nrnak = 4\n",
-     "pyproject.toml:3: [tool.refinery.train] unknown key 'rnak' (expected one of: alpha, batch_size, dpo_beta, "
-     "dpo_learning_rate, dpo_sft_weight, dpo_steps, dropout, epochs, learning_rate, lr_schedule, max_length, "
-     "max_steps, method, min_steps, objective, precision, rank, seed, steps, target_modules, warm_start, warmup). "
-     "Did you mean 'rank'?"),
+     "pyproject.toml:3: [tool.refinery.train] unknown key 'rnak' (expected one of: accelerate_config, alpha, "
+     "batch_size, dpo_beta, dpo_learning_rate, dpo_sft_weight, dpo_steps, dropout, epochs, launcher, learning_rate, "
+     "lr_schedule, max_length, max_steps, method, min_steps, objective, precision, processes, rank, seed, steps, "
+     "target_modules, warm_start, warmup). Did you mean 'rank'?"),
     ("[tool.refinery.train]\nmin_steps = 500\nmax_steps = 400\n",
      "pyproject.toml:2: [tool.refinery.train] min_steps = 500 is above max_steps = 400: expected min_steps <= "
      "max_steps. Lower min_steps or raise max_steps."),
@@ -171,7 +171,8 @@ def test_init_scaffolds_a_project_whose_commented_defaults_are_the_defaults(tmp_
     expected = (Config().override("mix", reasoning_share=0.4, cue="use thinking.",
                                   cue_pattern=r"(?i)(please )?use thinking[.!]?|think it through[.!]?",
                                   answer_check="answer_correct", toggle_template="think_toggle.jinja")
-                .override("train", steps=300).override("generate", explore=0.2)
+                .override("train", steps=300, accelerate_config="accelerate/fsdp.yaml")
+                .override("generate", explore=0.2)
                 .override("plateau", target=0.95).override("baseline", production="runs/production-adapter")
                 .override("judge", model="pypi:smollm2-135m-instruct", base_url="http://127.0.0.1:8000/v1",
                           api_key_env="OPENAI_API_KEY"))

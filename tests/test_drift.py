@@ -65,8 +65,9 @@ def test_a_planted_drift_is_named_and_its_inputs_grouped(reference, tmp_path) ->
     assert [p["inputs"] for p in report.periods] and report.periods[0]["drifting_share"] == 0.0  # before day 15
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)])
 def test_inputs_from_the_reference_distribution_name_no_drift(reference, tmp_path, seed: int) -> None:
+    """One seed in the default suite, three with the slow tests; bench/run --parts drift runs five."""
     rows = production_set(size=2000, drift=0.0, seed=seed)
     report, _ = detect_drift(reference, [_write_rows(tmp_path / "production.jsonl", rows)])
     assert report.features == [] and report.groups == []

@@ -131,7 +131,8 @@ def test_merge_rename_and_relabel(reviewed, cli) -> None:
     assert cli("relabel", example, "--output", "x").err == (f"Error: example {example} is already rejected "
                                                             f"(relabelled or withdrawn).\n")
     assert cli("relabel", "nope", "--output", "x").err == ("Error: no example 'nope'. `refinery clusters show ID` "
-                                                           "lists example ids.\n")
+                                                           "lists example ids, and `refinery drift --waiting` the "
+                                                           "production inputs that wait for an expected output.\n")
 
 
 @pytest.fixture

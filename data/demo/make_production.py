@@ -5,10 +5,11 @@
 Deterministic (seeded). Most rows come from the evaluation sets' distribution (make_demo.eval_set, a stream of its
 own); a share of them (10 % by default) drifted in two ways the training and analysis data never show: a weather
 condition (hail, in several phrasings) and a new way of asking for reasoning ("show your reasoning."). Every row has
-its expected output (the demo's rules, with hail shown as 🧊), a timestamp over 30 days, the drift starting on day 15,
-and `drifted` (true for the planted rows, for tests; refinery reads it as an extra field).
+its expected output (the demo's rules, with hail shown as 🧊), the demo's fields (answer, condition, cue, ...; what
+`refinery drift --add` stores with an input, as ingest would), and a timestamp over 30 days, the drift starting on
+day 15. `production_set` also marks the planted rows (`drifted`), for tests; the file leaves that out.
 
-- production.jsonl (2,000): input, expected, timestamp, drifted.
+- production.jsonl (2,000): input, expected, the demo's fields, timestamp.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def production_set(*, size: int = 2000, drift: float = 0.1, seed: int = 11, days
         row = drifted_example(rng) if i in planted else next(normal)
         late = i in planted
         day = rng.uniform(drift_from, days) if late else rng.uniform(0, days)
-        rows.append({"input": row["input"], "expected": row["output"], "drifted": late,
+        fields = {k: v for k, v in row.items() if k not in ("input", "output")}
+        rows.append({"input": row["input"], "expected": row["output"], **fields, "drifted": late,
                      "timestamp": (START + timedelta(days=day)).isoformat(timespec="seconds")})
     return sorted(rows, key=lambda r: r["timestamp"])
 
@@ -62,7 +64,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args()
     rows = production_set(size=args.size, drift=args.drift, seed=args.seed)
-    write_jsonl(args.out, rows)
+    write_jsonl(args.out, [{k: v for k, v in r.items() if k != "drifted"} for r in rows])  # the label is the tests'
+
     print(f"{args.out.name}: {len(rows)} rows, {sum(r['drifted'] for r in rows)} drifted")
 
 

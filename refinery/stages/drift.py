@@ -1,5 +1,6 @@
-"""Drift: what is new in production inputs against what the model was trained and evaluated on (the train and
-analysis splits), named with evidence, and a sample of it fed back into the analysis split.
+"""Drift: what is new in production inputs against what the model was trained and evaluated on (the inputs people
+brought to the train and analysis splits: generated counterexamples are left out, their mix being skewed on
+purpose), named with evidence, and a sample of it fed back into the analysis split.
 
 Three views of one comparison. Features: every input feature the analysis reads (words, word pairs, character
 3-grams, tags and where they stand, cues, punctuation, capitals, length) plus years, each one's share of production
@@ -88,21 +89,23 @@ class DriftReport:
 
 def read_production(paths: list[str | Path], *, project: Project) -> pl.DataFrame:
     """Production rows from JSONL, CSV or Parquet files: input (the project's [data] input_column), and when given
-    output (what the model answered), expected (a person's expected output), timestamp (and `at`, parsed); origin
-    is file:line."""
+    output (what the model answered), expected (a person's expected output), timestamp (and `at`, parsed); the other
+    columns as fields (JSON, kept with an input `--add` stores, as ingest keeps them); origin is file:line."""
     frames = []
     for path in paths:
         rows = read_rows(Path(path), data=project.config.data, need_output=False)
         extra = [json.loads(f) if f else {} for f in rows["fields"]]
         for name in ("expected", "timestamp"):
-            values = [e.get(name) for e in extra]
+            values = [e.pop(name, None) for e in extra]
             rows = rows.with_columns(pl.Series(name, [None if v is None else str(v) for v in values],
                                                dtype=pl.String))
+        rows = rows.with_columns(pl.Series("fields", [json.dumps(e, ensure_ascii=False) if e else None
+                                                      for e in extra], dtype=pl.String))
         empty = rows.filter(pl.col("input").is_null() | (pl.col("input").str.strip_chars() == ""))
         if empty.height:
             raise DataError(f"{empty['origin'][0]}: no input (expected text in the "
                             f"'{project.config.data.input_column}' field). Drop the row, or fill it in.")
-        frames.append(rows.select("input", "output", "expected", "timestamp", "origin"))
+        frames.append(rows.select("input", "output", "expected", "timestamp", "fields", "origin"))
     production = pl.concat(frames)
     parsed = production.with_columns(pl.col("timestamp").str.to_datetime(strict=False).alias("at"))
     bad = parsed.filter(pl.col("timestamp").is_not_null() & pl.col("at").is_null())
@@ -121,8 +124,10 @@ def detect_drift(project: Project, paths: list[str | Path], *, embedder: Any = N
     say = on_progress or (lambda _: None)
     production = read_production(paths, project=project)
     with Store(project.store_path, wait=ROUND_WAIT) as store:
+        # What people brought, not the loop's counterexamples: their mix is skewed on purpose (more cues, more
+        # punctuation), and every production share would differ from it.
         reference = store.frame("SELECT input FROM examples WHERE status = 'active' AND split IN ('train', "
-                                "'analysis') ORDER BY id")["input"].to_list()
+                                "'analysis') AND source <> 'generated' ORDER BY id")["input"].to_list()
     if not reference:
         raise DataError("the store has no train or analysis examples to compare with: ingest the data the model "
                         "was trained and evaluated on first (`refinery ingest FILE`).")
@@ -213,7 +218,8 @@ def _feature_groups(prod: list[frozenset[str]], ref: list[frozenset[str]], texts
         members = [int(i) for i in index if name in prod[i]]
         in_ref = best["with_total"] - best["with_failed"]
         seen = "never in the reference" if in_ref == 0 else f"{in_ref / len(ref):.1%} of reference inputs"
-        statement = (f"{name}: {len(members) / len(prod):.1%} of production inputs against {seen} "
+        which = "production inputs" if not groups else "the production inputs no group above holds"
+        statement = (f"{name}: {len(members) / len(index):.1%} of {which} against {seen} "
                      f"({format_p(best['p'])}, q = {best['q']:.2g})")
         groups.append(DriftGroup("feature", name, statement, len(members), len(members) / len(prod),
                                  _examples(texts, members), members))
@@ -394,13 +400,13 @@ def record_drift(project: Project, report: DriftReport, production: pl.DataFrame
         summary = report.to_json() | {"run": run}
         examples = prepare_examples(
             labelled.select("input", pl.col("expected").alias("output"), *(pl.lit(None, dtype=pl.String).alias(c)
-                                                                            for c in ("kind", "split", "fields")),
-                            pl.format("drift {}: {}", pl.lit(run), "origin").alias("origin")),
+                                                                            for c in ("kind", "split")),
+                            "fields", pl.format("drift {}: {}", pl.lit(run), "origin").alias("origin")),
             data=config.data, seed=config.core.seed, split="analysis", think=config.think())
         con.register("drift_examples", examples.unique("content_hash", keep="first", maintain_order=True))
         added = con.execute("""
             INSERT INTO examples (id, content_hash, input, output, fields, kind, split, source, origin)
-            SELECT d.id, d.content_hash, d.input, d.output, NULL, d.kind, d.split, 'import', d.origin
+            SELECT d.id, d.content_hash, d.input, d.output, CAST(d.fields AS JSON), d.kind, d.split, 'import', d.origin
             FROM drift_examples d ANTI JOIN examples e ON e.content_hash = d.content_hash
             RETURNING id""").fetchall()
         con.unregister("drift_examples")
