@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-smollm2 demo-judge test test-all test-models test-bench install chromium smollm2
+.PHONY: demo demo-smollm2 demo-judge test test-all test-slow test-models test-bench install chromium smollm2
 
 install: $(VENV)/.installed
 
@@ -87,6 +87,12 @@ test-all: install chromium
 # They convert the model into a temporary cache once (about 20 s to 2 min) and train two LoRA steps on a CPU.
 test-models: smollm2
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m slow tests/test_models.py
+
+# The other slow-marked tests (the SIGKILL crash test, the endpoint judge's server, two-process rounds, fuzzers, more
+# drift seeds): about 6 minutes; `.ci/run` runs them after `make test`.
+test-slow: install chromium
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m slow --ignore=tests/test_models.py \
+		--ignore=tests/test_bench.py
 
 # The benchmark's quick run end to end (about two minutes, slow-marked): `.ci/run` runs it after `make test`.
 test-bench: install

@@ -289,6 +289,7 @@ def served() -> str:
         server.wait(timeout=30)
 
 
+@pytest.mark.slow  # 20 s to start the server: `make test-slow` (in .ci/run)
 def test_the_judge_answers_from_a_real_openai_compatible_server(judged, served, monkeypatch) -> None:
     monkeypatch.setenv("REFINERY_TEST_JUDGE_KEY", "sk-local-test")
     _use_endpoint(judged, served, 'api_key_env = "REFINERY_TEST_JUDGE_KEY"', "max_new_tokens = 8")

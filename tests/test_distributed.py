@@ -45,6 +45,7 @@ def test_two_processes_learn_like_one_with_the_same_effective_batch(tmp_path: Pa
     assert "torch.distributed.run --standalone --nnodes 1 --nproc_per_node 2 -m refinery.stages.train" in log
 
 
+@pytest.mark.slow  # `make test-slow` (in .ci/run); the 2-process training test above stays in the default run
 def test_a_round_on_two_processes_writes_the_store_once(demo_project, cli) -> None:
     config = demo_project.root / "refinery.toml"
     config.write_text(config.read_text().replace("[train]\nsteps = 16\nbatch_size = 8\n",
@@ -111,6 +112,7 @@ def test_engine_differences_are_counted() -> None:
         "compared": 3, "different": 1, "examples": [{"vllm": "b", "transformers": "x"}]}
 
 
+@pytest.mark.slow  # `make test-slow` (in .ci/run)
 def test_generation_sharded_over_two_processes_comes_back_whole_and_in_order() -> None:
     """Process r takes inputs r, r + 2, ...; the gathered outputs are those one process gives, in the same order
     (one prompt a batch, so that no padding differs between the runs)."""

@@ -151,6 +151,7 @@ def test_a_bad_timestamp_names_its_line_and_stores_nothing(reference, tmp_path, 
         con.close()
 
 
+@pytest.mark.slow  # a baseline first: `make test-slow` (in .ci/run)
 def test_the_report_shows_the_latest_drift_run(reference, tmp_path, cli) -> None:
     project = _copy(reference, tmp_path)
     test = (REPO / "data" / "demo" / "test.jsonl").read_text(encoding="utf-8").splitlines()[:40]

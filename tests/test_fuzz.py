@@ -271,6 +271,7 @@ params = { x = 1 }
 """
 
 
+@pytest.mark.slow  # `make test-slow` (in .ci/run)
 @FUZZ
 @given(templates())
 def test_fuzz_templates(fuzz_root, text: str) -> None:

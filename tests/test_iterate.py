@@ -165,8 +165,9 @@ def _wait_for(process: subprocess.Popen, text: str, timeout: float = 240) -> lis
     raise AssertionError(f"no {text!r} within {timeout} s: {seen}")
 
 
-@pytest.mark.parametrize("kill_after", ["Round 1: training on", "  infer", "  analyze"],
-                         ids=["mid-training", "mid-evaluation", "mid-generation"])
+@pytest.mark.parametrize("kill_after", ["Round 1: training on", pytest.param("  infer", marks=pytest.mark.slow),
+                                        pytest.param("  analyze", marks=pytest.mark.slow)],
+                         ids=["mid-training", "mid-evaluation", "mid-generation"])  # the last two: `make test-slow`
 def test_a_killed_iterate_leaves_the_store_consistent_and_the_next_resumes(demo_project, cli, kill_after) -> None:
     with Store(demo_project.store_path) as store:
         before = store.frame("SELECT id FROM examples ORDER BY id")["id"].to_list()
