@@ -27,15 +27,15 @@ REGIMES = {  # part -> (section title, what the arms start from)
 
 
 def write_report(results: dict[str, Any], docs: Path, *, target: float | None = None) -> Path:
-    """docs/benchmarks.md: rendered anew when the run measured any of the page's main parts (keeping the objective
-    and model sections of the old page when it did not measure those), else the old page with only the sections of
-    the parts this run measured replaced."""
+    """docs/benchmarks.md: rendered anew when the run measured any of the page's main parts (the ceiling, the demo,
+    the efficiency regimes), keeping the old page's sections of the spliced parts (stages, scale, objective, ...)
+    this run did not measure; else the old page with only the sections of the parts this run measured replaced."""
     from bench.report_parts import SPLICED, carry, splice
 
     docs.mkdir(parents=True, exist_ok=True)
     page = docs / "benchmarks.md"
     old = page.read_text(encoding="utf-8") if page.is_file() else ""
-    if any(results.get(part) for part in ("ceiling", "demo", *REGIMES, "stages", "scale")) or not old:
+    if any(results.get(part) for part in ("ceiling", "demo", *REGIMES)) or not old:
         for part in REGIMES:
             if results.get(part):
                 plot_efficiency(results[part], docs / _plot(part))
@@ -73,10 +73,6 @@ def render(results: dict[str, Any], *, target: float | None = None) -> str:
         lines += regime_lines(results["usually_right"])
     if not answers:
         lines += ["## Sample efficiency", "", "Not run this time (`bench/run --parts efficiency,usually_right`).", ""]
-    if results.get("stages"):
-        lines += _stages(results["stages"])
-    if results.get("scale"):
-        lines += _scale(results["scale"], s)
     for part, error in (results.get("errors") or {}).items():
         last = error.strip().splitlines()[-1] if error.strip() else "?"
         lines += [f"**The {part} part failed** in this run: `{last}` (traceback in the results JSON).", ""]
