@@ -1,0 +1,63 @@
+"""Recipe grids (issue 30, first part): keys and values checked as the project file's are, the grid and its seeded
+budget, an arm's config, and the paired McNemar test."""
+
+from __future__ import annotations
+
+import pytest
+from scipy.stats import binomtest
+
+from refinery.config import Config
+from refinery.errors import ConfigError
+from refinery.stages.grid import arm_config, arm_label, grid_arms, mcnemar, parse_grid
+
+
+def test_a_grid_reads_each_value_as_its_setting_does() -> None:
+    grid = parse_grid(["rank=4,16,64", "target_modules=attention,all-linear", "learning_rate=1e-3,3e-3",
+                       "base_model=bundled:tiny-base,pypi:smollm2-135m-instruct", "reasoning_share=0.2,0.8"],
+                      Config())
+    assert grid == {"rank": [4, 16, 64], "target_modules": ["attention", "all-linear"],
+                    "learning_rate": [0.001, 0.003],
+                    "base_model": ["bundled:tiny-base", "pypi:smollm2-135m-instruct"], "reasoning_share": [0.2, 0.8]}
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    (["rnak=4"], "sweep 'rnak=4': unknown key 'rnak' (expected one of: "),
+    (["rank"], "sweep 'rank': expected KEY=V1,V2 (for example rank=4,16,64)."),
+    (["rank=four"], "sweep rank=four: expected a int."),
+    (["target_modules=everything"], "sweep target_modules=everything: "),
+    (["rank=4", "rank=8"], "sweep 'rank=8': 'rank' is given twice; put all its values in one KEY=V1,V2."),
+    (["rank=4,4"], "sweep 'rank=4,4': a value is given twice."),
+    (["processes=2"], "sweep 'processes=2': unknown key 'processes'"),
+])
+def test_a_bad_grid_names_what_is_wrong(spec: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_grid(spec, Config())
+    assert str(caught.value).startswith(message)
+
+
+def test_a_budget_is_a_seeded_sample_of_the_grid_in_grid_order() -> None:
+    grid = {"rank": [4, 16, 64], "target_modules": ["attention", "attention-mlp", "all-linear"], "method": ["lora",
+                                                                                                           "full"]}
+    every, total = grid_arms(grid)
+    assert total == len(every) == 18 and every[0] == {"rank": 4, "target_modules": "attention", "method": "lora"}
+    some, total = grid_arms(grid, budget=5, seed=1)
+    assert total == 18 and len(some) == 5 and some == [a for a in every if a in some]
+    assert grid_arms(grid, budget=5, seed=1)[0] == some != grid_arms(grid, budget=5, seed=2)[0]
+    assert grid_arms(grid, budget=50)[0] == every
+
+
+def test_an_arm_changes_only_its_settings() -> None:
+    config = arm_config(Config(), {"rank": 64, "reasoning_share": 0.4, "base_model": "pypi:smollm2-135m-instruct"})
+    assert (config.train.rank, config.mix.reasoning_share, config.core.base_model) == (
+        64, 0.4, "pypi:smollm2-135m-instruct")
+    assert config.train.alpha == Config().train.alpha
+    assert arm_label({"rank": 64, "method": "full"}) == "rank=64 method=full"
+
+
+def test_mcnemar_counts_the_discordant_examples_and_tests_them_exactly() -> None:
+    a = {f"e{i}": i < 30 for i in range(40)}
+    b = {f"e{i}": i < 20 or i >= 35 for i in range(40)}
+    found = mcnemar(a, b)
+    assert (found["examples"], found["only_a"], found["only_b"]) == (40, 10, 5)
+    assert found["p"] == pytest.approx(binomtest(10, 15, 0.5).pvalue)
+    assert mcnemar(a, a)["p"] == 1.0
