@@ -61,3 +61,18 @@ def test_mcnemar_counts_the_discordant_examples_and_tests_them_exactly() -> None
     assert (found["examples"], found["only_a"], found["only_b"]) == (40, 10, 5)
     assert found["p"] == pytest.approx(binomtest(10, 15, 0.5).pvalue)
     assert mcnemar(a, a)["p"] == 1.0
+
+
+def test_a_two_arm_sweep_trains_each_arm_on_the_same_data_and_tests_the_best_against_the_current(demo_project,
+                                                                                                   tmp_path) -> None:
+    from refinery.stages.sweep import run_grid
+
+    project = demo_project.with_config(demo_project.config.override("train", steps=3))
+    document = run_grid(project, {"rank": [16, 4]})
+    first, second = document["rows"]
+    assert (first["label"], second["label"]) == ("rank=16 (current)", "rank=4")
+    assert first["steps"] == second["steps"] == 3 and document["train_examples"] == 20
+    assert first["adapter_bytes"] > 3 * second["adapter_bytes"]  # rank 16 holds four times rank 4's weights
+    paired = document["against_current"]
+    assert paired["examples"] == document["test_examples"] and paired["only_a"] + paired["only_b"] <= paired["examples"]
+    assert document["verdict"].startswith(("the current recipe", "best: rank=4"))

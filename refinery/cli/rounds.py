@@ -359,3 +359,43 @@ def report(ctx: typer.Context,
     if text:
         return print(report_text(result, width=console.width if console.is_terminal else 120), end="")
     console.print(f"Wrote {write_report(project, out=out, report=result)}")
+
+
+@app.command()
+def sweep(ctx: typer.Context,
+          settings: Annotated[list[str], typer.Argument(metavar="KEY=V1,V2...", help="A [train] setting, base_model "
+                                                        "or reasoning_share, and the values to try; several make a "
+                                                        "grid.")],
+          round: Annotated[int | None, typer.Option("--round", metavar="N", help="Train on round N's training set "
+                                                    "(default: the last finished round's).",
+                                                    show_default=False)] = None,
+          budget: Annotated[int | None, typer.Option("--budget", metavar="N", help="At most N arms: a seeded sample "
+                                                     "of the grid.", min=1, show_default=False)] = None,
+          steps: Annotated[int | None, typer.Option(metavar="N", help="Training steps per arm.",
+                                                    show_default=False)] = None,
+          as_json: JsonOption = False) -> None:
+    """Choose the recipe by evals: train one adapter per combination of settings, on the same data with the same
+    seed, measure each on the test split, and test the best against the current recipe (McNemar). Work in progress
+    (issue 30): no resume or --apply yet."""
+    from refinery.stages.grid import parse_grid
+    from refinery.stages.sweep import run_grid
+
+    project = _project(ctx)
+    if steps is not None:
+        project = project.with_config(project.config.override("train", steps=steps))
+    grid = parse_grid(settings, project.config)
+    with StageReporter() as reporter:
+        reporter.bar.start()
+        document = run_grid(project, grid, round=round, budget=budget, reporter=reporter)
+    if as_json:
+        return print_json(document)
+    table = Table("arm", "test pass", "weighted", "steps", "train s", "adapter MB", "failures by check",
+                  title=f"Sweep on {document['train_examples']} training examples (round {document['round']}), "
+                        f"{document['test_examples']} test examples; {len(document['rows'])} of "
+                        f"{document['grid_arms']} arms")
+    for r in document["rows"]:
+        table.add_row(r["label"], pct(r["test_pass_rate"]), f"{r['test_weighted_score']:.3f}", str(r["steps"]),
+                      f"{r['train_seconds']:.1f}", f"{r['adapter_bytes'] / 1e6:.1f}",
+                      ", ".join(f"{k} {v}" for k, v in r["failures"].items()) or "-")
+    console.print(table)
+    console.print(document["verdict"], markup=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -85,3 +86,97 @@ def _span(values: list[int]) -> str:
     """"600", or "300-600" when the step rule gave the shares' sets different budgets."""
     low, high = min(values, default=0), max(values, default=0)
     return f"{low}" if low == high else f"{low}-{high}"
+
+
+def run_grid(project: Project, grid: dict[str, list[Any]], *, round: int | None = None, budget: int | None = None,
+             reporter: Reporter | None = None) -> dict[str, Any]:
+    """Train one arm per combination of `grid` (`grid.grid_arms`, at most `budget`, seeded), each fresh with the
+    same seed on the same training set (round `round`'s, default the last finished round's; the train split before
+    any round), plus the current recipe when the grid leaves it out, and measure each on the test split with the
+    same checks. The best arm is set against the current recipe with an exact McNemar test. Work in progress
+    (issue 30): no store table, no resume, no `--apply` yet; results go to runs/grid-*/grid.json."""
+    from refinery.rules import load_rules
+    from refinery.stages import train
+    from refinery.stages.grid import SPECIAL, arm_config, arm_label, grid_arms, mcnemar
+    from refinery.stages.measure import held_out
+    from refinery.stages.mix import training_set
+
+    reporter = reporter or Quiet()
+    config = project.config
+    rules = load_rules(project.rules_dir)
+    arms, total = grid_arms(grid, budget=budget, seed=config.core.seed)
+    current = {k: getattr(getattr(config, SPECIAL.get(k, "train")), k) for k in grid}
+    if current not in arms:
+        arms = [current, *arms]
+    with Store(project.store_path, wait=STORE_WAIT) as store:
+        number = round if round is not None else store.scalar(
+            "SELECT max(number) FROM rounds WHERE status = 'done' AND kind = 'round'")
+        examples = (store.frame("SELECT e.id, e.input, e.output, e.kind FROM round_examples r JOIN examples e ON "
+                                "e.id = r.example_id WHERE r.round = ? ORDER BY e.id", [number]) if number else
+                    store.frame("SELECT id, input, output, kind FROM examples WHERE status = 'active' AND split = "
+                                "'train' ORDER BY id"))
+        test = held_out(store, splits=("test",))
+    if examples.height == 0 or test.height == 0:
+        raise RefineryError("a sweep needs train and test examples: ingest some first.")
+    out_dir = project.runs_dir / time.strftime("grid-%Y%m%d-%H%M%S")
+    rows = []
+    for index, arm in enumerate(arms):
+        label = arm_label(arm) + (" (current)" if arm == current else "")
+        arm_project = project.with_config(arm_config(config, arm))
+        base_model = resolve_base_model(arm_project)
+        check_loadable(base_model)
+        share = arm_project.config.mix.reasoning_share
+        rows_for_arm = examples if share is None else training_set(examples, reasoning_share=share,
+                                                                     seed=config.core.seed)
+        reporter.stage(label)
+        began = time.perf_counter()
+        result = train.train(rows_for_arm, base_model=base_model, settings=arm_project.config.train,
+                             out_dir=out_dir / f"arm-{index}", on_step=reporter.progress)
+        trained = time.perf_counter() - began
+        model_path, adapter = ((result.weights_path, None) if result.method == "full"
+                               else (base_model, result.weights_path))
+        measured = ask(arm_project, rules, test, model_path=model_path, adapter=adapter)
+        per_example = _passed(measured.results)
+        rows.append({"arm": index, "label": label, "settings": arm, "current": arm == current,
+                     "test_pass_rate": measured.metrics["test"]["pass_rate"],
+                     "test_weighted_score": measured.metrics["test"]["weighted_score"],
+                     "failures": _failures(measured.results), "train_seconds": round(trained, 1),
+                     "steps": result.steps, "adapter_bytes": _size(Path(result.weights_path)),
+                     "passed": per_example})
+        reporter.stage_done(label, rows[-1]["train_seconds"], f"test pass {rows[-1]['test_pass_rate']:.0%}")
+    base = next(r for r in rows if r["current"])
+    best = max(rows, key=lambda r: (r["test_pass_rate"], r["test_weighted_score"], -r["arm"]))
+    paired = mcnemar(best["passed"], base["passed"])
+    document = {"dir": str(out_dir), "round": number, "grid": grid, "grid_arms": total, "budget": budget,
+                "train_examples": examples.height, "test_examples": test.height,
+                "rows": [{k: v for k, v in r.items() if k != "passed"} for r in rows], "best": best["arm"],
+                "current": base["arm"], "against_current": paired,
+                "verdict": _verdict(best, base, paired)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "grid.json").write_text(json.dumps(document, indent=2))
+    return document
+
+
+def _passed(results: pl.DataFrame) -> dict[str, bool]:
+    """Per test example as stored (variant ''), whether every check that applies passed."""
+    stored = results.filter((pl.col("variant") == "") & pl.col("applies"))
+    return dict(stored.group_by("example_id").agg(pl.col("passed").all()).iter_rows())
+
+
+def _failures(results: pl.DataFrame) -> dict[str, int]:
+    failed = results.filter((pl.col("variant") == "") & pl.col("applies") & ~pl.col("passed"))
+    return dict(sorted(failed.group_by("check_name").len().iter_rows()))
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def _verdict(best: dict[str, Any], base: dict[str, Any], paired: dict[str, Any]) -> str:
+    if best is base:
+        return f"the current recipe ({base['label']}) is the best arm."
+    gap = best["test_pass_rate"] - base["test_pass_rate"]
+    text = (f"best: {best['label']}, test pass {best['test_pass_rate']:.1%} against {base['test_pass_rate']:.1%} "
+            f"for the current recipe ({gap:+.1%}; it passes {paired['only_a']} examples the current fails and fails "
+            f"{paired['only_b']} it passes, McNemar p = {paired['p']:.2g})")
+    return text + (": within noise." if paired["p"] >= 0.05 else ".")
