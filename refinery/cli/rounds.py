@@ -386,7 +386,7 @@ def sweep(ctx: typer.Context,
     grid = parse_grid(settings, project.config)
     with StageReporter() as reporter:
         reporter.bar.start()
-        document = run_grid(project, grid, round=round, budget=budget, reporter=reporter)
+        document = run_grid(project, grid, from_round=round, budget=budget, reporter=reporter)
     if as_json:
         return print_json(document)
     table = Table("arm", "test pass", "weighted", "steps", "train s", "adapter MB", "failures by check",

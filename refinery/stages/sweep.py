@@ -88,10 +88,10 @@ def _span(values: list[int]) -> str:
     return f"{low}" if low == high else f"{low}-{high}"
 
 
-def run_grid(project: Project, grid: dict[str, list[Any]], *, round: int | None = None, budget: int | None = None,
-             reporter: Reporter | None = None) -> dict[str, Any]:
+def run_grid(project: Project, grid: dict[str, list[Any]], *, from_round: int | None = None,
+             budget: int | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
     """Train one arm per combination of `grid` (`grid.grid_arms`, at most `budget`, seeded), each fresh with the
-    same seed on the same training set (round `round`'s, default the last finished round's; the train split before
+    same seed on the same training set (round `from_round`'s, default the last finished round's; the train split before
     any round), plus the current recipe when the grid leaves it out, and measure each on the test split with the
     same checks. The best arm is set against the current recipe with an exact McNemar test. Work in progress
     (issue 30): no store table, no resume, no `--apply` yet; results go to runs/grid-*/grid.json."""
@@ -109,7 +109,7 @@ def run_grid(project: Project, grid: dict[str, list[Any]], *, round: int | None 
     if current not in arms:
         arms = [current, *arms]
     with Store(project.store_path, wait=STORE_WAIT) as store:
-        number = round if round is not None else store.scalar(
+        number = from_round if from_round is not None else store.scalar(
             "SELECT max(number) FROM rounds WHERE status = 'done' AND kind = 'round'")
         examples = (store.frame("SELECT e.id, e.input, e.output, e.kind FROM round_examples r JOIN examples e ON "
                                 "e.id = r.example_id WHERE r.round = ? ORDER BY e.id", [number]) if number else
