@@ -76,3 +76,38 @@ def test_a_two_arm_sweep_trains_each_arm_on_the_same_data_and_tests_the_best_aga
     paired = document["against_current"]
     assert paired["examples"] == document["test_examples"] and paired["only_a"] + paired["only_b"] <= paired["examples"]
     assert document["verdict"].startswith(("the current recipe", "best: rank=4"))
+
+
+def test_an_interrupted_sweep_run_again_trains_only_the_arms_it_had_not_finished(demo_project) -> None:
+    from refinery.stages.loop import Quiet
+    from refinery.stages.sweep import run_grid
+    from refinery.store import Store
+
+    class Stops(Quiet):
+        """Ctrl-C in the second arm's training."""
+
+        def __init__(self) -> None:
+            self.stages: list[str] = []
+
+        def stage(self, name: str) -> None:
+            self.stages.append(name)
+
+        def progress(self, done: int, total: int) -> None:
+            if len(self.stages) == 2:
+                raise KeyboardInterrupt
+
+    class Watches(Stops):
+        def progress(self, done: int, total: int) -> None:
+            pass
+
+    project = demo_project.with_config(demo_project.config.override("train", steps=3))
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(project, {"rank": [16, 4]}, reporter=Stops())
+    with Store(project.store_path, read_only=True) as store:
+        assert store.scalar("SELECT count(*) FROM sweep_arms") == 1
+    again = Watches()
+    document = run_grid(project, {"rank": [16, 4]}, reporter=again)
+    assert again.stages == ["rank=4"] and document["resumed"] == 1 and document["sweep"] == 1
+    assert [r["label"] for r in document["rows"]] == ["rank=16 (current)", "rank=4"]
+    other = run_grid(project, {"rank": [16, 8]}, reporter=Watches())  # another grid: another sweep
+    assert other["sweep"] == 2 and other["resumed"] == 0

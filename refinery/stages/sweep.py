@@ -93,8 +93,9 @@ def run_grid(project: Project, grid: dict[str, list[Any]], *, from_round: int | 
     """Train one arm per combination of `grid` (`grid.grid_arms`, at most `budget`, seeded), each fresh with the
     same seed on the same training set (round `from_round`'s, default the last finished round's; the train split before
     any round), plus the current recipe when the grid leaves it out, and measure each on the test split with the
-    same checks. The best arm is set against the current recipe with an exact McNemar test. Work in progress
-    (issue 30): no store table, no resume, no `--apply` yet; results go to runs/grid-*/grid.json."""
+    same checks. The best arm is set against the current recipe with an exact McNemar test. Each finished arm is
+    stored at once (sweep_arms): the same sweep run again trains only the arms it had not finished. Work in
+    progress (issue 30): no `--apply` yet; the arms' weights go to runs/sweep-NNN/arm-N."""
     from refinery.rules import load_rules
     from refinery.stages import train
     from refinery.stages.grid import SPECIAL, arm_config, arm_label, grid_arms, mcnemar
@@ -118,9 +119,13 @@ def run_grid(project: Project, grid: dict[str, list[Any]], *, from_round: int | 
         test = held_out(store, splits=("test",))
     if examples.height == 0 or test.height == 0:
         raise RefineryError("a sweep needs train and test examples: ingest some first.")
-    out_dir = project.runs_dir / time.strftime("grid-%Y%m%d-%H%M%S")
+    sweep_id, finished = _open_sweep(project, number, grid, budget)
+    out_dir = project.runs_dir / f"sweep-{sweep_id:03d}"
     rows = []
     for index, arm in enumerate(arms):
+        if index in finished:  # an earlier run of this sweep finished it
+            rows.append(finished[index])
+            continue
         label = arm_label(arm) + (" (current)" if arm == current else "")
         arm_project = project.with_config(arm_config(config, arm))
         base_model = resolve_base_model(arm_project)
@@ -143,6 +148,7 @@ def run_grid(project: Project, grid: dict[str, list[Any]], *, from_round: int | 
                      "failures": _failures(measured.results), "train_seconds": round(trained, 1),
                      "steps": result.steps, "adapter_bytes": _size(Path(result.weights_path)),
                      "passed": per_example})
+        _save_arm(project, sweep_id, rows[-1])
         reporter.stage_done(label, rows[-1]["train_seconds"], f"test pass {rows[-1]['test_pass_rate']:.0%}")
     base = next(r for r in rows if r["current"])
     best = max(rows, key=lambda r: (r["test_pass_rate"], r["test_weighted_score"], -r["arm"]))
@@ -152,9 +158,40 @@ def run_grid(project: Project, grid: dict[str, list[Any]], *, from_round: int | 
                 "rows": [{k: v for k, v in r.items() if k != "passed"} for r in rows], "best": best["arm"],
                 "current": base["arm"], "against_current": paired,
                 "verdict": _verdict(best, base, paired)}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "grid.json").write_text(json.dumps(document, indent=2))
+    document["sweep"], document["resumed"] = sweep_id, len(finished)
+    with Store(project.store_path, wait=STORE_WAIT) as store, store.transaction() as con:
+        con.execute("UPDATE sweeps SET document = ? WHERE id = ?", [json.dumps(document), sweep_id])
     return document
+
+
+def _open_sweep(project: Project, number: int | None, grid: dict[str, list[Any]],
+                budget: int | None) -> tuple[int, dict[int, dict[str, Any]]]:
+    """The sweep's id (an earlier unfinished or finished run of the same sweep, or a new one) and its finished arms.
+    The same sweep: the same round, grid and budget, from the same [train], [mix] and base model."""
+    import dataclasses
+    import hashlib
+
+    config = project.config
+    basis = {"round": number, "grid": grid, "budget": budget, "train": dataclasses.asdict(config.train),
+             "mix": dataclasses.asdict(config.mix), "base_model": config.core.base_model}
+    key = hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()
+    with Store(project.store_path, wait=STORE_WAIT) as store, store.transaction() as con:
+        found = con.execute("SELECT id FROM sweeps WHERE key = ?", [key]).fetchall()
+        if found:
+            sweep_id = found[0][0]
+        else:
+            sweep_id = con.execute("SELECT coalesce(max(id), 0) + 1 FROM sweeps").fetchall()[0][0]
+            con.execute("INSERT INTO sweeps (id, key, round, grid) VALUES (?, ?, ?, ?)",
+                        [sweep_id, key, number, json.dumps(grid)])
+        arms = con.execute("SELECT arm, row, passed FROM sweep_arms WHERE sweep = ?", [sweep_id]).fetchall()
+    return sweep_id, {arm: {**json.loads(row), "passed": json.loads(passed)} for arm, row, passed in arms}
+
+
+def _save_arm(project: Project, sweep_id: int, row: dict[str, Any]) -> None:
+    with Store(project.store_path, wait=STORE_WAIT) as store, store.transaction() as con:
+        con.execute("INSERT INTO sweep_arms (sweep, arm, row, passed) VALUES (?, ?, ?, ?)",
+                    [sweep_id, row["arm"], json.dumps({k: v for k, v in row.items() if k != "passed"}),
+                     json.dumps(row["passed"])])
 
 
 def _passed(results: pl.DataFrame) -> dict[str, bool]:
