@@ -111,3 +111,21 @@ def test_an_interrupted_sweep_run_again_trains_only_the_arms_it_had_not_finished
     assert [r["label"] for r in document["rows"]] == ["rank=16 (current)", "rank=4"]
     other = run_grid(project, {"rank": [16, 8]}, reporter=Watches())  # another grid: another sweep
     assert other["sweep"] == 2 and other["resumed"] == 0
+
+
+def test_apply_writes_the_arms_settings_with_a_comment_and_keeps_the_files_own(demo_project) -> None:
+    from refinery.project import load_project
+    from refinery.stages.sweep import apply_arm, run_grid
+
+    config = demo_project.root / "refinery.toml"
+    config.write_text("# my project, tuned by hand\n" + config.read_text().replace(
+        "batch_size = 8\n", "batch_size = 8  # what fits my laptop\n"))
+    project = load_project(demo_project.root, environ={})
+    document = run_grid(project.with_config(project.config.override("train", steps=3)), {"rank": [16, 4]})
+    rate = document["rows"][1]["test_pass_rate"]
+    written = apply_arm(project, 1)
+    assert written["settings"] == {"rank": 4} and written["sweep"] == document["sweep"]
+    text = config.read_text()
+    assert f"rank = 4 # chosen by refinery sweep 1 (arm 1: test pass {rate:.1%})" in text.replace("  #", " #")
+    assert text.startswith("# my project, tuned by hand\n") and "batch_size = 8  # what fits my laptop" in text
+    assert load_project(demo_project.root, environ={}).config.train.rank == 4

@@ -363,9 +363,9 @@ def report(ctx: typer.Context,
 
 @app.command()
 def sweep(ctx: typer.Context,
-          settings: Annotated[list[str], typer.Argument(metavar="KEY=V1,V2...", help="A [train] setting, base_model "
-                                                        "or reasoning_share, and the values to try; several make a "
-                                                        "grid.")],
+          settings: Annotated[list[str] | None, typer.Argument(metavar="KEY=V1,V2...", help="A [train] setting, "
+                                                               "base_model or reasoning_share, and the values to "
+                                                               "try; several make a grid.", show_default=False)] = None,
           round: Annotated[int | None, typer.Option("--round", metavar="N", help="Train on round N's training set "
                                                     "(default: the last finished round's).",
                                                     show_default=False)] = None,
@@ -373,14 +373,26 @@ def sweep(ctx: typer.Context,
                                                      "of the grid.", min=1, show_default=False)] = None,
           steps: Annotated[int | None, typer.Option(metavar="N", help="Training steps per arm.",
                                                     show_default=False)] = None,
+          apply: Annotated[int | None, typer.Option("--apply", metavar="ARM", help="Write arm ARM's settings of the "
+                                                    "latest finished sweep into the project file, with a comment.",
+                                                    show_default=False)] = None,
           as_json: JsonOption = False) -> None:
     """Choose the recipe by evals: train one adapter per combination of settings, on the same data with the same
-    seed, measure each on the test split, and test the best against the current recipe (McNemar). Work in progress
-    (issue 30): no resume or --apply yet."""
+    seed, measure each on the test split, and test the best against the current recipe (McNemar). Run again after
+    an interruption, it trains only the arms it had not finished. Work in progress (issue 30)."""
     from refinery.stages.grid import parse_grid
-    from refinery.stages.sweep import run_grid
+    from refinery.stages.sweep import apply_arm, run_grid
 
     project = _project(ctx)
+    if apply is not None:
+        written = apply_arm(project, apply)
+        if as_json:
+            return print_json(written)
+        console.print(f"Wrote {', '.join(f'{k} = {v}' for k, v in written['settings'].items())} into "
+                      f"{written['file']} ({written['comment']}).", markup=False)
+        return
+    if not settings:
+        raise RefineryError("sweep needs KEY=V1,V2 (for example rank=4,16,64), or --apply ARM.")
     if steps is not None:
         project = project.with_config(project.config.override("train", steps=steps))
     grid = parse_grid(settings, project.config)

@@ -217,3 +217,23 @@ def _verdict(best: dict[str, Any], base: dict[str, Any], paired: dict[str, Any])
             f"for the current recipe ({gap:+.1%}; it passes {paired['only_a']} examples the current fails and fails "
             f"{paired['only_b']} it passes, McNemar p = {paired['p']:.2g})")
     return text + (": within noise." if paired["p"] >= 0.05 else ".")
+
+
+def apply_arm(project: Project, arm: int, *, sweep: int | None = None) -> dict[str, Any]:
+    """Write arm `arm`'s settings of sweep `sweep` (default: the latest finished) into the project file, each with a
+    comment naming the sweep, comments elsewhere kept; returns what was written."""
+    from refinery.project import set_setting
+    from refinery.stages.grid import SPECIAL
+
+    with Store(project.store_path, read_only=True) as store:
+        number = sweep or store.scalar("SELECT max(id) FROM sweeps WHERE document IS NOT NULL")
+        found = store.one("SELECT row FROM sweep_arms WHERE sweep = ? AND arm = ?", [number, arm]) if number else None
+    if found is None:
+        raise RefineryError(f"no arm {arm} in sweep {number or '(none finished)'}: `refinery sweep ... --json` lists "
+                            f"a sweep's arms.")
+    row = json.loads(found[0])
+    note = f"chosen by refinery sweep {number} (arm {arm}: test pass {row['test_pass_rate']:.1%})"
+    for key, value in row["settings"].items():
+        project = set_setting(project, SPECIAL.get(key, "train"), key, value, comment=note)
+    return {"sweep": number, "arm": arm, "settings": row["settings"], "comment": note,
+            "file": str(project.config_file)}
