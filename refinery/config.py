@@ -503,6 +503,10 @@ def _check_section(cls: type, values: dict[str, Any], where: _Where, *, extra_na
                           f"{settings.processes}: expected a batch_size that is a multiple of processes (each "
                           f"process takes an equal share of the effective batch). Use batch_size = "
                           f"{settings.batch_size + settings.processes - settings.batch_size % settings.processes}.")
+    if isinstance(settings, JudgeSettings) and settings.verdict == "likelihood" and settings.base_url:
+        raise ConfigError(f"{where.at('verdict')} verdict = \"likelihood\" needs a local judge, and base_url = "
+                          f"\"{settings.base_url}\" is an endpoint, which answers with text. Set verdict = "
+                          f"\"generate\" (or \"auto\"), or remove base_url.")
     if isinstance(settings, InferSettings) and settings.processes > 1 and settings.engine == "vllm":
         raise ConfigError(f"{where.at('processes')} processes = {settings.processes} with engine = \"vllm\": vLLM "
                           f"spreads a model over GPUs itself, so refinery starts one process. Remove processes, or "

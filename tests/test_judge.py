@@ -227,10 +227,8 @@ def test_the_likelihood_judge_always_gives_a_verdict_and_caches_apart_from_gener
 
 
 def test_likelihood_verdicts_need_a_local_judge(demo_project) -> None:
-    project = demo_project.with_config(demo_project.config.override(
-        "judge", model="m", base_url="http://127.0.0.1:9/v1", verdict="likelihood"))
-    with pytest.raises(ConfigError) as caught:
-        judge_name(project)
-    assert str(caught.value) == ('[judge] verdict = "likelihood" needs a local judge, and base_url = '
+    with pytest.raises(ConfigError) as caught:  # refused with the config, before any judge is asked
+        demo_project.config.override("judge", model="m", base_url="http://127.0.0.1:9/v1", verdict="likelihood")
+    assert str(caught.value) == ('command line: verdict = "likelihood" needs a local judge, and base_url = '
                                  '"http://127.0.0.1:9/v1" is an endpoint, which answers with text. Set verdict = '
                                  '"generate" (or "auto"), or remove base_url.')

@@ -10,7 +10,7 @@ permutation p-value between samples of the two, and the production inputs farthe
 nearly all reference inputs are from each other, clustered. Groups: the drifting features found greedily, each
 setting its carriers aside (as the analysis finds causes), then the far inputs no feature explains.
 
-Entry point: `detect_drift(project, paths, ...)`, a `DriftReport`; `add_drifted(...)` stores a sample.
+Entry point: `detect_drift(project, paths, ...)`, a `DriftReport`; `record_drift(...)` stores it and a sample.
 """
 
 from __future__ import annotations
@@ -139,8 +139,9 @@ def detect_drift(project: Project, paths: list[str | Path], *, embedder: Any = N
     features_of = _features({texts[i] for i in looked} | set(reference), cues=rules.cues())
     prod_features = [features_of[texts[i]] for i in looked]
     ref_features = [features_of[t] for t in reference]
-    drifting, tested = _drifting(prod_features, ref_features)
-    groups = _feature_groups(prod_features, ref_features, [texts[i] for i in looked])
+    tests = score_features([*prod_features, *ref_features], [True] * len(prod_features) + [False] * len(reference))
+    drifting = _drifting(tests, len(prod_features), len(ref_features))
+    groups = _feature_groups(prod_features, ref_features, [texts[i] for i in looked], first=tests)
     for group in groups:  # positions in the sample, as positions in the file
         group.members = [int(looked[m]) for m in group.members]
     say("embedding samples of both")
@@ -155,7 +156,7 @@ def detect_drift(project: Project, paths: list[str | Path], *, embedder: Any = N
         pl.Series("looked", np.isin(np.arange(len(texts)), looked)))
     report = DriftReport(
         files=[str(p) for p in paths], production=production.height, sampled=len(looked), reference=len(reference),
-        features=drifting, tested=tested, embedding=embedding, groups=groups,
+        features=drifting, tested=tests.height, embedding=embedding, groups=groups,
         checks=_output_checks(project, rules, production), periods=_periods(production, far), map=coords)
     return report, production
 
@@ -166,11 +167,11 @@ def _features(texts: set[str], *, cues: Any) -> dict[str, frozenset[str]]:
             for t in texts}
 
 
-def _drifting(prod: list[frozenset[str]], ref: list[frozenset[str]]) -> tuple[list[dict[str, Any]], int]:
-    """Features more common in production than in the reference (q < ALPHA), strongest first, each with its shares
-    and whether the reference ever has it. Features with the same counts ('show your', 'your reasoning', the
-    characters 'rea') are one row, named by the most readable of them, the others in `same`."""
-    tests = score_features([*prod, *ref], [True] * len(prod) + [False] * len(ref))
+def _drifting(tests: pl.DataFrame, prod: int, ref: int) -> list[dict[str, Any]]:
+    """From the feature tests (`score_features`, production as "failed"; `prod` and `ref` inputs), the features
+    more common in production (q < ALPHA), strongest first, each with its shares and whether the reference ever
+    has it. Features with the same counts ('show your', 'your reasoning', the characters 'rea') are one row, named
+    by the most readable of them, the others in `same`."""
     significant = tests.filter((pl.col("q") < ALPHA) & (pl.col("rate_with") > pl.col("rate_without")))
     rows: dict[tuple[int, int], list[dict[str, Any]]] = {}
     for row in significant.iter_rows(named=True):
@@ -180,10 +181,10 @@ def _drifting(prod: list[frozenset[str]], ref: list[frozenset[str]]) -> tuple[li
         names = sorted((r["feature"] for r in same), key=readability)
         in_ref = total - in_prod
         out.append({"feature": names[0], "same": names[1:], "production": in_prod,
-                    "production_share": in_prod / len(prod), "reference": in_ref, "reference_share": in_ref / len(ref),
+                    "production_share": in_prod / prod, "reference": in_ref, "reference_share": in_ref / ref,
                     "never_seen": in_ref == 0, "p": same[0]["p"], "q": same[0]["q"]})
     out.sort(key=lambda f: (-(f["production_share"] - f["reference_share"]), f["p"], f["feature"]))
-    return out, tests.height
+    return out
 
 
 def readability(feature: str) -> tuple[int, str]:
@@ -195,17 +196,19 @@ def readability(feature: str) -> tuple[int, str]:
     return rank, feature
 
 
-def _feature_groups(prod: list[frozenset[str]], ref: list[frozenset[str]], texts: list[str]) -> list[DriftGroup]:
+def _feature_groups(prod: list[frozenset[str]], ref: list[frozenset[str]], texts: list[str], *,
+                    first: pl.DataFrame) -> list[DriftGroup]:
     """The new parts of production, found greedily as the analysis finds causes: the drifting feature with the
     strongest evidence (smallest p) among those at least MIN_RATIO times as common in production as in the
     reference (a shift of a common feature, 66 % to 72 %, is listed among the features but is not a group of its
-    own), its carriers set aside, the test again on the rest."""
+    own), its carriers set aside, the test again on the rest. `first`: the tests on every input, already run."""
     left = np.ones(len(prod), dtype=bool)
     least = max(5, len(prod) // 200)
     groups: list[DriftGroup] = []
     while len(groups) < MAX_GROUPS and left.any():
         index = np.flatnonzero(left)
-        tests = score_features([*(prod[i] for i in index), *ref], [True] * len(index) + [False] * len(ref))
+        tests = first if not groups else score_features([*(prod[i] for i in index), *ref],
+                                                        [True] * len(index) + [False] * len(ref))
         share, ref_share = pl.col("with_failed") / len(index), (pl.col("with_total") - pl.col("with_failed")) / len(ref)
         found = tests.filter((pl.col("q") < ALPHA) & (pl.col("with_failed") >= least)
                              & (share >= MIN_RATIO * ref_share) & (share > ref_share))

@@ -34,6 +34,8 @@ ASK = "\n\nAnswer with PASS or FAIL on the first line, then one sentence that sa
 WORD = re.compile(r"(?<![A-Za-z])(PASS|FAIL)(?![A-Za-z])", re.IGNORECASE)
 ASK_SCORE = ("\n\nAnswer with a score from 1 to {scale} on the first line ({threshold} or more passes), then one "
              "sentence that says why.")
+SCORED = re.compile(re.escape(ASK_SCORE).replace(re.escape("{scale}"), r"(\d+)")
+                    .replace(re.escape("{threshold}"), r"[^)]*") + "$")  # a prompt that asks ASK_SCORE
 ASK_PICK = "\n\nAnswer with 1, 2 or TIE on the first line, then one sentence that says why."  # `compare`
 NO_VERDICT = "judge: no verdict"
 LIKELIHOOD = re.compile(r"^\s*\(p=[01]\.\d\d\)")  # after a verdict read from likelihoods: its share of the choices
@@ -126,17 +128,13 @@ def answer_choices(prompt: str) -> tuple[str, ...] | None:
         return ("PASS", "FAIL")
     if prompt.endswith(ASK_PICK):
         return ("1", "2", "TIE")
-    scale = re.search(r"Answer with a score from 1 to (\d+) on the first line \([^)]*\), then one sentence that "
-                      r"says why\.$", prompt)
+    scale = SCORED.search(prompt)
     return tuple(str(n) for n in range(1, int(scale.group(1)) + 1)) if scale else None
 
 
 def verdict_mode(settings: JudgeSettings) -> str:
-    """likelihood or generate: `[judge] verdict` with auto resolved (likelihood for a local judge)."""
-    if settings.verdict == "likelihood" and settings.base_url:
-        raise ConfigError(f"[judge] verdict = \"likelihood\" needs a local judge, and base_url = "
-                          f"\"{settings.base_url}\" is an endpoint, which answers with text. Set verdict = "
-                          f"\"generate\" (or \"auto\"), or remove base_url.")
+    """likelihood or generate: `[judge] verdict` with auto resolved (likelihood for a local judge; the config
+    refuses likelihood with an endpoint)."""
     if settings.verdict == "auto":
         return "generate" if settings.base_url else "likelihood"
     return settings.verdict
@@ -146,11 +144,10 @@ def judge_name(project: Project) -> str:
     """The judge model as the cache knows it: `[judge] model` (at its endpoint, if any), else the base model; a
     verdict read from likelihoods says so (its answers differ from generated ones)."""
     settings = project.config.judge
-    mode = verdict_mode(settings)
     if settings.base_url:
         return f"{settings.model} at {settings.base_url}"
     name = settings.model or project.config.core.base_model
-    return f"{name} (likelihood)" if mode == "likelihood" else name
+    return f"{name} (likelihood)" if verdict_mode(settings) == "likelihood" else name
 
 
 def ask_judge(project: Project, asked: list[tuple[str, str]],
