@@ -3,12 +3,15 @@ budget, an arm's config, and the paired McNemar test."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from scipy.stats import binomtest
 
 from refinery.config import Config
 from refinery.errors import ConfigError
 from refinery.stages.grid import arm_config, arm_label, grid_arms, mcnemar, parse_grid
+from refinery.stages.loop import Quiet
 
 
 def test_a_grid_reads_each_value_as_its_setting_does() -> None:
@@ -27,7 +30,8 @@ def test_a_grid_reads_each_value_as_its_setting_does() -> None:
     (["target_modules=everything"], "sweep target_modules=everything: "),
     (["rank=4", "rank=8"], "sweep 'rank=8': 'rank' is given twice; put all its values in one KEY=V1,V2."),
     (["rank=4,4"], "sweep 'rank=4,4': a value is given twice."),
-    (["processes=2"], "sweep 'processes=2': unknown key 'processes'"),
+    (["processes=2"], "sweep 'processes=2': 'processes' is not swept (it places the run, not what it learns)."),
+    (["objective=sft,dpo"], "sweep 'objective=sft,dpo': 'objective' is not swept (a sweep trains every arm by SFT)."),
 ])
 def test_a_bad_grid_names_what_is_wrong(spec: list[str], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -63,34 +67,49 @@ def test_mcnemar_counts_the_discordant_examples_and_tests_them_exactly() -> None
     assert mcnemar(a, a)["p"] == 1.0
 
 
-def test_a_two_arm_sweep_trains_each_arm_on_the_same_data_and_tests_the_best_against_the_current(demo_project,
-                                                                                                   tmp_path) -> None:
+class Records(Quiet):
+    """The arms a sweep trains, by the stage line it starts."""
+
+    def __init__(self) -> None:
+        self.stages: list[str] = []
+
+    def stage(self, name: str) -> None:
+        self.stages.append(name)
+
+
+def test_a_sweep_trains_each_arm_on_the_same_data_once_and_tests_the_best_against_the_current(demo_project) -> None:
+    """Four arms, three trainings: a full fine-tune ignores the LoRA rank, so its two arms share one."""
     from refinery.stages.sweep import run_grid
 
     project = demo_project.with_config(demo_project.config.override("train", steps=3))
-    document = run_grid(project, {"rank": [16, 4]})
-    first, second = document["rows"]
-    assert (first["label"], second["label"]) == ("rank=16 (current)", "rank=4")
-    assert first["steps"] == second["steps"] == 3 and document["train_examples"] == 20
-    assert first["adapter_bytes"] > 3 * second["adapter_bytes"]  # rank 16 holds four times rank 4's weights
-    paired = document["against_current"]
-    assert paired["examples"] == document["test_examples"] and paired["only_a"] + paired["only_b"] <= paired["examples"]
-    assert document["verdict"].startswith(("the current recipe", "best: rank=4"))
+    trained = Records()
+    document = run_grid(project, {"method": ["lora", "full"], "rank": [16, 4]}, reporter=trained)
+    lora16, lora4, full16, full4 = document["rows"]
+    assert trained.stages == ["method=lora rank=16 (current)", "method=lora rank=4", "method=full rank=16"]
+    assert full4["same_as"] == 2 and full4["label"] == "method=full rank=4" and full4["train_seconds"] == 0
+    assert (full4["test_pass_rate"], full4["failures"]) == (full16["test_pass_rate"], full16["failures"])
+    assert {r["steps"] for r in document["rows"]} == {3} and document["train_examples"] == 20
+    assert lora16["weights_bytes"] > 3 * lora4["weights_bytes"]  # rank 16 holds four times rank 4's weights
+    assert full16["weights_bytes"] > 5 * lora16["weights_bytes"]  # every weight (2.7 MB), not an adapter (0.4 MB)
+    assert document["corner_examples"] > 0 and all(0 <= r["corner_pass_rate"] <= 1 for r in document["rows"])
+    for row in (lora16, lora4, full16):
+        assert row["peak_memory_bytes"] > 100e6 and row["memory"] == "rss" and row["eval_seconds"] > 0
+        # failures by check count the test examples that fail each check: at least the busiest check's failures
+        # fail, and no more than all checks' failures together
+        failing = round((1 - row["test_pass_rate"]) * document["test_examples"])
+        assert max(row["failures"].values(), default=0) <= failing <= sum(row["failures"].values())
+    assert document["compared_with"] == 0 and document["paired"]["examples"] == document["test_examples"]
+    best = document["rows"][document["best"]]
+    assert best["test_pass_rate"] == max(r["test_pass_rate"] for r in document["rows"])
+    assert document["verdict"].startswith(("the current recipe", f"best: {best['label']}"))
 
 
 def test_an_interrupted_sweep_run_again_trains_only_the_arms_it_had_not_finished(demo_project) -> None:
-    from refinery.stages.loop import Quiet
     from refinery.stages.sweep import run_grid
     from refinery.store import Store
 
-    class Stops(Quiet):
+    class Stops(Records):
         """Ctrl-C in the second arm's training."""
-
-        def __init__(self) -> None:
-            self.stages: list[str] = []
-
-        def stage(self, name: str) -> None:
-            self.stages.append(name)
 
         def progress(self, done: int, total: int) -> None:
             if len(self.stages) == 2:
@@ -113,7 +132,8 @@ def test_an_interrupted_sweep_run_again_trains_only_the_arms_it_had_not_finished
     assert other["sweep"] == 2 and other["resumed"] == 0
 
 
-def test_apply_writes_the_arms_settings_with_a_comment_and_keeps_the_files_own(demo_project) -> None:
+def test_apply_writes_the_arms_settings_with_a_comment_and_keeps_the_files_own(demo_project, cli) -> None:
+    """And `status` names the sweep, `sweep --apply` from the command line says what it wrote."""
     from refinery.project import load_project
     from refinery.stages.sweep import apply_arm, run_grid
 
@@ -129,3 +149,17 @@ def test_apply_writes_the_arms_settings_with_a_comment_and_keeps_the_files_own(d
     assert f"rank = 4 # chosen by refinery sweep 1 (arm 1: test pass {rate:.1%})" in text.replace("  #", " #")
     assert text.startswith("# my project, tuned by hand\n") and "batch_size = 8  # what fits my laptop" in text
     assert load_project(demo_project.root, environ={}).config.train.rank == 4
+
+    status = cli("status")
+    assert f"Last sweep (1): 2 arms of rank on the train split's 20 training examples; {document['verdict']}" in \
+        " ".join(status.out.split())
+    assert json.loads(cli("status", "--json").out)["sweep"]["verdict"] == document["verdict"]
+    applied = cli("sweep", "--apply", "0")
+    assert applied.code == 0, applied.err
+    assert " ".join(applied.out.split()) == (f"Wrote rank = 16 into {config} (chosen by refinery sweep 1 (arm 0: test "
+                                             f"pass {document['rows'][0]['test_pass_rate']:.1%})).")
+    assert cli("sweep", "--apply", "7").err == ("Error: no arm 7 in sweep 1: `refinery sweep ... --json` lists a "
+                                                "sweep's arms.\n")
+    assert cli("sweep", "rnak=4").err.startswith("Error: sweep 'rnak=4': unknown key 'rnak' (expected one of: ")
+    assert cli("sweep", "rank=4", "--round", "3").err == ("Error: --round 3: no finished round 3 (finished rounds: "
+                                                          "none).\n")

@@ -103,17 +103,26 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
     console.print(table)
     if not result.rounds:
         console.print("No rounds yet.")
-        return
-    rounds = Table("round", "status", "started", "seconds", "test", "analysis", title="Last rounds (pass rates)")
-    for r in result.rounds:
+    else:
+        console.print(_rounds_table(result.rounds))
+    if result.last_iterate:
+        console.print(f"Last iterate: {result.last_iterate}", markup=False)
+    if result.sweep:
+        s = result.sweep
+        source = f"round {s['round']}'s" if s["round"] is not None else "the train split's"
+        console.print(f"Last sweep ({s['sweep']}): {s['arms']} arms of {', '.join(s['grid'])} on {source} "
+                      f"{s['train_examples']} training examples; {s['verdict']}", markup=False)
+
+
+def _rounds_table(rounds: list[dict]) -> Table:
+    table = Table("round", "status", "started", "seconds", "test", "analysis", title="Last rounds (pass rates)")
+    for r in rounds:
         seconds = f"{r['seconds']:.0f}" if r["seconds"] is not None else "-"
         measured = r["metrics"] or {}
         rates = [f"{measured[s]['pass_rate']:.1%}" if s in measured else "-" for s in ("test", "analysis")]
         name = str(r["number"]) + ("" if r["kind"] == "round" else f" ({r['kind']})")
-        rounds.add_row(name, r["status"], r["started_at"].replace("T", " ")[:16], seconds, *rates)
-    console.print(rounds)
-    if result.last_iterate:
-        console.print(f"Last iterate: {result.last_iterate}", markup=False)
+        table.add_row(name, r["status"], r["started_at"].replace("T", " ")[:16], seconds, *rates)
+    return table
 
 
 @app.command()
@@ -305,7 +314,7 @@ def mix(ctx: typer.Context,
 
 
 def _sweep(project, sweep: str, steps: int | None, as_json: bool) -> None:
-    from refinery.stages.sweep import run_sweep
+    from refinery.stages.sweep import run_grid
     try:
         shares = [float(s) for s in sweep.split(",") if s.strip()]
     except ValueError:
@@ -316,8 +325,8 @@ def _sweep(project, sweep: str, steps: int | None, as_json: bool) -> None:
     if steps is not None:
         project = project.with_config(project.config.override("train", steps=steps))
     with StageReporter() as reporter:
-        reporter.bar.start()
-        document = run_sweep(project, shares, reporter=reporter)
+        document = run_grid(project, {"reasoning_share": shares}, pool=True, against_current=False,
+                            reporter=reporter)
     if as_json:
         return print_json(document)
     cue = project.config.mix.cue is not None  # cue modes are asked only with [mix] cue set
@@ -337,6 +346,7 @@ def _sweep(project, sweep: str, steps: int | None, as_json: bool) -> None:
     if not cue:
         console.print("No thinking cue set ([mix] cue and cue_pattern), so the test split was asked as stored only.",
                       markup=False)
+    console.print(document["verdict"], markup=False)
     console.print(f"Adapters and sweep.json in {document['dir']}")
 
 
@@ -378,8 +388,10 @@ def sweep(ctx: typer.Context,
                                                     show_default=False)] = None,
           as_json: JsonOption = False) -> None:
     """Choose the recipe by evals: train one adapter per combination of settings, on the same data with the same
-    seed, measure each on the test split, and test the best against the current recipe (McNemar). Run again after
-    an interruption, it trains only the arms it had not finished. Work in progress (issue 30)."""
+    seed, measure each on the test and corner splits, and test the best against the current recipe (McNemar). Run
+    again after an interruption, it trains only the arms it had not finished.
+
+    Example: refinery sweep target_modules=attention,attention-mlp,all-linear rank=4,16,64 method=lora,full"""
     from refinery.stages.grid import parse_grid
     from refinery.stages.sweep import apply_arm, run_grid
 
@@ -397,17 +409,32 @@ def sweep(ctx: typer.Context,
         project = project.with_config(project.config.override("train", steps=steps))
     grid = parse_grid(settings, project.config)
     with StageReporter() as reporter:
-        reporter.bar.start()
         document = run_grid(project, grid, from_round=round, budget=budget, reporter=reporter)
     if as_json:
         return print_json(document)
-    table = Table("arm", "test pass", "weighted", "steps", "train s", "adapter MB", "failures by check",
-                  title=f"Sweep on {document['train_examples']} training examples (round {document['round']}), "
-                        f"{document['test_examples']} test examples; {len(document['rows'])} of "
-                        f"{document['grid_arms']} arms")
-    for r in document["rows"]:
-        table.add_row(r["label"], pct(r["test_pass_rate"]), f"{r['test_weighted_score']:.3f}", str(r["steps"]),
-                      f"{r['train_seconds']:.1f}", f"{r['adapter_bytes'] / 1e6:.1f}",
-                      ", ".join(f"{k} {v}" for k, v in r["failures"].items()) or "-")
-    console.print(table)
+    console.print(sweep_table(document))
     console.print(document["verdict"], markup=False)
+    console.print(f"Weights and sweep.json in {document['dir']}; `refinery sweep --apply ARM` writes an arm's "
+                  f"settings into {project.config_file.name}.", markup=False)
+
+
+def sweep_table(document: dict) -> Table:
+    """One line per arm: its settings, pass rates, cost and failures by check."""
+    source = f"round {document['round']}'s" if document["round"] is not None else "the train split's"
+    sampled = f"{len(document['rows'])} arms" + (f" ({document['budget']} sampled of {document['grid_arms']})"
+                                                 if document["budget"] else "")
+    table = Table("arm", "settings", "test pass", "corner", "weighted", "steps", "train s", "eval s", "peak GB",
+                  "weights MB", "test failures by check",
+                  title=f"Sweep {document['sweep']}: {sampled} on {source} {document['train_examples']} training "
+                        f"examples; {document['test_examples']} test, {document['corner_examples']} corner")
+    for r in document["rows"]:
+        if "error" in r:
+            table.add_row(str(r["arm"]), r["label"], r["error"], *[""] * 8)
+            continue
+        cost = ([f"same weights as arm {r['same_as']}", "", "", ""] if "same_as" in r else
+                [f"{r['train_seconds']:.1f}", f"{r['eval_seconds']:.1f}", f"{r['peak_memory_bytes'] / 2**30:.2f}",
+                 f"{r['weights_bytes'] / 1e6:.1f}"])
+        table.add_row(str(r["arm"]) + (" *" if r["arm"] == document["best"] else ""), r["label"],
+                      pct(r["test_pass_rate"]), pct(r["corner_pass_rate"]), f"{r['test_weighted_score']:.3f}",
+                      str(r["steps"]), *cost, ", ".join(f"{k} {v}" for k, v in r["failures"].items()) or "-")
+    return table

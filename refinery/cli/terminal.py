@@ -55,6 +55,8 @@ class StageReporter:
         self.bar.start()  # only now: an error before the round starts prints alone
 
     def stage(self, name: str) -> None:
+        if not self.bar.live.is_started:  # at the first stage: an error before any work prints alone
+            self.bar.start()
         self.task = self.bar.add_task(name, total=None)
 
     def progress(self, done: int, total: int) -> None:

@@ -1,9 +1,9 @@
-"""Recipe grids for `refinery sweep` (issue 30, work in progress): which settings an arm changes, the arms of a grid
-(bounded by a seeded budget), and the paired test that compares two arms on the same test examples.
+"""Recipe grids for `refinery sweep`: which settings an arm changes, the arms of a grid (bounded by a seeded
+budget), which arms train the same weights, and the paired test that compares two arms on the same test examples.
 
 Entry points: `parse_grid(specs, config)`, `grid_arms(grid, budget=..., seed=...)`, `arm_config(config, arm)`,
-`mcnemar(a, b)`. The sweep that trains the arms (`stages/sweep.py`) reads these; `mix --sweep` is the grid with
-the one key `reasoning_share`.
+`training_key(config)`, `mcnemar(a, b)`. The sweep that trains the arms (`stages/sweep.py`) reads these; `mix
+--sweep` is the grid with the one key `reasoning_share`.
 """
 
 from __future__ import annotations
@@ -17,12 +17,19 @@ from refinery.config import Config, TrainSettings
 from refinery.errors import ConfigError
 
 SPECIAL = {"base_model": "core", "reasoning_share": "mix"}  # sweepable keys outside [train]
-NOT_SWEPT = {"processes", "launcher", "accelerate_config", "seed"}  # how a run is placed, not what it learns
+# Not sweepable: how a run is placed (processes, launcher, accelerate_config), the seed every arm shares, and what
+# only a round does (a sweep trains each arm fresh, by SFT, on one round's set: no warm start, no DPO).
+PLACES, FRESH, SFT = ("it places the run, not what it learns", "a sweep trains every arm fresh",
+                     "a sweep trains every arm by SFT")
+NOT_SWEPT = {"processes": PLACES, "launcher": PLACES, "accelerate_config": PLACES, "warm_start": FRESH,
+             "seed": "every arm trains with the same seed", "objective": SFT, "dpo_beta": SFT, "dpo_steps": SFT,
+             "dpo_learning_rate": SFT, "dpo_sft_weight": SFT}
+LORA_ONLY = ("target_modules", "rank", "alpha", "dropout")  # what a full fine-tune does not read
 
 
 def sweep_keys() -> list[str]:
     """Every key a sweep may vary: the [train] settings that change what is learnt, base_model, reasoning_share."""
-    return sorted({f.name for f in dataclasses.fields(TrainSettings)} - NOT_SWEPT | set(SPECIAL))
+    return sorted({f.name for f in dataclasses.fields(TrainSettings)} - set(NOT_SWEPT) | set(SPECIAL))
 
 
 def parse_grid(specs: list[str], config: Config) -> dict[str, list[Any]]:
@@ -35,6 +42,8 @@ def parse_grid(specs: list[str], config: Config) -> dict[str, list[Any]]:
         key = key.strip()
         if not sep or not key or not raw.strip():
             raise ConfigError(f"sweep {spec!r}: expected KEY=V1,V2 (for example rank=4,16,64).")
+        if key in NOT_SWEPT:
+            raise ConfigError(f"sweep {spec!r}: '{key}' is not swept ({NOT_SWEPT[key]}).")
         if key not in sweep_keys():
             raise ConfigError(f"sweep {spec!r}: unknown key '{key}' (expected one of: {', '.join(sweep_keys())}).")
         if key in grid:
@@ -89,6 +98,18 @@ def arm_config(config: Config, arm: dict[str, Any]) -> Config:
     for key, value in arm.items():
         config = config.override(SPECIAL.get(key, "train"), **{key: value})
     return config
+
+
+def training_key(config: Config) -> str:
+    """What an arm's training depends on: its [train] settings (less LoRA's under a full fine-tune), the base model
+    and the reasoning share. Arms with the same key train the same weights, so a sweep trains them once."""
+    import hashlib
+    import json
+
+    train = {k: v for k, v in dataclasses.asdict(config.train).items()
+             if k not in NOT_SWEPT and not (config.train.method == "full" and k in LORA_ONLY)}
+    basis = {"train": train, "base_model": config.core.base_model, "share": config.mix.reasoning_share}
+    return hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def arm_label(arm: dict[str, Any]) -> str:
