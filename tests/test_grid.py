@@ -58,6 +58,25 @@ def test_an_arm_changes_only_its_settings() -> None:
     assert arm_label({"rank": 64, "method": "full"}) == "rank=64 method=full"
 
 
+def test_presets_that_name_the_same_modules_train_the_same_weights() -> None:
+    """On the bundled Llama-style model attention-mlp and all-linear put LoRA on the same seven projections (the
+    output layer is never a target), so a sweep trains them once; a full fine-tune ignores the LoRA settings."""
+    from conftest import REPO
+
+    from refinery.stages.grid import training_key
+    from refinery.stages.train import preset_modules
+
+    tiny = str(REPO / "data" / "tiny-base")
+    mlp, every, attention = (preset_modules(tiny, p) for p in ("attention-mlp", "all-linear", "attention"))
+    assert sorted(mlp) == sorted(every) and len(attention) == 4 * len(mlp) // 7
+    config = Config()
+    keys = {preset: training_key(arm_config(config, {"target_modules": preset}), modules=modules)
+            for preset, modules in (("attention-mlp", mlp), ("all-linear", every), ("attention", attention))}
+    assert keys["attention-mlp"] == keys["all-linear"] != keys["attention"]
+    full = [training_key(arm_config(config, {"method": "full", "rank": r})) for r in (4, 64)]
+    assert full[0] == full[1] != training_key(arm_config(config, {"method": "full", "learning_rate": 1e-3}))
+
+
 def test_mcnemar_counts_the_discordant_examples_and_tests_them_exactly() -> None:
     a = {f"e{i}": i < 30 for i in range(40)}
     b = {f"e{i}": i < 20 or i >= 35 for i in range(40)}
@@ -98,10 +117,17 @@ def test_a_sweep_trains_each_arm_on_the_same_data_once_and_tests_the_best_agains
         # fail, and no more than all checks' failures together
         failing = round((1 - row["test_pass_rate"]) * document["test_examples"])
         assert max(row["failures"].values(), default=0) <= failing <= sum(row["failures"].values())
-    assert document["compared_with"] == 0 and document["paired"]["examples"] == document["test_examples"]
-    best = document["rows"][document["best"]]
+    best, other = document["rows"][document["best"]], document["rows"][document["compared_with"]]
     assert best["test_pass_rate"] == max(r["test_pass_rate"] for r in document["rows"])
-    assert document["verdict"].startswith(("the current recipe", f"best: {best['label']}"))
+    assert document["paired"]["examples"] == document["test_examples"]
+    # the best is tested against the current recipe, or against the runner-up when it is the current recipe
+    head = ("the current recipe (method=lora rank=16) is the best arm: " if best["current"] else
+            f"best: {arm_label(best['settings'])}, ")
+    assert document["verdict"].startswith(f"{head}test pass {best['test_pass_rate']:.1%} against "
+                                          f"{other['test_pass_rate']:.1%} for ")
+    assert (other["current"] and not best["current"]) or other["test_pass_rate"] == max(
+        r["test_pass_rate"] for r in document["rows"] if r["arm"] != best["arm"] and r.get("same_as") != best["arm"])
+    assert f"McNemar p = {document['paired']['p']:.2g})" in document["verdict"]
 
 
 def test_an_interrupted_sweep_run_again_trains_only_the_arms_it_had_not_finished(demo_project) -> None:

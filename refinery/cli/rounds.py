@@ -18,6 +18,7 @@ from refinery.cli.terminal import (
     print_json,
     print_metric_history,
     print_round,
+    print_wide,
     show_counts,
     warn,
 )
@@ -412,29 +413,31 @@ def sweep(ctx: typer.Context,
         document = run_grid(project, grid, from_round=round, budget=budget, reporter=reporter)
     if as_json:
         return print_json(document)
-    console.print(sweep_table(document))
+    print_wide(sweep_table(document))
     console.print(document["verdict"], markup=False)
     console.print(f"Weights and sweep.json in {document['dir']}; `refinery sweep --apply ARM` writes an arm's "
                   f"settings into {project.config_file.name}.", markup=False)
 
 
 def sweep_table(document: dict) -> Table:
-    """One line per arm: its settings, pass rates, cost and failures by check."""
+    """One line per arm: the value of each swept key, pass rates, cost and the check it fails most."""
     source = f"round {document['round']}'s" if document["round"] is not None else "the train split's"
     sampled = f"{len(document['rows'])} arms" + (f" ({document['budget']} sampled of {document['grid_arms']})"
                                                  if document["budget"] else "")
-    table = Table("arm", "settings", "test pass", "corner", "weighted", "steps", "train s", "eval s", "peak GB",
-                  "weights MB", "test failures by check",
+    keys = list(document["grid"])
+    table = Table("arm", *keys, "test", "corner", "steps", "train s", "eval s", "peak GB", "MB", "most failed check",
                   title=f"Sweep {document['sweep']}: {sampled} on {source} {document['train_examples']} training "
                         f"examples; {document['test_examples']} test, {document['corner_examples']} corner")
     for r in document["rows"]:
+        arm = str(r["arm"]) + (" *" if r["arm"] == document["best"] else "") + (" (now)" if r["current"] else "")
+        values = [str(r["settings"][k]) for k in keys]
         if "error" in r:
-            table.add_row(str(r["arm"]), r["label"], r["error"], *[""] * 8)
+            table.add_row(arm, *values, r["error"], *[""] * 7)
             continue
-        cost = ([f"same weights as arm {r['same_as']}", "", "", ""] if "same_as" in r else
+        cost = ([f"= arm {r['same_as']}", "", "", ""] if "same_as" in r else
                 [f"{r['train_seconds']:.1f}", f"{r['eval_seconds']:.1f}", f"{r['peak_memory_bytes'] / 2**30:.2f}",
                  f"{r['weights_bytes'] / 1e6:.1f}"])
-        table.add_row(str(r["arm"]) + (" *" if r["arm"] == document["best"] else ""), r["label"],
-                      pct(r["test_pass_rate"]), pct(r["corner_pass_rate"]), f"{r['test_weighted_score']:.3f}",
-                      str(r["steps"]), *cost, ", ".join(f"{k} {v}" for k, v in r["failures"].items()) or "-")
+        worst = max(r["failures"].items(), key=lambda kv: (kv[1], kv[0]), default=None)
+        table.add_row(arm, *values, pct(r["test_pass_rate"]), pct(r["corner_pass_rate"]), str(r["steps"]), *cost,
+                      f"{worst[0]} {worst[1]}" if worst else "-")
     return table

@@ -63,7 +63,7 @@ def run_grid(project: Project, grid: dict[str, list[Any]], *, from_round: int | 
         row = finished.get(index)
         if row is None:
             arm_project = project.with_config(arm_config(config, arm))
-            key = training_key(arm_project.config)
+            key = training_key(arm_project.config, modules=_modules(arm_project))
             label = arm_label(arm) + (" (current)" if arm == current else "")
             twin = next((r for r in rows if r["key"] == key and "error" not in r), None)
             row = ({**twin, "same_as": twin["arm"], "train_seconds": 0.0, "eval_seconds": 0.0} if twin else
@@ -82,6 +82,14 @@ def run_grid(project: Project, grid: dict[str, list[Any]], *, from_round: int | 
     with Store(project.store_path, wait=STORE_WAIT) as store, store.transaction() as con:
         con.execute("UPDATE sweeps SET document = ? WHERE id = ?", [json.dumps(document), sweep_id])
     return document
+
+
+def _modules(project: Project) -> list[str] | None:
+    """The modules the arm's LoRA targets on its base model, so that two presets naming the same ones train once."""
+    from refinery.stages.train import preset_modules
+
+    settings = project.config.train
+    return preset_modules(resolve_base_model(project), settings.target_modules) if settings.method == "lora" else None
 
 
 def _sweep_data(project: Project, rules, *, from_round: int | None, pool: bool, shares: bool) -> SweepData:
@@ -192,33 +200,43 @@ def _span(values: list[int]) -> str:
 
 
 def _outcome(rows: list[dict[str, Any]], against_current: bool) -> dict[str, Any]:
-    """The best arm (test pass rate, then weighted score, then the earlier arm), what it is compared with (the
-    current recipe, else the runner-up), the paired test and a plain verdict."""
+    """The best arm (test pass rate, then weighted score, then the current recipe, then the earlier arm), what it is
+    compared with (the current recipe; the runner-up when the current recipe is the best or there is none), the
+    paired test and a plain verdict."""
     from refinery.stages.grid import mcnemar
 
-    ranked = sorted((r for r in rows if "error" not in r),
-                    key=lambda r: (-r["test_pass_rate"], -r["test_weighted_score"], r["arm"]))
+    ranked = sorted((r for r in rows if "error" not in r),  # on a tie, what you have
+                    key=lambda r: (-r["test_pass_rate"], -r["test_weighted_score"], not r["current"], r["arm"]))
     if not ranked:
         return {"best": None, "compared_with": None, "paired": None, "verdict": "no arm trained."}
     best = ranked[0]
-    other = next((r for r in ranked if r["current"]), None) if against_current else \
+    current = next((r for r in ranked if r["current"]), None) if against_current else None
+    other = current if current is not None and current["key"] != best["key"] else \
         next((r for r in ranked[1:] if r["key"] != best["key"]), None)
     if other is None:
         return {"best": best["arm"], "compared_with": None, "paired": None,
-                "verdict": f"best: {best['label']}, test pass {best['test_pass_rate']:.1%} (nothing to compare)."}
+                "verdict": f"best: {_name(best)}, test pass {best['test_pass_rate']:.1%} (no other arm to compare)."}
     paired = mcnemar(best["passed"], other["passed"])
     return {"best": best["arm"], "compared_with": other["arm"], "paired": paired,
-            "verdict": _verdict(best, other, paired, "the current recipe" if against_current else "the runner-up")}
+            "verdict": _verdict(best, other, paired, kept=current is not None and current["key"] == best["key"])}
 
 
-def _verdict(best: dict[str, Any], other: dict[str, Any], paired: dict[str, Any], name: str) -> str:
-    if best is other or best["key"] == other["key"]:
-        return f"{name} ({other['label']}) is the best arm."
+def _verdict(best: dict[str, Any], other: dict[str, Any], paired: dict[str, Any], *, kept: bool) -> str:
+    """`kept`: the best arm trains what the current recipe does, and `other` is the runner-up."""
     gap = best["test_pass_rate"] - other["test_pass_rate"]
-    text = (f"best: {best['label']}, test pass {best['test_pass_rate']:.1%} against {other['test_pass_rate']:.1%} "
-            f"for {name}, {other['label']} ({gap:+.1%}: it passes {paired['only_a']} test examples that one fails "
-            f"and fails {paired['only_b']} it passes; McNemar p = {paired['p']:.2g})")
-    return text + (": within noise, keep what you have." if paired["p"] >= 0.05 else ".")
+    against = (f"test pass {best['test_pass_rate']:.1%} against {other['test_pass_rate']:.1%} for "
+               f"{'the runner-up, ' if kept or not other['current'] else 'the current recipe, '}{_name(other)} "
+               f"({gap:+.1%}: it passes {paired['only_a']} test examples that one fails and fails {paired['only_b']} "
+               f"it passes; McNemar p = {paired['p']:.2g})")
+    head = f"the current recipe ({_name(best)}) is the best arm: " if kept else f"best: {_name(best)}, "
+    noise = "within noise, keep what you have." if other["current"] and not kept else "within noise."
+    return head + against + (f": {noise}" if paired["p"] >= 0.05 else ".")
+
+
+def _name(row: dict[str, Any]) -> str:
+    from refinery.stages.grid import arm_label
+
+    return arm_label(row["settings"])
 
 
 def _open_sweep(project: Project, number: int | None, grid: dict[str, list[Any]], budget: int | None,
