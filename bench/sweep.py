@@ -35,6 +35,8 @@ def run_sweeps(project_dir: Path, *, log) -> dict[str, Any]:
         with Store(project.store_path, read_only=True) as store:
             passed = {arm: json.loads(p) for arm, p in store.con.execute(
                 "SELECT arm, passed FROM sweep_arms WHERE sweep = ?", [document["sweep"]]).fetchall()}
+            document["started"] = str(store.scalar("SELECT created_at FROM sweeps WHERE id = ?",
+                                                   [document["sweep"]]))[:16]
         best = document["best"]
         document["against_best"] = {r["arm"]: mcnemar(passed[best], passed[r.get("same_as", r["arm"])])
                                     for r in document["rows"] if "error" not in r}
@@ -55,6 +57,9 @@ def sweep_section(result: dict[str, Any], results: dict[str, Any], run_line: str
     for document in result["sweeps"]:
         lines += [f"### Round {document['round']}'s training set: {document['train_examples']} examples, "
                   f"{document['steps']} steps", "",
+                  f"Sweep {document['sweep']} of the project's store, started {document['started']} UTC"
+                  + (f"; {document['resumed']} of its arms read back as finished by an earlier run of it"
+                     if document["resumed"] else "") + ".", "",
                   "| arm | target_modules | rank | method | test pass | p vs best | corner | train s | eval s | "
                   "peak GiB | weights MB | test failures by check |", "|---" * 12 + "|"]
         for r in document["rows"]:

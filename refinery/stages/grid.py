@@ -100,10 +100,11 @@ def arm_config(config: Config, arm: dict[str, Any]) -> Config:
     return config
 
 
-def training_key(config: Config, *, modules: list[str] | None = None) -> str:
+def training_key(config: Config, *, modules: list[str] | None = None, base: str | None = None) -> str:
     """What an arm's training depends on: its [train] settings (less LoRA's under a full fine-tune), the base model
-    and the reasoning share; with `modules`, the module names its target_modules preset resolves to on the base
-    model, instead of the preset's name. Arms with the same key train the same weights, so a sweep trains them once."""
+    (`base`: where it resolved to, so that two names of one folder are one model) and the reasoning share; with
+    `modules`, the module names its target_modules preset resolves to on the base model, instead of the preset's
+    name. Arms with the same key train the same weights, so a sweep trains them once."""
     import hashlib
     import json
 
@@ -111,7 +112,7 @@ def training_key(config: Config, *, modules: list[str] | None = None) -> str:
              if k not in NOT_SWEPT and not (config.train.method == "full" and k in LORA_ONLY)}
     if modules is not None and config.train.method == "lora":
         train["target_modules"] = sorted(modules)
-    basis = {"train": train, "base_model": config.core.base_model, "share": config.mix.reasoning_share}
+    basis = {"train": train, "base_model": base or config.core.base_model, "share": config.mix.reasoning_share}
     return hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -63,7 +63,8 @@ def run_grid(project: Project, grid: dict[str, list[Any]], *, from_round: int | 
         row = finished.get(index)
         if row is None:
             arm_project = project.with_config(arm_config(config, arm))
-            key = training_key(arm_project.config, modules=_modules(arm_project))
+            base = str(Path(resolve_base_model(arm_project)).resolve())
+            key = training_key(arm_project.config, modules=_modules(arm_project, base), base=base)
             label = arm_label(arm) + (" (current)" if arm == current else "")
             twin = next((r for r in rows if r["key"] == key and "error" not in r), None)
             row = ({**twin, "same_as": twin["arm"], "train_seconds": 0.0, "eval_seconds": 0.0} if twin else
@@ -84,12 +85,12 @@ def run_grid(project: Project, grid: dict[str, list[Any]], *, from_round: int | 
     return document
 
 
-def _modules(project: Project) -> list[str] | None:
+def _modules(project: Project, base: str) -> list[str] | None:
     """The modules the arm's LoRA targets on its base model, so that two presets naming the same ones train once."""
     from refinery.stages.train import preset_modules
 
     settings = project.config.train
-    return preset_modules(resolve_base_model(project), settings.target_modules) if settings.method == "lora" else None
+    return preset_modules(base, settings.target_modules) if settings.method == "lora" else None
 
 
 def _sweep_data(project: Project, rules, *, from_round: int | None, pool: bool, shares: bool) -> SweepData:
