@@ -35,7 +35,7 @@ from bench.demo import REPO  # noqa: E402
 
 OBJECTIVE_ARMS = ("sft", "sft+dpo", "dpo")  # the objective part's arms: values of [train] objective
 PARTS = ("ceiling", "demo", "efficiency", "usually_right", "stages", "scale", "objective", "model", "judge",
-         "distributed", "drift")
+         "distributed", "drift", "sweep")
 DEFAULT_PARTS = PARTS[:6]  # the parts after these are asked for by name: each adds its own section to the page
 FULL = {"seeds": 3, "rounds": 4, "steps": None, "eval_rows": None, "analysis_sizes": [1000, 10000, 100000],
         "clusterers": ["silhouette", "kmeans-fixed"], "ingest_sizes": [10000, 100000, 1000000],
@@ -288,9 +288,15 @@ def _drift(args, work: Path, log, results: dict[str, Any], save) -> dict[str, An
                      log=log)
 
 
+def _sweep(args, work: Path, log, results: dict[str, Any], save) -> dict[str, Any]:
+    from bench.sweep import run_sweeps
+
+    return run_sweeps(args.from_project or REPO, log=log)
+
+
 RUNNERS = {"ceiling": _ceiling, "demo": _demo, "efficiency": _efficiency, "usually_right": _usually_right,
            "stages": _stages, "scale": _scale, "objective": _objective, "model": _model, "judge": _judge,
-           "distributed": _distributed, "drift": _drift}
+           "distributed": _distributed, "drift": _drift, "sweep": _sweep}
 
 
 def _logger(started: float):

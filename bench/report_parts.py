@@ -11,7 +11,7 @@ from bench import stats
 from bench.report import _minutes, _pct, _pts, _spread_pct
 from refinery.config import TrainSettings
 
-SPLICED = ("stages", "scale", "objective", "model", "judge", "distributed", "drift")
+SPLICED = ("stages", "scale", "objective", "model", "judge", "distributed", "drift", "sweep")
 DPO_KEYS = ("dpo_steps", "dpo_beta", "dpo_learning_rate", "dpo_sft_weight")
 ARM_NAMES = {"sft": "SFT", "sft+dpo": "SFT then DPO", "dpo": "DPO alone after round 1"}
 
@@ -201,5 +201,11 @@ def _scale(result: dict[str, Any], results: dict[str, Any]) -> list[str]:
     return [heading, "", _run_line(results, "scale"), *rest]
 
 
+def _sweep(result: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    from bench.sweep import sweep_section
+
+    return sweep_section(result, results, _run_line(results, "sweep"))
+
+
 SECTIONS = {"stages": _stages, "scale": _scale, "objective": _objective, "model": _model, "judge": _judge,
-            "distributed": _distributed, "drift": _drift}
+            "distributed": _distributed, "drift": _drift, "sweep": _sweep}

@@ -109,3 +109,49 @@ def load_model(base_model: str, *, device: str, dtype: Any, adapter: str | None 
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload().to(device)
     model.eval()
     return model, tokenizer
+
+
+class PeakMemory:
+    """The most memory the work inside a `with` block used: on a CUDA GPU, torch's peak allocation on it; elsewhere
+    the peak resident memory of this process and its children (training processes), sampled every 50 ms."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.kind = "rss"
+        self._stop: Any = None
+
+    def __enter__(self) -> PeakMemory:
+        import threading
+
+        import torch
+
+        if torch.cuda.is_available():
+            self.kind = "cuda"
+            torch.cuda.reset_peak_memory_stats()
+            return self
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while True:
+            try:
+                used = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
+            except psutil.Error:  # a child ended between listing and reading it
+                used = me.memory_info().rss
+            self.bytes = max(self.bytes, used)
+            if self._stop.wait(0.05):
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        if self.kind == "cuda":
+            self.bytes = int(torch.cuda.max_memory_allocated())
+        else:
+            self._stop.set()
+            self._thread.join()

@@ -354,3 +354,27 @@ def m010_drift(con: duckdb.DuckDBPyConnection) -> None:
             example_id  VARCHAR,                    -- once relabelled: the analysis example it became
             created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
         )""")
+
+
+@migration
+def m011_sweeps(con: duckdb.DuckDBPyConnection) -> None:
+    # `refinery sweep`: each sweep (keyed by what it trains on and with: the round, the grid, the budget and the
+    # settings the arms start from) and each finished arm, written as it finishes, so that a sweep run again after
+    # an interruption trains only the arms it had not finished.
+    con.execute("""
+        CREATE TABLE sweeps (
+            id          INTEGER PRIMARY KEY,
+            key         VARCHAR NOT NULL UNIQUE,    -- sha256 of round, grid, budget and the base settings
+            round       INTEGER,                    -- whose training set the arms train on (NULL: the train split)
+            grid        JSON NOT NULL,
+            document    JSON,                       -- the finished sweep's figures; NULL while arms remain
+            created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )""")
+    con.execute("""
+        CREATE TABLE sweep_arms (
+            sweep       INTEGER NOT NULL,
+            arm         INTEGER NOT NULL,
+            row         JSON NOT NULL,              -- its figures (settings, pass rates, seconds, sizes)
+            passed      JSON NOT NULL,              -- test example id -> passed, for the paired test
+            PRIMARY KEY (sweep, arm)
+        )""")

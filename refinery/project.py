@@ -147,14 +147,15 @@ def resolve_base_model(project: Project) -> str:
     return name
 
 
-def set_setting(project: Project, section: str, key: str, value: Any) -> Project:
-    """Write `key = value` into `section` of the project file, check it, and return the project as reloaded. The
-    file is edited with tomlkit, which keeps its comments, spacing and order (and any way of writing a header:
-    `[ mix ]`, `[mix]  # note`, dotted keys). On a check failure the file is left as it was."""
+def set_setting(project: Project, section: str, key: str, value: Any, *, comment: str | None = None) -> Project:
+    """Write `key = value` into `section` of the project file ("core": its top-level keys), with `comment` after it
+    if given, check it, and return the project as reloaded. The file is edited with tomlkit, which keeps its
+    comments, spacing and order (and any way of writing a header: `[ mix ]`, `[mix]  # note`, dotted keys). On a
+    check failure the file is left as it was."""
     path = project.config_file
     line, header = f"{key} = {toml_value(value)}", _header_of(path, section)
     before = read_text(path)
-    _write_setting(path, _with_setting(path, before, section, key, value), line, header)
+    _write_setting(path, _with_setting(path, before, section, key, value, comment), line, header)
     try:
         return dataclasses.replace(project, config=read_config(path))
     except ConfigError:
@@ -163,10 +164,12 @@ def set_setting(project: Project, section: str, key: str, value: Any) -> Project
 
 
 def _header_of(path: Path, section: str) -> str:
+    if section == "core":
+        return "[tool.refinery]" if path.name != CONFIG_FILE else "the top of the file"
     return f"[tool.refinery.{section}]" if path.name != CONFIG_FILE else f"[{section}]"
 
 
-def _with_setting(path: Path, text: str, section: str, key: str, value: Any) -> str:
+def _with_setting(path: Path, text: str, section: str, key: str, value: Any, comment: str | None = None) -> str:
     import tomlkit
 
     try:
@@ -175,9 +178,12 @@ def _with_setting(path: Path, text: str, section: str, key: str, value: Any) -> 
         raise ConfigError(f"{path.name}: cannot edit it ({exc}). Write {key} = {toml_value(value)} under "
                           f"{_header_of(path, section)} yourself.") from None
     table = document if path.name == CONFIG_FILE else document["tool"]["refinery"]
-    if section not in table:
+    if section != "core" and section not in table:
         table[section] = tomlkit.table()
-    table[section][key] = value
+    item = tomlkit.item(value)
+    if comment:
+        item.comment(comment)
+    (table if section == "core" else table[section])[key] = item
     return tomlkit.dumps(document)
 
 

@@ -170,6 +170,7 @@ def test_a_split_too_small_to_measure_is_warned_of_at_ingest(project_dir: Path, 
     assert result.code == 0 and result.err == ""
 
 
+@pytest.mark.slow  # `make test-slow` (in .ci/run): keeps the default run under 10 minutes
 def test_readers_do_not_lock_each_other_out_and_a_writer_is_named(project_dir: Path, cli) -> None:
     write(project_dir / "data" / "reviews.jsonl", jsonl(reviews(10)))
     assert cli("ingest", "data/reviews.jsonl", "--split", "train").code == 0

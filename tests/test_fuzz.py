@@ -182,6 +182,7 @@ def project_files(draw) -> str:
     return SENTINEL + "\n" + "\n".join(lines) + "\n"
 
 
+@pytest.mark.slow  # `make test-slow` (in .ci/run): keeps the default run under 10 minutes
 @FUZZ
 @given(project_files(), st.sampled_from(["status", "mix"]))
 def test_fuzz_project_file(fuzz_root, text: str, command: str) -> None:
@@ -220,6 +221,7 @@ def rules_files(draw) -> str:
     return "\n".join(lines) + "\n"
 
 
+@pytest.mark.slow  # `make test-slow` (in .ci/run): keeps the default run under 10 minutes
 @FUZZ
 @given(rules_files())
 def test_fuzz_rules(fuzz_root, text: str) -> None:

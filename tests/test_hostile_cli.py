@@ -215,6 +215,7 @@ def fuzz_project(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow  # `make test-slow` (in .ci/run): keeps the default run under 10 minutes
 @settings(max_examples=80, deadline=None, database=None, derandomize=True,
           suppress_health_check=list(HealthCheck))
 @given(command=COMMANDS, words=st.lists(WORDS, min_size=0, max_size=3))

@@ -110,6 +110,7 @@ def test_the_ceiling_trains_on_oracle_data_and_is_a_reference_not_a_round(demo_p
     assert f"; ceiling {ceiling:.1%} (oracle data), so the loop reached " in text
 
 
+@pytest.mark.slow  # `make test-slow` (in .ci/run): keeps the default run under 10 minutes
 def test_a_production_adapter_is_measured_once_and_compared(demo_project, cli) -> None:
     first = run_round(demo_project)
     shutil.copytree(Path(first.train["weights"]), demo_project.root / "prod")

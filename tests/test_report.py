@@ -28,12 +28,14 @@ NAMES = {-1: "production", 0: "baseline", 1: "round 1", 2: "round 2"}
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
-    """The small demo after two rounds (`refinery iterate --rounds 2`), a one-share sweep, and `refinery baseline`
-    with round 1's adapter as the production model; and a copy taken before the baseline. All real."""
+    """The small demo after two rounds (`refinery iterate --rounds 2`), a one-share mix sweep, a two-arm recipe
+    sweep on round 1's set, and `refinery baseline` with round 1's adapter as the production model; and a copy taken
+    before the baseline. All real."""
     project = make_demo(tmp_path_factory.mktemp("report") / "demo")
     root = str(project.root)
     assert main(["--project", root, "iterate", "--rounds", "2", "--steps", "8", "--json"]) == 0
     assert main(["--project", root, "mix", "--sweep", "0.5", "--steps", "2", "--json"]) == 0
+    assert main(["--project", root, "sweep", "rank=4", "--round", "1", "--steps", "2", "--json"]) == 0
     plain = load_project(shutil.copytree(project.root, project.root.parent / "no-baseline"), environ={})
     write(project.root / "refinery.toml", CONFIG + '\n[baseline]\nproduction = "runs/round-001/adapter"\n')
     assert main(["--project", root, "baseline", "--shots", "1", "--json"]) == 0
@@ -68,6 +70,8 @@ def test_the_page_renders_its_plots_and_tables_in_chromium(reported, cli, tmp_pa
         checks = _check_counts(store)
     assert dom.plots["map"]["points"] == members > 0  # one dot per failing case in the map
     assert {REFERENCE[kind][0] for kind in ("baseline", "production")} <= dom.plots["metric"]["strokes"]
+    recipe = [row[:3] for row in dom.tables["recipe-table"]]
+    assert [cells[1] for cells in recipe] == ["rank=16 (current)", "rank=4"] and all("%" in c[2] for c in recipe)
     rounds = {row[0]: row for row in dom.tables["rounds-table"]}
     assert list(rounds) == [NAMES[n] for n in ROUNDS]
     assert {n: rounds[NAMES[n]][4] for n in ROUNDS} == {n: f"{rate:.1%}" for n, rate in passing.items()}
@@ -132,6 +136,11 @@ def test_the_terminal_summary_gives_the_stores_figures(reported, cli) -> None:
     assert [shares[f"{r['share']:g}"][2] for r in sweep["rows"]] == [f"{r['test_pass_rate']:.1%}"
                                                                      for r in sweep["rows"]]
     assert "6. Failure map: PCA of the failing cases' input embeddings" in text
+    recipe = json.loads((reported.runs_dir / "sweep-002" / "sweep.json").read_text())
+    assert "7. Recipe sweep 2 (runs/sweep-002" in text.replace(str(reported.root) + "/", "")
+    arms = _rows(text, "   arms", key=1)
+    assert {label: cells[2] for label, cells in arms.items()} == {
+        r["label"]: f"{r['test_pass_rate']:.1%}" for r in recipe["rows"]} and len(arms) == 2
 
 
 def test_json_and_a_project_without_a_baseline(measured, cli) -> None:
@@ -193,11 +202,13 @@ def test_a_task_without_reasoning_gets_no_mix_section(project, cli) -> None:
     # a sweep run without a cue has no cue-mode figures: the page shows its test pass rates alone
     from refinery.stages.mix import CUE_FIGURES
     rows = [{"share": s, "examples": 10, "reasoning": r, "direct": 10 - r, "toggled": 0, "test_pass_rate": rate,
-             "test_weighted_score": rate, **dict.fromkeys(CUE_FIGURES), "seconds": 1.0}
-            for s, r, rate in ((0.2, 2, 0.25), (0.6, 6, 0.5))]
-    write(project.runs_dir / "sweep-20250101-000000" / "sweep.json",
-          json.dumps({"dir": "runs/sweep-20250101-000000", "train_examples": 10, "test_examples": 4, "steps": 2,
-                      "rows": rows}))
+             "test_weighted_score": rate, **dict.fromkeys(CUE_FIGURES)} for s, r, rate in ((0.2, 2, 0.25),
+                                                                                          (0.6, 6, 0.5))]
+    sweep = {"sweep": 1, "dir": "runs/sweep-001", "grid": {"reasoning_share": [0.2, 0.6]}, "train_examples": 10,
+             "test_examples": 4, "steps": "2", "rows": rows}
+    with Store(project.store_path) as store:
+        store.con.execute("INSERT INTO sweeps (id, key, grid, document) VALUES (1, 'k', ?, ?)",
+                          [json.dumps(sweep["grid"]), json.dumps(sweep)])
     shares = _rows(cli("report", "--text").out, "   latest sweep")
     assert shares["0.2"][1:] == ["10 (2/8)", "25.0%", "-", "-", "-", "-", "-"]
     assert cli("report").code == 0

@@ -15,7 +15,7 @@ from refinery.store import Store
 
 TABLES = {"_migrations", "examples", "ingests", "rounds", "round_stages", "round_examples", "predictions",
           "rule_results", "embeddings", "clusters", "cluster_members", "generations", "pairs", "judge_verdicts",
-          "judge_labels", "drift_runs", "drift_inputs"}
+          "judge_labels", "drift_runs", "drift_inputs", "sweeps", "sweep_arms"}
 
 
 def tables(path: Path) -> set[str]:
@@ -32,12 +32,12 @@ def test_fresh_store_gets_every_migration_once(tmp_path: Path) -> None:
         assert store.applied_migrations() == ["m001_initial", "m002_cluster_hypothesis", "m003_review_baselines",
                                               "m004_patterns_per_cause", "m005_preference_pairs", "m006_round_plan",
                                               "m007_unambiguous_content_hash", "m008_judge_verdicts",
-                                              "m009_judge_labels", "m010_drift"]
+                                              "m009_judge_labels", "m010_drift", "m011_sweeps"]
         assert store.migrate() == []
     assert tables(path) == TABLES
     with Store(path) as store:
         assert store.migrate() == []
-        assert store.scalar("SELECT count(*) FROM _migrations") == 10
+        assert store.scalar("SELECT count(*) FROM _migrations") == 11
 
 
 def test_existing_store_gets_only_new_migrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,7 +55,7 @@ def test_existing_store_gets_only_new_migrations(tmp_path: Path, monkeypatch: py
         assert store.applied_migrations() == ["m001_initial", "m002_cluster_hypothesis", "m003_review_baselines",
                                               "m004_patterns_per_cause", "m005_preference_pairs", "m006_round_plan",
                                               "m007_unambiguous_content_hash", "m008_judge_verdicts",
-                                              "m009_judge_labels", "m010_drift", "m099_add_note"]
+                                              "m009_judge_labels", "m010_drift", "m011_sweeps", "m099_add_note"]
         assert store.con.execute("SELECT id, note FROM examples").fetchall() == [("a", "none")]
     with Store(path) as store:
         assert store.migrate() == []
@@ -74,7 +74,7 @@ def test_m003_keeps_the_rows_of_a_store_written_before_it(tmp_path: Path) -> Non
     con.execute("INSERT INTO rounds (number, status, config) VALUES (0, 'done', '{}'), (1, 'done', '{}')")
     con.close()
     with Store(path) as store:
-        assert store.applied_migrations()[-1] == "m010_drift"
+        assert store.applied_migrations()[-1] == "m011_sweeps"
         assert store.frame("SELECT id, status FROM examples").rows() == [("a", "rejected")]
         assert store.frame("SELECT id, outcome FROM generations").rows() == [(1, "leak")]
         assert store.frame("SELECT number, kind FROM rounds ORDER BY number").rows() == [(0, "baseline"),
@@ -135,7 +135,7 @@ def test_a_store_waits_for_a_brief_holder(tmp_path: Path) -> None:
     try:
         assert holder.stdout.readline().strip() == "ready"
         with Store(path, wait=20) as store:  # opens once the other process lets go
-                assert store.applied_migrations()[-1] == "m010_drift"
+                assert store.applied_migrations()[-1] == "m011_sweeps"
     finally:
         holder.wait()
 

@@ -18,6 +18,7 @@ from refinery.cli.terminal import (
     print_json,
     print_metric_history,
     print_round,
+    print_wide,
     show_counts,
     warn,
 )
@@ -103,17 +104,26 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
     console.print(table)
     if not result.rounds:
         console.print("No rounds yet.")
-        return
-    rounds = Table("round", "status", "started", "seconds", "test", "analysis", title="Last rounds (pass rates)")
-    for r in result.rounds:
+    else:
+        console.print(_rounds_table(result.rounds))
+    if result.last_iterate:
+        console.print(f"Last iterate: {result.last_iterate}", markup=False)
+    if result.sweep:
+        s = result.sweep
+        source = f"round {s['round']}'s" if s["round"] is not None else "the train split's"
+        console.print(f"Last sweep ({s['sweep']}): {s['arms']} arms of {', '.join(s['grid'])} on {source} "
+                      f"{s['train_examples']} training examples; {s['verdict']}", markup=False)
+
+
+def _rounds_table(rounds: list[dict]) -> Table:
+    table = Table("round", "status", "started", "seconds", "test", "analysis", title="Last rounds (pass rates)")
+    for r in rounds:
         seconds = f"{r['seconds']:.0f}" if r["seconds"] is not None else "-"
         measured = r["metrics"] or {}
         rates = [f"{measured[s]['pass_rate']:.1%}" if s in measured else "-" for s in ("test", "analysis")]
         name = str(r["number"]) + ("" if r["kind"] == "round" else f" ({r['kind']})")
-        rounds.add_row(name, r["status"], r["started_at"].replace("T", " ")[:16], seconds, *rates)
-    console.print(rounds)
-    if result.last_iterate:
-        console.print(f"Last iterate: {result.last_iterate}", markup=False)
+        table.add_row(name, r["status"], r["started_at"].replace("T", " ")[:16], seconds, *rates)
+    return table
 
 
 @app.command()
@@ -305,7 +315,7 @@ def mix(ctx: typer.Context,
 
 
 def _sweep(project, sweep: str, steps: int | None, as_json: bool) -> None:
-    from refinery.stages.sweep import run_sweep
+    from refinery.stages.sweep import run_grid
     try:
         shares = [float(s) for s in sweep.split(",") if s.strip()]
     except ValueError:
@@ -316,8 +326,8 @@ def _sweep(project, sweep: str, steps: int | None, as_json: bool) -> None:
     if steps is not None:
         project = project.with_config(project.config.override("train", steps=steps))
     with StageReporter() as reporter:
-        reporter.bar.start()
-        document = run_sweep(project, shares, reporter=reporter)
+        document = run_grid(project, {"reasoning_share": shares}, pool=True, against_current=False,
+                            reporter=reporter)
     if as_json:
         return print_json(document)
     cue = project.config.mix.cue is not None  # cue modes are asked only with [mix] cue set
@@ -337,6 +347,7 @@ def _sweep(project, sweep: str, steps: int | None, as_json: bool) -> None:
     if not cue:
         console.print("No thinking cue set ([mix] cue and cue_pattern), so the test split was asked as stored only.",
                       markup=False)
+    console.print(document["verdict"], markup=False)
     console.print(f"Adapters and sweep.json in {document['dir']}")
 
 
@@ -359,3 +370,74 @@ def report(ctx: typer.Context,
     if text:
         return print(report_text(result, width=console.width if console.is_terminal else 120), end="")
     console.print(f"Wrote {write_report(project, out=out, report=result)}")
+
+
+@app.command()
+def sweep(ctx: typer.Context,
+          settings: Annotated[list[str] | None, typer.Argument(metavar="KEY=V1,V2...", help="A [train] setting, "
+                                                               "base_model or reasoning_share, and the values to "
+                                                               "try; several make a grid.", show_default=False)] = None,
+          round: Annotated[int | None, typer.Option("--round", metavar="N", help="Train on round N's training set "
+                                                    "(default: the last finished round's).",
+                                                    show_default=False)] = None,
+          budget: Annotated[int | None, typer.Option("--budget", metavar="N", help="At most N arms: a seeded sample "
+                                                     "of the grid.", min=1, show_default=False)] = None,
+          steps: Annotated[int | None, typer.Option(metavar="N", help="Training steps per arm.",
+                                                    show_default=False)] = None,
+          apply: Annotated[int | None, typer.Option("--apply", metavar="ARM", help="Write arm ARM's settings of the "
+                                                    "latest finished sweep into the project file, with a comment.",
+                                                    show_default=False)] = None,
+          as_json: JsonOption = False) -> None:
+    """Choose the recipe by evals: train one adapter per combination of settings, on the same data with the same
+    seed, measure each on the test and corner splits, and test the best against the current recipe (McNemar). Run
+    again after an interruption, it trains only the arms it had not finished.
+
+    Example: refinery sweep target_modules=attention,attention-mlp,all-linear rank=4,16,64 method=lora,full"""
+    from refinery.stages.grid import parse_grid
+    from refinery.stages.sweep import apply_arm, run_grid
+
+    project = _project(ctx)
+    if apply is not None:
+        written = apply_arm(project, apply)
+        if as_json:
+            return print_json(written)
+        console.print(f"Wrote {', '.join(f'{k} = {v}' for k, v in written['settings'].items())} into "
+                      f"{written['file']} ({written['comment']}).", markup=False)
+        return
+    if not settings:
+        raise RefineryError("sweep needs KEY=V1,V2 (for example rank=4,16,64), or --apply ARM.")
+    if steps is not None:
+        project = project.with_config(project.config.override("train", steps=steps))
+    grid = parse_grid(settings, project.config)
+    with StageReporter() as reporter:
+        document = run_grid(project, grid, from_round=round, budget=budget, reporter=reporter)
+    if as_json:
+        return print_json(document)
+    print_wide(sweep_table(document))
+    console.print(document["verdict"], markup=False)
+    console.print(f"Weights and sweep.json in {document['dir']}; `refinery sweep --apply ARM` writes an arm's "
+                  f"settings into {project.config_file.name}.", markup=False)
+
+
+def sweep_table(document: dict) -> Table:
+    """One line per arm: the value of each swept key, pass rates, cost and the check it fails most."""
+    source = f"round {document['round']}'s" if document["round"] is not None else "the train split's"
+    sampled = f"{len(document['rows'])} arms" + (f" ({document['budget']} sampled of {document['grid_arms']})"
+                                                 if document["budget"] else "")
+    keys = list(document["grid"])
+    table = Table("arm", *keys, "test", "corner", "steps", "train s", "eval s", "peak GB", "MB", "most failed check",
+                  title=f"Sweep {document['sweep']}: {sampled} on {source} {document['train_examples']} training "
+                        f"examples; {document['test_examples']} test, {document['corner_examples']} corner")
+    for r in document["rows"]:
+        arm = str(r["arm"]) + (" *" if r["arm"] == document["best"] else "") + (" (now)" if r["current"] else "")
+        values = [str(r["settings"][k]) for k in keys]
+        if "error" in r:
+            table.add_row(arm, *values, r["error"], *[""] * 7)
+            continue
+        cost = ([f"= arm {r['same_as']}", "", "", ""] if "same_as" in r else
+                [f"{r['train_seconds']:.1f}", f"{r['eval_seconds']:.1f}", f"{r['peak_memory_bytes'] / 2**30:.2f}",
+                 f"{r['weights_bytes'] / 1e6:.1f}"])
+        worst = max(r["failures"].items(), key=lambda kv: (kv[1], kv[0]), default=None)
+        table.add_row(arm, *values, pct(r["test_pass_rate"]), pct(r["corner_pass_rate"]), str(r["steps"]), *cost,
+                      f"{worst[0]} {worst[1]}" if worst else "-")
+    return table

@@ -11,6 +11,14 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console(highlight=False, soft_wrap=True)
+LOG_WIDTH = 160  # a wide table written to a file or a pipe (no terminal to fit) keeps one line per row
+
+
+def print_wide(renderable: Any) -> None:
+    """A wide table: fitted to the terminal, or LOG_WIDTH columns wide when the output is not a terminal."""
+    if console.is_terminal:
+        return console.print(renderable)
+    Console(highlight=False, soft_wrap=True, width=LOG_WIDTH).print(renderable)
 
 
 def print_metric_history(result) -> None:
@@ -55,6 +63,8 @@ class StageReporter:
         self.bar.start()  # only now: an error before the round starts prints alone
 
     def stage(self, name: str) -> None:
+        if not self.bar.live.is_started:  # at the first stage: an error before any work prints alone
+            self.bar.start()
         self.task = self.bar.add_task(name, total=None)
 
     def progress(self, done: int, total: int) -> None:

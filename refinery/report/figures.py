@@ -21,13 +21,14 @@ class Report:
     added: list[dict[str, Any]]  # round, template, pattern, status, examples (generated examples per round)
     outcomes: list[dict[str, Any]]  # round, outcome, candidates (every rendered counterexample)
     mix: list[dict[str, Any]]  # round, answer accuracy with/without the cue, <think> leakage, mean tokens
-    sweep: dict[str, Any] | None  # the latest runs/sweep-*/sweep.json
+    sweep: dict[str, Any] | None  # the latest `refinery mix --sweep` (a sweep of reasoning_share alone)
     mix_section: bool  # whether the reasoning/direct mix section is shown (see `_has_mix`)
     failure_map: list[dict[str, Any]]  # round, pattern, rank, label, example_id, x, y (PCA of input embeddings)
     map_variance: list[float]  # variance explained by the map's two components
     train_examples: int = 0  # active examples in the train split now (what the next round starts from)
     judges: list[dict[str, Any]] = field(default_factory=list)  # each judge check's calibration (judge.Calibration)
     drift: dict[str, Any] | None = None  # the latest `refinery drift` run (drift.DriftReport.to_json())
+    recipe: dict[str, Any] | None = None  # the latest `refinery sweep` of other keys (its stored document)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -25,8 +25,9 @@ MIX_FIGURES = ("answer_accuracy_cue_on", "answer_accuracy_cue_off", "think_leaka
 
 
 def build_report(project: Project) -> Report:
-    """Gather every figure of the report from the project's store (and its latest mix sweep)."""
+    """Gather every figure of the report from the project's store."""
     from refinery.report.calibration import calibrate, judge_check_names
+    from refinery.report.status import latest_sweeps
     from refinery.rules import load_rules
 
     judge_checks = judge_check_names(load_rules(project.rules_dir), required=False)
@@ -41,7 +42,8 @@ def build_report(project: Project) -> Report:
         metrics = {r["number"]: r.pop("metrics") for r in rounds}
         done = [r["number"] for r in rounds if r["status"] == "done"]
         failure_map, variance = _failure_map(store)
-        mix, sweep = _mix(metrics, done), latest_sweep(project.runs_dir)
+        mix, sweeps = _mix(metrics, done), latest_sweeps(store)
+        sweep = sweeps["mix"]
         return Report(project=str(project.root), store=str(project.store_path),
                       created_at=datetime.now().isoformat(timespec="seconds"), rounds=rounds,
                       checks=_checks(metrics, done), patterns=_patterns(store, project), added=_added(store),
@@ -49,7 +51,7 @@ def build_report(project: Project) -> Report:
                       mix_section=_has_mix(store, project, mix, sweep), failure_map=failure_map,
                       map_variance=variance, judges=judges, train_examples=store.scalar(
                           "SELECT count(*) FROM examples WHERE split = 'train' AND status = 'active'"),
-                      drift=_latest_drift(store))
+                      drift=_latest_drift(store), recipe=sweeps["recipe"])
 
 
 
@@ -180,19 +182,6 @@ def _outcomes(store: Store) -> list[dict[str, Any]]:
                        "GROUP BY ALL ORDER BY ALL").to_dicts()
 
 
-def latest_sweep(runs_dir: Path) -> dict[str, Any] | None:
-    """The newest `refinery mix --sweep` result under runs/, or None."""
-    found = sorted(runs_dir.glob("sweep-*/sweep.json"))
-    if not found:
-        return None
-    try:
-        document = json.loads(found[-1].read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RefineryError(f"{found[-1]}: cannot read the sweep: {exc}. Delete the folder or run the sweep "
-                            f"again.") from None
-    return {**document, "file": str(found[-1])}
-
-
 def _failure_map(store: Store) -> tuple[list[dict[str, Any]], list[float]]:
     """The failing cases of the last rounds with clusters, at their place in a 2-D PCA of their stored input
     embeddings (one PCA for all panels, so the panels compare)."""
@@ -269,6 +258,7 @@ def views(report: Report) -> dict[str, Any]:
                   if r["plan"]},
         "map": _map_summary(report),
         "map_section": 6 if report.mix_section else 5,  # the failure map's number: 5 when there is no mix section
+        "recipe_section": (6 if report.mix_section else 5) + 1 + bool(report.drift),  # after the map and drift
     }
 
 
@@ -361,7 +351,8 @@ def report_text(report: Report, *, width: int = 120) -> str:
     v = views(report)
     out.print(f"Project {report.project}  store {report.store}", markup=False)
     out.print(_headline_text(v["headline"]), markup=False)
-    for section in (_rounds_text, _checks_text, _patterns_text, _added_text, _mix_text, _map_text, _drift_text):
+    for section in (_rounds_text, _checks_text, _patterns_text, _added_text, _mix_text, _map_text, _drift_text,
+                    _recipe_text):
         for part in section(report, v):
             out.print()
             out.print(part, markup=False) if isinstance(part, str) else out.print(part)
@@ -484,7 +475,7 @@ def _mix_text(report: Report, v: dict[str, Any]) -> list:
             [f"{s['share']:g}", f"{s['examples']} ({s['reasoning']}/{s['direct']})", pct(s["test_pass_rate"]),
              pct(s["answer_accuracy_cue_on"]), pct(s["answer_accuracy_cue_off"]), pct(s["think_leakage_cue_off"]),
              num(s["mean_tokens_cue_on"], 1), num(s["mean_tokens_cue_off"], 1)] for s in sweep["rows"]]
-    return parts + [_table(f"   latest sweep ({sweep['file']}, {sweep['steps']} steps each)",
+    return parts + [_table(f"   latest sweep ({sweep['dir']}, {sweep['steps']} steps each)",
                            ["share", "trained on (r/d)", "test pass", "answer acc. cue on", "cue off",
                             "<think> w/o cue", "tokens cue on", "cue off"], rows)]
 
@@ -519,3 +510,19 @@ def _drift_text(report: Report, v: dict[str, Any]) -> list:
                              for f in d["features"][:12]]))
     parts += [f"#{i} {g['statement']} ({g['size']} inputs)" for i, g in enumerate(d["groups"], 1)]
     return parts
+
+
+def _recipe_text(report: Report, v: dict[str, Any]) -> list:
+    s = report.recipe
+    if not s:
+        return []
+    source = f"round {s['round']}'s" if s["round"] is not None else "the train split's"
+    head = (f"{v['recipe_section']}. Recipe sweep {s['sweep']} ({s['dir']}): {len(s['rows'])} arms on {source} "
+            f"{s['train_examples']} training examples, measured on {s['test_examples']} test examples. "
+            f"{s['verdict'][0].upper()}{s['verdict'][1:]}")
+    rows = [[str(r["arm"]), r["label"], r["error"], "", "", "", ""] if "error" in r else
+            [str(r["arm"]), r["label"], pct(r["test_pass_rate"]), pct(r["corner_pass_rate"]), str(r["steps"]),
+             f"same as arm {r['same_as']}" if "same_as" in r else f"{r['train_seconds']:.1f}",
+             ", ".join(f"{k} {n}" for k, n in r["failures"].items()) or "-"] for r in s["rows"]]
+    return [head, _table("   arms", ["arm", "settings", "test pass", "corner", "steps", "train s",
+                                   "test failures by check"], rows)]

@@ -19,6 +19,7 @@ class Status:
     pending: int
     counts: pl.DataFrame  # split, kind, source, examples (active examples only)
     rounds: list[dict[str, Any]]
+    sweep: dict[str, Any] | None = None  # the latest finished sweep (recipe or mix): its number, set and verdict
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -31,6 +32,7 @@ class Status:
             "by_source": self.totals("source"),
             "counts": self.counts.to_dicts(),
             "rounds": self.rounds,
+            "sweep": self.sweep,
         }
 
     @property
@@ -72,7 +74,17 @@ def project_status(store: Store, *, last_rounds: int = 5) -> Status:
         pending=store.scalar("SELECT count(*) FROM examples WHERE status = 'pending'"),
         counts=counts,
         rounds=[_round_row(row) for row in rounds.iter_rows(named=True)],
+        sweep=_sweep_line(store),
     )
+
+
+def _sweep_line(store: Store) -> dict[str, Any] | None:
+    found = [s for s in latest_sweeps(store).values() if s is not None]
+    if not found:
+        return None
+    latest = max(found, key=lambda s: s["sweep"])
+    return {k: latest[k] for k in ("sweep", "round", "grid", "train_examples", "best", "verdict")} | {
+        "arms": len(latest["rows"])}
 
 
 def _round_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -96,3 +108,14 @@ def round_state(status: str, pid: int | None) -> str:
     if status == "running" and pid and not process_alive(pid):
         return "died"
     return status
+
+
+def latest_sweeps(store: Store) -> dict[str, dict[str, Any] | None]:
+    """The newest finished mix sweep (`refinery mix --sweep`: reasoning_share alone) and the newest other sweep
+    (`refinery sweep`), as stored, or None."""
+    found: dict[str, dict[str, Any] | None] = {"mix": None, "recipe": None}
+    for text in store.frame("SELECT document FROM sweeps WHERE document IS NOT NULL ORDER BY id DESC")["document"]:
+        document = json.loads(text)
+        kind = "mix" if list(document["grid"]) == ["reasoning_share"] else "recipe"
+        found[kind] = found[kind] or document
+    return found

@@ -243,6 +243,17 @@ def resolve_targets(model: Any, preset: str) -> list[str]:
     return hit
 
 
+def preset_modules(base_model: str, preset: str) -> list[str]:
+    """The module names `preset` puts LoRA on in `base_model`, from its config alone (built on the meta device: no
+    weights are read). On Llama-style models attention-mlp and all-linear name the same modules."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_model, trust_remote_code=False))
+    return resolve_targets(model, preset)
+
+
 def lora_config(settings: TrainSettings) -> Any:
     if settings.method == "full":
         return None
