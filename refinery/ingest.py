@@ -13,6 +13,7 @@ import json
 import re
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +46,7 @@ class FileReport:
 class IngestReport:
     files: list[FileReport]
     warnings: list[str] = field(default_factory=list)  # held-out splits too small to measure
-    stored_ids: list[str] = field(default_factory=list, repr=False)  # the examples this ingest added
+    ingests: list[int] = field(default_factory=list)  # the ingests rows this ingest wrote, one per file
 
     @property
     def rows(self) -> int:
@@ -62,6 +63,7 @@ class IngestReport:
 
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 BATCH_ROWS = 100_000  # rows read, checked and hashed at a time
+INGEST_MEMORY = "1GB"  # DuckDB's memory during an ingest: the files' rows beyond it spill to the store's .tmp folder
 COLUMNS = ("id", "content_hash", "input", "output", "fields", "kind", "split", "origin")
 
 
@@ -70,7 +72,7 @@ def ingest_files(store: Store, paths: list[str | Path], *, config: Config, split
     """Read, check and store the examples of `paths` in one transaction: all files land, or none."""
     if source not in INGEST_SOURCES:
         raise DataError(f"source '{source}': expected one of: {', '.join(INGEST_SOURCES)}.")
-    with store.transaction() as con:
+    with store.transaction() as con, _memory_limit(con, INGEST_MEMORY):
         con.execute("CREATE TEMP TABLE incoming (file_index INTEGER, seq BIGINT, "
                     + ", ".join(f"{c} VARCHAR" for c in COLUMNS) + ")")
         seq = 0
@@ -84,12 +86,13 @@ def ingest_files(store: Store, paths: list[str | Path], *, config: Config, split
                 con.execute(f"INSERT INTO incoming SELECT file_index, seq, {', '.join(COLUMNS)} FROM batch_rows")
                 con.unregister("batch_rows")
                 seq += prepared.height
-        # the first of each content in the files' order; fresh: those the store lacks
-        con.execute("CREATE TEMP TABLE firsts AS SELECT * FROM incoming QUALIFY row_number() OVER "
-                    "(PARTITION BY content_hash ORDER BY seq) = 1")
-        con.execute("CREATE TEMP TABLE fresh AS SELECT f.* FROM firsts f ANTI JOIN examples e "
-                    "ON f.content_hash = e.content_hash")
-        reports = []
+        # by seq only (the texts stay in `incoming`): the first of each content in the files' order, and of those
+        # the fresh ones, which the store lacks
+        con.execute("CREATE TEMP TABLE firsts AS SELECT min(seq) AS seq, min(file_index) AS file_index FROM "
+                    "incoming GROUP BY content_hash")
+        con.execute("CREATE TEMP TABLE fresh AS SELECT f.seq, f.file_index FROM firsts f JOIN incoming i USING "
+                    "(seq) ANTI JOIN examples e ON i.content_hash = e.content_hash")
+        reports, ingests = [], []
         for index, path in enumerate(paths):
             report = _file_report(con, Path(path), index)
             ingest_id = con.execute(
@@ -99,13 +102,25 @@ def ingest_files(store: Store, paths: list[str | Path], *, config: Config, split
                  report.duplicates_in_file + report.duplicates_in_store]).fetchall()[0][0]
             con.execute("""
                 INSERT INTO examples (id, content_hash, input, output, fields, kind, split, source, ingest_id, origin)
-                SELECT id, content_hash, input, output, CAST(fields AS JSON), kind, split, ?, ?, origin
-                FROM fresh WHERE file_index = ? ORDER BY seq""", [source, ingest_id, index])
+                SELECT i.id, i.content_hash, i.input, i.output, CAST(i.fields AS JSON), i.kind, i.split, ?, ?, i.origin
+                FROM fresh f JOIN incoming i USING (seq) WHERE f.file_index = ? ORDER BY seq""",
+                        [source, ingest_id, index])
             reports.append(report)
-        stored = [i for (i,) in con.execute("SELECT id FROM fresh ORDER BY seq").fetchall()]
+            ingests.append(ingest_id)
         for table in ("fresh", "firsts", "incoming"):
             con.execute(f"DROP TABLE {table}")
-    return IngestReport(files=reports, warnings=small_splits(store, empty=False), stored_ids=stored)
+    return IngestReport(files=reports, warnings=small_splits(store, empty=False), ingests=ingests)
+
+
+@contextmanager
+def _memory_limit(con, limit: str) -> Iterator[None]:
+    """DuckDB's memory_limit lowered for the block, then put back: a big ingest spills instead of growing."""
+    before = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    con.execute(f"SET memory_limit = '{limit}'")
+    try:
+        yield
+    finally:
+        con.execute(f"SET memory_limit = '{before}'")
 
 
 def _checked_batches(path: Path, *, data: DataSettings, split_given: bool,
@@ -404,8 +419,8 @@ def _file_report(con, path: Path, index: int) -> FileReport:
         return con.execute(f"SELECT count(*) FROM {table} WHERE file_index = ?", [index]).fetchall()[0][0]
 
     def by(column: str) -> dict[str, int]:
-        return dict(con.execute(f"SELECT {column}, count(*) FROM fresh WHERE file_index = ? GROUP BY ALL "
-                                f"ORDER BY 1", [index]).fetchall())
+        return dict(con.execute(f"SELECT i.{column}, count(*) FROM fresh f JOIN incoming i USING (seq) "
+                                f"WHERE f.file_index = ? GROUP BY ALL ORDER BY 1", [index]).fetchall())
 
     rows, kept, inserted = count("incoming"), count("firsts"), count("fresh")
     return FileReport(path=str(path), rows=rows, inserted=inserted, duplicates_in_file=rows - kept,
