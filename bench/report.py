@@ -27,15 +27,15 @@ REGIMES = {  # part -> (section title, what the arms start from)
 
 
 def write_report(results: dict[str, Any], docs: Path, *, target: float | None = None) -> Path:
-    """docs/benchmarks.md: rendered anew when the run measured any of the page's main parts (keeping the objective
-    and model sections of the old page when it did not measure those), else the old page with only the sections of
-    the parts this run measured replaced."""
+    """docs/benchmarks.md: rendered anew when the run measured any of the page's main parts (the ceiling, the demo,
+    the efficiency regimes), keeping the old page's sections of the spliced parts (stages, scale, objective, ...)
+    this run did not measure; else the old page with only the sections of the parts this run measured replaced."""
     from bench.report_parts import SPLICED, carry, splice
 
     docs.mkdir(parents=True, exist_ok=True)
     page = docs / "benchmarks.md"
     old = page.read_text(encoding="utf-8") if page.is_file() else ""
-    if any(results.get(part) for part in ("ceiling", "demo", *REGIMES, "stages", "scale")) or not old:
+    if any(results.get(part) for part in ("ceiling", "demo", *REGIMES)) or not old:
         for part in REGIMES:
             if results.get(part):
                 plot_efficiency(results[part], docs / _plot(part))
@@ -73,10 +73,6 @@ def render(results: dict[str, Any], *, target: float | None = None) -> str:
         lines += regime_lines(results["usually_right"])
     if not answers:
         lines += ["## Sample efficiency", "", "Not run this time (`bench/run --parts efficiency,usually_right`).", ""]
-    if results.get("stages"):
-        lines += _stages(results["stages"])
-    if results.get("scale"):
-        lines += _scale(results["scale"], s)
     for part, error in (results.get("errors") or {}).items():
         last = error.strip().splitlines()[-1] if error.strip() else "?"
         lines += [f"**The {part} part failed** in this run: `{last}` (traceback in the results JSON).", ""]
@@ -461,8 +457,10 @@ def _scale(sc: dict[str, Any], s: dict[str, Any]) -> list[str]:
     out += ["", "Growth: time ratio to the size before, and the exponent b of time ~ n^b (1 = linear, 2 = "
             "quadratic). The default scores each k's silhouette on a seeded sample of at most 3,000 points "
             "(`refinery.stages.analyze.SILHOUETTE_SAMPLE`; the full score is quadratic in the points), so clustering "
-            "grows about linearly; describing (features and Fisher tests over every failure) dominates at 100k. "
-            "A size skipped for time shows its prediction from the smaller sizes instead.", ""]
+            "grows about linearly. Describing names each distinct input's features once (each distinct word, pair "
+            "and token formatted once, `hypotheses.FeatureIndex`) and tests every feature at once (one `bincount` "
+            "over flat arrays, `hypotheses.Incidence`, then scipy's hypergeometric tail over the array). A size "
+            "skipped for time shows its prediction from the smaller sizes instead.", ""]
     if rate:
         sizes = sorted({r["n"] for r in analysis})
         per = ", ".join(f"{n:,}: {_minutes(n / rate)}" for n in sizes)
@@ -476,7 +474,8 @@ def _scale(sc: dict[str, Any], s: dict[str, Any]) -> list[str]:
         out += ["### Ingest", "",
                 "The real `refinery ingest FILE --split holdout --json` in its own process, into a fresh project, "
                 "on JSONL files of demo examples from the demo's generator (the eval set's distribution; a few "
-                "repeat, and are skipped as duplicates).", "",
+                "repeat, and are skipped as duplicates). The file streams through in batches of 100,000 rows "
+                "(`refinery.ingest.BATCH_ROWS`) into a temporary table of the one transaction.", "",
                 "| examples | file MB | seconds | examples/s | peak MB | stored | duplicates | store MB | growth of "
                 "time |", "|---|---|---|---|---|---|---|---|---|"]
         previous = None

@@ -11,7 +11,7 @@ from bench import stats
 from bench.report import _minutes, _pct, _pts, _spread_pct
 from refinery.config import TrainSettings
 
-SPLICED = ("objective", "model", "judge", "distributed", "drift", "sweep")
+SPLICED = ("stages", "scale", "objective", "model", "judge", "distributed", "drift", "sweep")
 DPO_KEYS = ("dpo_steps", "dpo_beta", "dpo_learning_rate", "dpo_sft_weight")
 ARM_NAMES = {"sft": "SFT", "sft+dpo": "SFT then DPO", "dpo": "DPO alone after round 1"}
 
@@ -187,11 +187,25 @@ def _drift(result: dict[str, Any], results: dict[str, Any]) -> list[str]:
     return drift_section(result, results, _run_line(results, "drift"))
 
 
+def _stages(result: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    from bench.report import _stages as stages
+
+    heading, *rest = stages(result)
+    return [heading, "", _run_line(results, "stages"), *rest]
+
+
+def _scale(result: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    from bench.report import _scale as scale
+
+    heading, *rest = scale(result, results["settings"])
+    return [heading, "", _run_line(results, "scale"), *rest]
+
+
 def _sweep(result: dict[str, Any], results: dict[str, Any]) -> list[str]:
     from bench.sweep import sweep_section
 
     return sweep_section(result, results, _run_line(results, "sweep"))
 
 
-SECTIONS = {"objective": _objective, "model": _model, "judge": _judge, "distributed": _distributed, "drift": _drift,
-            "sweep": _sweep}
+SECTIONS = {"stages": _stages, "scale": _scale, "objective": _objective, "model": _model, "judge": _judge,
+            "distributed": _distributed, "drift": _drift, "sweep": _sweep}

@@ -1,7 +1,8 @@
 """Data intake: read JSONL, CSV and Parquet into checked examples, deduplicate them, deal splits, store them.
 
-A file is read whole and every row checked before anything is written; one bad row fails the whole ingest
-with its file, line, field and reason, and the store is left as it was.
+Files stream through in batches of `BATCH_ROWS` rows: each batch is read, checked, hashed and dealt, then written
+to a temporary table of the store's transaction, so memory holds one batch, not the file. One bad row fails the
+whole ingest with its file, line, field and reason, and the transaction leaves the store as it was.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +46,7 @@ class FileReport:
 class IngestReport:
     files: list[FileReport]
     warnings: list[str] = field(default_factory=list)  # held-out splits too small to measure
-    stored_ids: list[str] = field(default_factory=list, repr=False)  # the examples this ingest added
+    ingests: list[int] = field(default_factory=list)  # the ingests rows this ingest wrote, one per file
 
     @property
     def rows(self) -> int:
@@ -58,28 +61,40 @@ class IngestReport:
         return sum(f.duplicates_in_file + f.duplicates_in_store for f in self.files)
 
 
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+BATCH_ROWS = 100_000  # rows read, checked and hashed at a time
+INGEST_MEMORY = "1GB"  # DuckDB's memory during an ingest: the files' rows beyond it spill to the store's .tmp folder
+COLUMNS = ("id", "content_hash", "input", "output", "fields", "kind", "split", "origin")
+
+
 def ingest_files(store: Store, paths: list[str | Path], *, config: Config, split: str | None = None,
                  kind: str | None = None, source: str = "import") -> IngestReport:
     """Read, check and store the examples of `paths` in one transaction: all files land, or none."""
     if source not in INGEST_SOURCES:
         raise DataError(f"source '{source}': expected one of: {', '.join(INGEST_SOURCES)}.")
-    frames = []
-    for index, path in enumerate(paths):
-        rows = read_rows(Path(path), data=config.data)
-        prepared = prepare_examples(rows, data=config.data, seed=config.core.seed, split=split, kind=kind,
-                                    think=config.think())
-        frames.append(prepared.with_columns(pl.lit(index).alias("file_index")))
-    batch = pl.concat(frames, how="vertical") if frames else pl.DataFrame()
-    unique = batch.unique(subset="content_hash", keep="first", maintain_order=True)
-    with store.transaction() as con:
-        con.register("batch_rows", unique)
-        con.execute("CREATE TEMP TABLE fresh AS SELECT b.* FROM batch_rows b "
-                    "ANTI JOIN examples e ON b.content_hash = e.content_hash")
-        con.unregister("batch_rows")
-        fresh = con.sql("SELECT * FROM fresh").pl()
-        reports = []
+    with store.transaction() as con, _memory_limit(con, INGEST_MEMORY):
+        con.execute("CREATE TEMP TABLE incoming (file_index INTEGER, seq BIGINT, "
+                    + ", ".join(f"{c} VARCHAR" for c in COLUMNS) + ")")
+        seq = 0
         for index, path in enumerate(paths):
-            report = _file_report(Path(path), batch, unique, fresh, index)
+            for rows in _checked_batches(Path(path), data=config.data, split_given=split is not None,
+                                         kind_given=kind is not None):
+                prepared = prepare_examples(rows, data=config.data, seed=config.core.seed, split=split, kind=kind,
+                                            think=config.think(), checked=True)
+                con.register("batch_rows", prepared.select(COLUMNS).with_columns(
+                    pl.lit(index).alias("file_index"), pl.int_range(seq, seq + prepared.height).alias("seq")))
+                con.execute(f"INSERT INTO incoming SELECT file_index, seq, {', '.join(COLUMNS)} FROM batch_rows")
+                con.unregister("batch_rows")
+                seq += prepared.height
+        # by seq only (the texts stay in `incoming`): the first of each content in the files' order, and of those
+        # the fresh ones, which the store lacks
+        con.execute("CREATE TEMP TABLE firsts AS SELECT min(seq) AS seq, min(file_index) AS file_index FROM "
+                    "incoming GROUP BY content_hash")
+        con.execute("CREATE TEMP TABLE fresh AS SELECT f.seq, f.file_index FROM firsts f JOIN incoming i USING "
+                    "(seq) ANTI JOIN examples e ON i.content_hash = e.content_hash")
+        reports, ingests = [], []
+        for index, path in enumerate(paths):
+            report = _file_report(con, Path(path), index)
             ingest_id = con.execute(
                 "INSERT INTO ingests (path, file_sha256, rows, inserted, duplicates) VALUES (?, ?, ?, ?, ?) "
                 "RETURNING id",
@@ -87,16 +102,63 @@ def ingest_files(store: Store, paths: list[str | Path], *, config: Config, split
                  report.duplicates_in_file + report.duplicates_in_store]).fetchall()[0][0]
             con.execute("""
                 INSERT INTO examples (id, content_hash, input, output, fields, kind, split, source, ingest_id, origin)
-                SELECT id, content_hash, input, output, CAST(fields AS JSON), kind, split, ?, ?, origin
-                FROM fresh WHERE file_index = ?""", [source, ingest_id, index])
+                SELECT i.id, i.content_hash, i.input, i.output, CAST(i.fields AS JSON), i.kind, i.split, ?, ?, i.origin
+                FROM fresh f JOIN incoming i USING (seq) WHERE f.file_index = ? ORDER BY seq""",
+                        [source, ingest_id, index])
             reports.append(report)
-        con.execute("DROP TABLE fresh")
-    return IngestReport(files=reports, warnings=small_splits(store, empty=False), stored_ids=fresh["id"].to_list())
+            ingests.append(ingest_id)
+        for table in ("fresh", "firsts", "incoming"):
+            con.execute(f"DROP TABLE {table}")
+    return IngestReport(files=reports, warnings=small_splits(store, empty=False), ingests=ingests)
+
+
+@contextmanager
+def _memory_limit(con, limit: str) -> Iterator[None]:
+    """DuckDB's memory_limit lowered for the block, then put back: a big ingest spills instead of growing."""
+    before = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    con.execute(f"SET memory_limit = '{limit}'")
+    try:
+        yield
+    finally:
+        con.execute(f"SET memory_limit = '{before}'")
+
+
+def _checked_batches(path: Path, *, data: DataSettings, split_given: bool,
+                     kind_given: bool) -> Iterator[pl.DataFrame]:
+    """The file's batches, each checked; at the first bad row, the rest of the file is read for its count of bad
+    rows (the message says how many more there are), and the ingest stops with the first."""
+    batches = read_batches(path, data=data)
+    for rows in batches:
+        message, bad = _problems(rows, split_given=split_given, kind_given=kind_given)
+        if message is not None:
+            try:
+                bad += sum(_problems(more, split_given=split_given, kind_given=kind_given)[1] for more in batches)
+            except DataError:  # a row the rest cannot read: the first problem is still the one to fix
+                pass
+            raise DataError(message + (f" {bad - 1} more row(s) have problems too." if bad > 1 else ""))
+        yield rows
+
+
+def read_batches(path: Path, *, data: DataSettings, need_output: bool = True,
+                 rows: int = BATCH_ROWS) -> Iterator[pl.DataFrame]:
+    """`read_rows`, `rows` at a time: a JSONL file is read line by line, a CSV or Parquet file by polars (columnar,
+    about the file's size in memory) and handed on in slices."""
+    fmt = _format(path)
+    if fmt == "jsonl":
+        yield from _read_jsonl(path, data, batch=rows)
+        return
+    table = _read_table(path, data, fmt, need_output=need_output)
+    for start in range(0, table.height, rows):
+        yield table.slice(start, rows)
 
 
 def read_rows(path: Path, *, data: DataSettings, need_output: bool = True) -> pl.DataFrame:
     """One file as a frame of strings: input, output, kind, split, fields (JSON of the other columns), origin.
     `need_output`: a CSV or Parquet file without the output column is an error (else its outputs are null)."""
+    return pl.concat(list(read_batches(path, data=data, need_output=need_output)), how="vertical")
+
+
+def _format(path: Path) -> str:
     why = not_a_file(path)
     if why:
         raise DataError(f"{path}: {why}. Give the data files themselves (JSONL, CSV or Parquet).")
@@ -106,16 +168,17 @@ def read_rows(path: Path, *, data: DataSettings, need_output: bool = True) -> pl
     if fmt is None:
         raise DataError(f"{path}: unknown file type '{path.suffix}' (expected one of: "
                         f"{', '.join(sorted(FORMATS))}). Rename the file or convert it.")
-    if fmt == "jsonl":
-        return _read_jsonl(path, data)
-    return _read_table(path, data, fmt, need_output=need_output)
+    return fmt
 
 
 def prepare_examples(rows: pl.DataFrame, *, data: DataSettings, seed: int, split: str | None = None,
-                     kind: str | None = None, think: UserPattern | None = None) -> pl.DataFrame:
-    """Check every row, then give each its content hash, stable id, kind and split. `think` is the project's
-    compiled think_pattern (`Config.think()`, which names the project file); by default `data`'s."""
-    _check_rows(rows, split_given=split is not None, kind_given=kind is not None)
+                     kind: str | None = None, think: UserPattern | None = None, checked: bool = False) -> pl.DataFrame:
+    """Check every row (unless `checked`), then give each its content hash, stable id, kind and split. `think` is
+    the project's compiled think_pattern (`Config.think()`, which names the project file); by default `data`'s."""
+    if not checked:
+        message, bad = _problems(rows, split_given=split is not None, kind_given=kind is not None)
+        if message is not None:
+            raise DataError(message + (f" {bad - 1} more row(s) have problems too." if bad > 1 else ""))
     think = think or UserPattern(data.think_pattern, setting="[data] think_pattern", dotall=True)
     hashes = [content_hash(i, o) for i, o in zip(rows["input"], rows["output"], strict=True)]
     detected = [detect_kind(o, think) for o in rows["output"]]
@@ -144,10 +207,11 @@ def deal_split(digest: str, wanted: str, *, data: DataSettings, seed: int) -> st
     return "train"
 
 
-def _read_jsonl(path: Path, data: DataSettings) -> pl.DataFrame:
-    columns: dict[str, list] = {"input": [], "output": [], "kind": [], "split": [], "fields": [], "origin": []}
+def _read_jsonl(path: Path, data: DataSettings, *, batch: int = BATCH_ROWS) -> Iterator[pl.DataFrame]:
     names = {"input": data.input_column, "output": data.output_column, "kind": data.kind_column,
              "split": data.split_column}
+    columns: dict[str, list] = {name: [] for name in (*names, "fields", "origin")}
+    read = 0
     for number, raw in _lines(path):
         if not raw.strip():
             continue
@@ -160,9 +224,14 @@ def _read_jsonl(path: Path, data: DataSettings) -> pl.DataFrame:
             columns[target].append(value)
         columns["fields"].append(json.dumps(record, ensure_ascii=False) if record else None)
         columns["origin"].append(f"{path}:{number}")
-    if not columns["origin"]:
+        if len(columns["origin"]) == batch:
+            read += batch
+            yield pl.DataFrame(columns, schema={name: pl.String for name in columns})
+            columns = {name: [] for name in columns}
+    if columns["origin"]:
+        yield pl.DataFrame(columns, schema={name: pl.String for name in columns})
+    elif not read:
         raise DataError(f"{path}: the file has no rows.")
-    return pl.DataFrame(columns, schema={name: pl.String for name in columns})
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -198,7 +267,8 @@ def _parse_json_line(path: Path, number: int, raw: bytes) -> dict:
     if not isinstance(record, dict):
         raise DataError(f"{path}:{number}: expected a JSON object like {{\"input\": ..., \"output\": ...}}, "
                         f"got {_describe(record)}.")
-    _check_surrogates(path, number, record)
+    if SURROGATE_ESCAPE.search(raw):  # a lone surrogate can only be spelled as an escape (\ud800-\udfff)
+        _check_surrogates(path, number, record)
     return record
 
 
@@ -316,7 +386,8 @@ def _has_quote(path: Path) -> bool:
         return any(b'"' in block for block in iter(lambda: handle.read(1 << 20), b""))
 
 
-def _check_rows(rows: pl.DataFrame, *, split_given: bool, kind_given: bool) -> None:
+def _problems(rows: pl.DataFrame, *, split_given: bool, kind_given: bool) -> tuple[str | None, int]:
+    """The message for the first bad row of `rows` (None when every row is fine), and how many rows are bad."""
     problems = [
         (pl.col("input").is_null(), "input", "missing", "Every row needs an input."),
         (pl.col("input").str.strip_chars() == "", "input", "empty", "Every row needs a non-empty input."),
@@ -333,27 +404,27 @@ def _check_rows(rows: pl.DataFrame, *, split_given: bool, kind_given: bool) -> N
     any_bad = pl.any_horizontal(pl.all())
     bad_rows = flags.with_row_index("row").filter(flags.select(any_bad).to_series())
     if bad_rows.height == 0:
-        return
+        return None, 0
     first = bad_rows.row(0, named=True)
     cond_index = next(i for i in range(len(problems)) if first[str(i)])
     _, column, reason, fix = problems[cond_index]
     value = rows[column][first["row"]]
     shown = f" ({json.dumps(value, ensure_ascii=False)})" if value is not None and reason.startswith("not") else ""
-    more = f" {bad_rows.height - 1} more row(s) have problems too." if bad_rows.height > 1 else ""
-    raise DataError(f"{rows['origin'][first['row']]}: field '{column}': {reason}{shown}. {fix}{more}")
+    return f"{rows['origin'][first['row']]}: field '{column}': {reason}{shown}. {fix}", bad_rows.height
 
 
-def _file_report(path: Path, batch: pl.DataFrame, unique: pl.DataFrame, fresh: pl.DataFrame,
-                 index: int) -> FileReport:
-    mine = fresh.filter(pl.col("file_index") == index)
-    kept = unique.filter(pl.col("file_index") == index).height
-    rows = batch.filter(pl.col("file_index") == index).height
-    return FileReport(
-        path=str(path), rows=rows, inserted=mine.height, duplicates_in_file=rows - kept,
-        duplicates_in_store=kept - mine.height,
-        by_split=dict(mine.group_by("split").len().sort("split").iter_rows()),
-        by_kind=dict(mine.group_by("kind").len().sort("kind").iter_rows()),
-    )
+def _file_report(con, path: Path, index: int) -> FileReport:
+    """What file `index` brought, from the transaction's temporary tables (incoming, firsts, fresh)."""
+    def count(table: str) -> int:
+        return con.execute(f"SELECT count(*) FROM {table} WHERE file_index = ?", [index]).fetchall()[0][0]
+
+    def by(column: str) -> dict[str, int]:
+        return dict(con.execute(f"SELECT i.{column}, count(*) FROM fresh f JOIN incoming i USING (seq) "
+                                f"WHERE f.file_index = ? GROUP BY ALL ORDER BY 1", [index]).fetchall())
+
+    rows, kept, inserted = count("incoming"), count("firsts"), count("fresh")
+    return FileReport(path=str(path), rows=rows, inserted=inserted, duplicates_in_file=rows - kept,
+                      duplicates_in_store=kept - inserted, by_split=by("split"), by_kind=by("kind"))
 
 
 def _file_sha256(path: Path) -> str:

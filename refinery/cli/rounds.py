@@ -66,7 +66,7 @@ def ingest(ctx: typer.Context,
     project = _project(ctx)
     with Store(project.store_path) as store, console.status("Reading and checking examples...") as _:
         report = ingest_files(store, files, config=project.config, split=split, kind=kind, source=source)
-        report.warnings += [w for w in [over_context(project, store, report.stored_ids)] if w]
+        report.warnings += [w for w in [over_context(project, store, report.ingests)] if w]
     if as_json:
         return print_json({"files": [vars(f) for f in report.files], "rows": report.rows,
                             "inserted": report.inserted, "duplicates": report.duplicates,

@@ -21,10 +21,11 @@ import polars as pl
 from refinery.stages.hypotheses import (
     UNSEEN,
     Cause,
+    FeatureIndex,
+    Incidence,
     all_statement,
     cluster_statement,
     find_causes,
-    input_features,
     score_groups,
     statement,
     unseen_words,
@@ -230,16 +231,36 @@ def analyze(failures: pl.DataFrame, passing: pl.DataFrame, *, embeddings: np.nda
 
 
 class _Trials:
-    """Per check: every example it applies to, failed or not; each example's features, computed once."""
+    """Per check: every example it applies to, failed or not; each distinct input's features, as ids computed once
+    (`hypotheses.FeatureIndex`), and which example carries which feature as flat arrays (`hypotheses.Incidence`)
+    for the tests."""
 
     def __init__(self, rows: pl.DataFrame, cues: list[tuple[str, re.Pattern]], known_words: set[str] | None):
         self.rows = rows
-        self.features = {r["example_id"]: input_features(r["input"], r["fields"], cues=cues, known_words=known_words)
-                         for r in rows.iter_rows(named=True)}
+        self.index = FeatureIndex(cues=cues, known_words=known_words)
+        distinct: dict[tuple[str, str | None], np.ndarray] = {}
+        self.carried: dict[str, np.ndarray] = {}
+        for example_id, text, fields in rows.select("example_id", "input", "fields").iter_rows():
+            found = distinct.get((text, fields))
+            if found is None:
+                ids = self.index.ids(text, json.loads(fields) if fields else {})
+                found = distinct[text, fields] = np.fromiter(ids, dtype=np.int64, count=len(ids))
+            self.carried[example_id] = found
+        self.position = {example_id: n for n, example_id in enumerate(self.carried)}
+        self.incidence = Incidence.of(list(self.carried.values()), names=np.array(self.index.names, dtype=object))
+
+    def carrying(self, feature: str, ids: list[str]) -> int:
+        """How many of the examples `ids` carry `feature`."""
+        wanted = self.index.id(feature)
+        return sum(bool((self.carried[i] == wanted).any()) for i in ids)
 
     def of(self, check: str) -> tuple[list[str], list[bool]]:
         trial = self.rows.filter(pl.col("applicable").is_null() | pl.col("applicable").list.contains(check))
-        return trial["example_id"].to_list(), [check in f for f in trial["failing"]]
+        return trial["example_id"].to_list(), trial["failing"].list.contains(check).to_list()
+
+    def incidence_of(self, ids: list[str]) -> Incidence:
+        """The incidence of the examples `ids` (in the order `of` gives them), numbered 0..len(ids)-1."""
+        return self.incidence.take(np.array([self.position[i] for i in ids], dtype=np.int64))
 
 
 class _Context:
@@ -288,13 +309,13 @@ def _check_patterns(check: str, trials: _Trials, context: _Context, scope: str) 
     if all(failed):
         return [context.pattern("all", check, ids, label=f"{check} / all",
                                 statement=all_statement(check, len(ids), scope))]
-    causes = find_causes([trials.features[i] for i in ids], failed)
+    causes = find_causes(trials.incidence_of(ids), failed)
     return [_cause_pattern(check, cause, [ids[i] for i in cause.members], trials, context) for cause in causes]
 
 
 def _cause_pattern(check: str, cause: Cause, members: list[str], trials: _Trials,
                    context: _Context) -> FailureCluster:
-    carrying = sum(cause.feature in trials.features[m] for m in members)
+    carrying = trials.carrying(cause.feature, members)
     unseen = None
     if cause.feature.startswith(UNSEEN) and context.known_words is not None:
         words = Counter(w for m in members for w in dict.fromkeys(unseen_words(context.inputs[m],
@@ -375,10 +396,10 @@ def _trial_rows(frame: pl.DataFrame) -> pl.DataFrame:
     applicable = (frame["applicable"] if "applicable" in frame.columns
                   else pl.Series([None] * frame.height, dtype=pl.List(pl.String)))
     return pl.DataFrame({"example_id": frame["example_id"], "input": frame["input"],
-                         "fields": [json.loads(f) if f else {} for f in fields],
+                         "fields": fields,  # JSON text: read once per distinct input, by _Trials
                          "failing": frame["failing"] if "failing" in frame.columns else [[]] * frame.height,
                          "applicable": applicable},
-                        schema={"example_id": pl.String, "input": pl.String, "fields": pl.Object,
+                        schema={"example_id": pl.String, "input": pl.String, "fields": pl.String,
                                 "failing": pl.List(pl.String), "applicable": pl.List(pl.String)})
 
 

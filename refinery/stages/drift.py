@@ -30,7 +30,7 @@ from refinery.errors import DataError
 from refinery.ingest import read_rows
 from refinery.project import Project
 from refinery.rules import RuleSet, load_rules
-from refinery.stages.hypotheses import format_p, input_features, score_features
+from refinery.stages.hypotheses import FeatureIndex, format_p, score_features
 from refinery.store import ROUND_WAIT, Store
 
 YEAR = re.compile(r"(?<!\d)(19\d\d|20\d\d)(?!\d)")
@@ -163,7 +163,8 @@ def detect_drift(project: Project, paths: list[str | Path], *, embedder: Any = N
 
 def _features(texts: set[str], *, cues: Any) -> dict[str, frozenset[str]]:
     """Each distinct text's features (computed once however often it repeats), years among them."""
-    return {t: frozenset(input_features(t, None, cues=cues) | {f"the year {y}" for y in YEAR.findall(t)})
+    index = FeatureIndex(cues=cues)
+    return {t: frozenset({index.names[i] for i in index.ids(t)} | {f"the year {y}" for y in YEAR.findall(t)})
             for t in texts}
 
 

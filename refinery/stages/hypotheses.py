@@ -11,7 +11,6 @@ have several causes.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,38 +23,92 @@ UNSEEN = "a word never seen in training"
 WORD = re.compile(r"[A-Za-z][A-Za-z']*")
 
 
+TAG_TEXT = re.compile(r"<[^>]*>")
+SPACED = re.compile(r"\S+")
+TOUCHING = re.compile(rf"([A-Za-z]+)[{re.escape(PUNCT)}]")
+BEFORE_CLOSING = re.compile(rf"[{re.escape(PUNCT)}]\s*</\w+>")
+OPENING = re.compile(r"<(\w+)>")
+
+
 def input_features(text: str, fields: dict[str, Any] | None = None, *,
                    cues: Iterable[tuple[str, re.Pattern]] = (), known_words: set[str] | None = None) -> set[str]:
-    """The features of one input, each named so that a person can read it in a sentence.
+    """The features of one input, each named so that a person can read it in a sentence: its words, word pairs
+    and character 3-grams (punctuation kept: 'ny!' in 'sunny!'), a word touching punctuation, punctuation just
+    before a closing tag, words in capitals, its tags and where they stand, the rules' cues, its length band and
+    its short fields.
 
     `known_words` (lowercased words of the training inputs, see `collect_words`) adds one feature, `UNSEEN`, to an
-    input with any word outside it; None adds nothing."""
-    plain = re.sub(r"<[^>]*>", " ", text)
-    words = WORD.findall(plain)
-    lower = [w.lower() for w in words]
-    out = {f"the word '{w}'" for w in lower}
-    out |= {f"'{a} {b}'" for a, b in zip(lower, lower[1:])}
-    for token in re.findall(r"\S+", plain.lower()):  # character 3-grams, punctuation kept: 'ny!' in 'sunny!'
-        out |= {f"the characters '{token[i:i + 3]}'" for i in range(len(token) - 2)}
-    out |= {f"'{m.lower()}' touches punctuation" for m in re.findall(rf"([A-Za-z]+)[{re.escape(PUNCT)}]", text)}
-    if re.search(rf"[{re.escape(PUNCT)}]\s*</\w+>", text):
-        out.add("punctuation just before a closing tag")
-    caps = [w for w in words if len(w) > 1 and w.isupper()]
-    out |= {f"'{w}' in capitals" for w in caps}
-    if caps:
-        out.add("a word in capitals")
-    tags = set(re.findall(r"<(\w+)>", text))
-    out |= {f"a <{t}> tag" for t in tags} | tag_positions(text)
-    if not tags:
-        out.add("no tag at all")
-    if known_words is not None:
-        out |= {f for f in [UNSEEN, *(unseen_inside(t) for t in sorted(tags))] if unseen_words(text, known_words, f)}
-    out |= {f"the cue of {name}" if pattern.search(text) else f"no cue of {name}" for name, pattern in cues}
-    out.add(f"{_band(len(words))} words")
-    for key, value in (fields or {}).items():
-        if isinstance(value, (str, bool, int)) and not isinstance(value, float) and len(str(value)) <= 30:
-            out.add(f"{key} = {value}")
-    return out
+    input with any word outside it; None adds nothing. To describe many inputs, `FeatureIndex` gives the same
+    features as ids, naming each distinct word, pair and token once."""
+    index = FeatureIndex(cues=cues, known_words=known_words)
+    return {index.names[i] for i in index.ids(text, fields)}
+
+
+class FeatureIndex:
+    """Input features as ids, for describing many inputs: `ids(text, fields)` holds the features
+    `input_features(text, fields)` names, `names[id]` reads an id back. Each distinct word, word pair, token and
+    punctuated word is named once and remembered: formatting the names was most of the work."""
+
+    def __init__(self, *, cues: Iterable[tuple[str, re.Pattern]] = (), known_words: set[str] | None = None):
+        self.cues, self.known_words = list(cues), known_words
+        self.names: list[str] = []
+        self._index: dict[str, int] = {}
+        self._words: dict[str, int] = {}
+        self._pairs: dict[tuple[str, str], int] = {}
+        self._tokens: dict[str, list[int]] = {}
+        self._touching: dict[str, int] = {}
+
+    def id(self, name: str) -> int:
+        found = self._index.get(name)
+        if found is None:
+            found = self._index[name] = len(self.names)
+            self.names.append(name)
+        return found
+
+    def ids(self, text: str, fields: dict[str, Any] | None = None) -> set[int]:
+        plain = TAG_TEXT.sub(" ", text)
+        words = WORD.findall(plain)
+        lower = [w.lower() for w in words]
+        out = {self._cached(self._words, w, "the word '{}'") for w in lower}
+        for pair in zip(lower, lower[1:]):
+            found = self._pairs.get(pair)
+            out.add(found if found is not None else self._pairs.setdefault(pair, self.id(f"'{pair[0]} {pair[1]}'")))
+        for token in SPACED.findall(plain.lower()):
+            grams = self._tokens.get(token)
+            if grams is None:
+                grams = self._tokens[token] = [self.id(f"the characters '{token[i:i + 3]}'")
+                                               for i in range(len(token) - 2)]
+            out.update(grams)
+        out.update(self._cached(self._touching, m, "'{}' touches punctuation") for m in TOUCHING.findall(text))
+        out.update(self.id(name) for name in self._rest(text, words, fields))
+        return out
+
+    def _cached(self, cache: dict[str, int], key: str, name: str) -> int:
+        found = cache.get(key)
+        if found is None:
+            found = cache[key] = self.id(name.format(key.lower()))
+        return found
+
+    def _rest(self, text: str, words: list[str], fields: dict[str, Any] | None) -> set[str]:
+        """The features that are not one per word, pair or token."""
+        out = {"punctuation just before a closing tag"} if BEFORE_CLOSING.search(text) else set()
+        caps = [w for w in words if len(w) > 1 and w.isupper()]
+        out |= {f"'{w}' in capitals" for w in caps}
+        if caps:
+            out.add("a word in capitals")
+        tags = set(OPENING.findall(text))
+        out |= {f"a <{t}> tag" for t in tags} | (tag_positions(text) if tags else set())
+        if not tags:
+            out.add("no tag at all")
+        if self.known_words is not None:
+            out |= {f for f in [UNSEEN, *(unseen_inside(t) for t in sorted(tags))]
+                    if unseen_words(text, self.known_words, f)}
+        out |= {f"the cue of {name}" if pattern.search(text) else f"no cue of {name}" for name, pattern in self.cues}
+        out.add(f"{_band(len(words))} words")
+        for key, value in (fields or {}).items():
+            if isinstance(value, (str, bool, int)) and not isinstance(value, float) and len(str(value)) <= 30:
+                out.add(f"{key} = {value}")
+        return out
 
 
 def tag_positions(text: str) -> set[str]:
@@ -89,50 +142,100 @@ def unseen_words(text: str, known_words: set[str], feature: str = UNSEEN) -> lis
     return [w.lower() for w in WORD.findall(re.sub(r"<[^>]*>", " ", text)) if w.lower() not in known_words]
 
 
-def score_features(features: list[set[str]], failed: list[bool], *, min_count: int = 3) -> pl.DataFrame:
-    """One row per feature seen at least `min_count` times: counts, rates, lift, p and q (BH), by p.
+@dataclass
+class Incidence:
+    """Which trial carries which feature, as flat arrays built once: entry k says trial `rows[k]` carries feature
+    `ids[k]` (entries in trial order), `names[i]` is feature i. Counting a feature's trials is then one
+    `np.bincount` over the entries, for every feature at once."""
+
+    names: np.ndarray  # feature names, by id (object array of str)
+    rows: np.ndarray  # int64, ascending
+    ids: np.ndarray  # int64
+    trials: int
+
+    @classmethod
+    def of(cls, features: list[set[str]] | list[np.ndarray], names: np.ndarray | None = None) -> Incidence:
+        """From each trial's feature names, or (with `names`) each trial's feature ids."""
+        if names is None:
+            index: dict[str, int] = {}
+            features = [np.fromiter((index.setdefault(f, len(index)) for f in feats), dtype=np.int64,
+                                    count=len(feats)) for feats in features]
+            names = np.array(list(index), dtype=object)
+        sizes = np.fromiter((len(f) for f in features), dtype=np.int64, count=len(features))
+        ids = np.concatenate(features) if len(features) else np.empty(0, dtype=np.int64)
+        return cls(names, np.repeat(np.arange(len(features)), sizes), ids.astype(np.int64), len(features))
+
+    def take(self, index: np.ndarray) -> Incidence:
+        """The trials at `index` (ascending), renumbered 0..len(index)-1."""
+        keep = np.zeros(self.trials, dtype=bool)
+        keep[index] = True
+        renumber = np.cumsum(keep) - 1
+        chosen = keep[self.rows]
+        return Incidence(self.names, renumber[self.rows[chosen]], self.ids[chosen], len(index))
+
+    def carriers(self, feature: int) -> np.ndarray:
+        """Whether each trial carries `feature`."""
+        out = np.zeros(self.trials, dtype=bool)
+        out[self.rows[self.ids == feature]] = True
+        return out
+
+
+def score_features(features: list[set[str]] | Incidence, failed: list[bool] | np.ndarray, *, min_count: int = 3,
+                   among: np.ndarray | None = None) -> pl.DataFrame:
+    """One row per feature seen at least `min_count` times: counts, rates, lift, p and q (BH), by p. `among`: the
+    trials to count (a boolean mask), default all.
 
     Features carried by exactly the same trials ('pencils', 'has pencils', 'the characters 'pen'') are one
     hypothesis: Benjamini-Hochberg counts them once, or a chance clump of failures would pass for each copy."""
     from scipy.stats import hypergeom
 
-    total, fails = len(failed), int(sum(failed))
-    seen: Counter[str] = Counter()
-    seen_failing: Counter[str] = Counter()
-    carriers: dict[str, list[int]] = {}
-    for row, (feats, bad) in enumerate(zip(features, failed, strict=True)):
-        seen.update(feats)
-        for f in feats:
-            carriers.setdefault(f, []).append(row)
-        if bad:
-            seen_failing.update(feats)
-    names = [f for f, n in seen.items() if n >= min_count and n < total]
-    if not names:
+    incidence = features if isinstance(features, Incidence) else Incidence.of(features)
+    bad = np.asarray(failed, dtype=bool)
+    among = np.ones(incidence.trials, dtype=bool) if among is None else among
+    chosen = among[incidence.rows]
+    rows, ids = incidence.rows[chosen], incidence.ids[chosen]
+    width = len(incidence.names)
+    seen = np.bincount(ids, minlength=width)
+    seen_failing = np.bincount(ids, weights=bad[rows], minlength=width).astype(np.int64)
+    total, fails = int(among.sum()), int((bad & among).sum())
+    tested = np.flatnonzero((seen >= min_count) & (seen < total))
+    if not len(tested):
         return pl.DataFrame(schema={"feature": pl.String, "with_failed": pl.Int64, "with_total": pl.Int64,
                                     "without_failed": pl.Int64, "without_total": pl.Int64, "rate_with": pl.Float64,
                                     "rate_without": pl.Float64, "lift": pl.Float64, "p": pl.Float64,
                                     "q": pl.Float64})
-    n_with = np.array([seen[f] for f in names])
-    a = np.array([seen_failing[f] for f in names])
+    n_with, a = seen[tested], seen_failing[tested]
     # One-sided Fisher exact test: P(at least a failures among the n_with examples with the feature).
     p = hypergeom.sf(a - 1, total, fails, n_with)
     rate_with = a / n_with
     rate_without = (fails - a) / (total - n_with)
     lift = rate_with / np.maximum(rate_without, 1e-9)
     return pl.DataFrame({
-        "feature": names, "with_failed": a, "with_total": n_with, "without_failed": fails - a,
-        "without_total": total - n_with, "rate_with": rate_with, "rate_without": rate_without,
-        "lift": lift, "p": p, "q": _q_per_carrier_set(p, [tuple(carriers[f]) for f in names]),
+        "feature": incidence.names[tested].tolist(), "with_failed": a, "with_total": n_with,
+        "without_failed": fails - a, "without_total": total - n_with, "rate_with": rate_with,
+        "rate_without": rate_without, "lift": lift, "p": p,
+        "q": _q_per_carrier_set(p, _carrier_sets(rows, ids, incidence.trials, width)[tested]),
     }).sort("p", "feature")
 
 
-def _q_per_carrier_set(p: np.ndarray, keys: list[tuple[int, ...]]) -> np.ndarray:
-    """Benjamini-Hochberg over distinct carrier sets; every feature of a set gets the set's q."""
-    group = {key: n for n, key in enumerate(dict.fromkeys(keys))}
-    index = np.array([group[k] for k in keys])
-    first = np.full(len(group), -1)
-    first[index[::-1]] = np.arange(len(keys))[::-1]
-    return benjamini_hochberg(p[first])[index]
+def _carrier_sets(rows: np.ndarray, ids: np.ndarray, trials: int, width: int) -> np.ndarray:
+    """Per feature, a label shared by exactly the features carried by the same trials: the count and two sums of
+    fixed random weights of the carrying trials. The entries are in trial order, so one set of trials always sums
+    in the same order to the same floats; two different sets share all three only by a chance of about 2^-100."""
+    weights = np.random.default_rng(0).random((2, trials))
+    fingerprint = np.stack([np.bincount(ids, minlength=width).astype(float),
+                            np.bincount(ids, weights=weights[0][rows], minlength=width),
+                            np.bincount(ids, weights=weights[1][rows], minlength=width)], axis=1)
+    return np.unique(fingerprint, axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def _q_per_carrier_set(p: np.ndarray, sets: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg over distinct carrier sets (`sets`: each feature's set label); every feature of a set gets
+    the set's q (its features have the same counts, so the same p)."""
+    labels, index = np.unique(sets, return_inverse=True)
+    first = np.full(len(labels), -1)
+    first[index[::-1]] = np.arange(len(sets))[::-1]
+    return benjamini_hochberg(p[first])[index.reshape(-1)]
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
@@ -173,8 +276,8 @@ class Cause:
     evidence: list[dict[str, Any]] = field(default_factory=list)  # the step's significant rows, strongest first
 
 
-def find_causes(features: list[set[str]], failed: list[bool], *, alpha: float = 0.05, max_causes: int = 8,
-                min_count: int = 3, min_failures: int = 5) -> list[Cause]:
+def find_causes(features: list[set[str]] | Incidence, failed: list[bool], *, alpha: float = 0.05,
+                max_causes: int = 8, min_count: int = 3, min_failures: int = 5) -> list[Cause]:
     """The causes of one check's failures, strongest first, found greedily.
 
     Test every feature on the trials (`features[i]`, `failed[i]`), keep the strongest significant one (q < alpha by
@@ -184,22 +287,26 @@ def find_causes(features: list[set[str]], failed: list[bool], *, alpha: float = 
     `min_count` times are not tried. Later steps try fewer features on fewer trials, where a handful of chance
     failures sharing a word can pass the test: a cause must explain `min_failures`. Strength is the failures a
     feature explains times its rate difference; character 3-grams count for less, being the least readable."""
+    incidence = features if isinstance(features, Incidence) else Incidence.of(features)
     left = np.ones(len(failed), dtype=bool)
     bad = np.asarray(failed, dtype=bool)
     causes: list[Cause] = []
     while len(causes) < max_causes and int((bad & left).sum()) >= min_failures:
-        index = np.flatnonzero(left)
-        ranked = _strongest(score_features([features[i] for i in index], bad[index].tolist(), min_count=min_count),
-                            alpha=alpha, min_failures=min_failures)
+        ranked = _strongest(score_features(incidence, bad, min_count=min_count, among=left), alpha=alpha,
+                            min_failures=min_failures)
         if ranked.height == 0:
             break
         best = ranked.row(0, named=True)
-        carriers = np.array([best["feature"] in features[i] for i in index], dtype=bool)
-        members = [int(i) for i in index[carriers & bad[index]]]
+        carriers = incidence.carriers(_feature_id(incidence, best["feature"])) & left
+        members = [int(i) for i in np.flatnonzero(carriers & bad)]
         causes.append(Cause(best["feature"], best, members, [c.feature for c in causes],
                             ranked.head(8).drop("strength").to_dicts()))
-        left[index[carriers]] = False
+        left[carriers] = False
     return causes
+
+
+def _feature_id(incidence: Incidence, name: str) -> int:
+    return int(np.flatnonzero(incidence.names == name)[0])
 
 
 def _strongest(tests: pl.DataFrame, *, alpha: float, min_failures: int) -> pl.DataFrame:

@@ -163,11 +163,11 @@ TOO_LONG_DOES = {"truncate": "a round cuts the end of their inputs to fit",
                  "error": "a round stops with an error that names them"}
 
 
-def over_context(project: Project, store: Store, ids: list[str]) -> str | None:
-    """A warning when some of the examples `ids` take more tokens than the base model's context, counted with its
-    own tokenizer (`tokenizers`, no model load). Checked for a model in a local folder (the bundled one, a folder,
-    a converted GGUF already cached); silent for a hub id or a model not converted yet. Only rows of more bytes
-    than the context are tokenized: a byte-level token covers at least one byte."""
+def over_context(project: Project, store: Store, ingests: list[int]) -> str | None:
+    """A warning when some of the examples the ingests `ingests` stored take more tokens than the base model's
+    context, counted with its own tokenizer (`tokenizers`, no model load). Checked for a model in a local folder
+    (the bundled one, a folder, a converted GGUF already cached); silent for a hub id or a model not converted yet.
+    Only rows of more bytes than the context are tokenized: a byte-level token covers at least one byte."""
     name = project.config.core.base_model
     try:
         folder = None if needs_conversion(name) else Path(resolve_base_model(project))
@@ -176,8 +176,9 @@ def over_context(project: Project, store: Store, ids: list[str]) -> str | None:
     if folder is None or not (folder / "tokenizer.json").is_file() or not (folder / "config.json").is_file():
         return None
     context = json.loads((folder / "config.json").read_text()).get("max_position_embeddings")
-    long = store.frame("SELECT input, output FROM examples WHERE id IN (SELECT unnest(?)) "
-                       "AND strlen(input) + strlen(output) + 2 > ?", [ids, context]) if context and ids else None
+    long = store.frame("SELECT input, output FROM examples WHERE ingest_id IN (SELECT unnest(?)) "
+                       "AND strlen(input) + strlen(output) + 2 > ?", [ingests, context]) \
+        if context and ingests else None
     if long is None or long.is_empty():
         return None
     from tokenizers import Tokenizer
