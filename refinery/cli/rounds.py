@@ -420,24 +420,27 @@ def sweep(ctx: typer.Context,
 
 
 def sweep_table(document: dict) -> Table:
-    """One line per arm: the value of each swept key, pass rates, cost and the check it fails most."""
+    """One line per arm: the value of each swept key, pass rates and weighted score, cost and the check it fails
+    most (`--json` and the report have every check's failures)."""
     source = f"round {document['round']}'s" if document["round"] is not None else "the train split's"
     sampled = f"{len(document['rows'])} arms" + (f" ({document['budget']} sampled of {document['grid_arms']})"
                                                  if document["budget"] else "")
     keys = list(document["grid"])
-    table = Table("arm", *keys, "test", "corner", "steps", "train s", "eval s", "peak GB", "MB", "most failed check",
+    table = Table("arm", *keys, "test", "weighted", "corner", "steps", "train s", "eval s", "peak GB", "MB",
+                  "most failed check",
                   title=f"Sweep {document['sweep']}: {sampled} on {source} {document['train_examples']} training "
                         f"examples; {document['test_examples']} test, {document['corner_examples']} corner")
     for r in document["rows"]:
         arm = str(r["arm"]) + (" *" if r["arm"] == document["best"] else "") + (" (now)" if r["current"] else "")
         values = [str(r["settings"][k]) for k in keys]
         if "error" in r:
-            table.add_row(arm, *values, r["error"], *[""] * 7)
+            table.add_row(arm, *values, r["error"], *[""] * 8)
             continue
         cost = ([f"= arm {r['same_as']}", "", "", ""] if "same_as" in r else
                 [f"{r['train_seconds']:.1f}", f"{r['eval_seconds']:.1f}", f"{r['peak_memory_bytes'] / 2**30:.2f}",
                  f"{r['weights_bytes'] / 1e6:.1f}"])
         worst = max(r["failures"].items(), key=lambda kv: (kv[1], kv[0]), default=None)
-        table.add_row(arm, *values, pct(r["test_pass_rate"]), pct(r["corner_pass_rate"]), str(r["steps"]), *cost,
+        table.add_row(arm, *values, pct(r["test_pass_rate"]), f"{r['test_weighted_score']:.3f}",
+                      pct(r["corner_pass_rate"]), str(r["steps"]), *cost,
                       f"{worst[0]} {worst[1]}" if worst else "-")
     return table
