@@ -139,23 +139,22 @@ def mcnemar(rows: list[dict[str, Any]], number: int) -> dict[str, Any] | None:
 
 def mcnemar_arms(rows: list[dict[str, Any]], number: int, a: str, b: str) -> dict[str, Any] | None:
     """Arm `a` against arm `b` on the same test examples at round `number`, pooled over seeds: how many only `a`
-    passed, only `b` passed, and the exact two-sided McNemar p-value (a binomial test on the first of the two)."""
-    from scipy.stats import binomtest
+    passed, only `b` passed, and the exact two-sided McNemar p-value (refinery's own, `grid.mcnemar`, on the pairs
+    of every seed)."""
+    from refinery.stages.grid import mcnemar as paired
 
     by = {(r["arm"], r["seed"]): r.get("test_outcomes") for r in rows if r["round"] == number}
-    only_a = only_b = pairs = 0
-    for (arm, seed), first in by.items():
-        second = by.get((b, seed))
-        if arm != a or not first or not second:
+    first, second = {}, {}
+    for (arm, seed), outcomes in by.items():
+        other = by.get((b, seed))
+        if arm != a or not outcomes or not other:
             continue
-        for example_id in first.keys() & second.keys():
-            pairs += 1
-            only_a += first[example_id] and not second[example_id]
-            only_b += second[example_id] and not first[example_id]
-    if not pairs:
+        for example_id in outcomes.keys() & other.keys():
+            first[seed, example_id], second[seed, example_id] = outcomes[example_id], other[example_id]
+    if not first:
         return None
-    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
-    return {"pairs": pairs, "only_a": only_a, "only_b": only_b, "p": float(p)}
+    out = paired(first, second)
+    return {"pairs": out["examples"], "only_a": out["only_a"], "only_b": out["only_b"], "p": out["p"]}
 
 
 def data_ratio(t: dict[str, Any] | None, r: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -135,7 +135,7 @@ def _checked_batches(path: Path, *, data: DataSettings, split_given: bool,
                 bad += sum(_problems(more, split_given=split_given, kind_given=kind_given)[1] for more in batches)
             except DataError:  # a row the rest cannot read: the first problem is still the one to fix
                 pass
-            raise DataError(message + (f" {bad - 1} more row(s) have problems too." if bad > 1 else ""))
+            raise _row_error(message, bad)
         yield rows
 
 
@@ -178,7 +178,7 @@ def prepare_examples(rows: pl.DataFrame, *, data: DataSettings, seed: int, split
     if not checked:
         message, bad = _problems(rows, split_given=split is not None, kind_given=kind is not None)
         if message is not None:
-            raise DataError(message + (f" {bad - 1} more row(s) have problems too." if bad > 1 else ""))
+            raise _row_error(message, bad)
     think = think or UserPattern(data.think_pattern, setting="[data] think_pattern", dotall=True)
     hashes = [content_hash(i, o) for i, o in zip(rows["input"], rows["output"], strict=True)]
     detected = [detect_kind(o, think) for o in rows["output"]]
@@ -411,6 +411,11 @@ def _problems(rows: pl.DataFrame, *, split_given: bool, kind_given: bool) -> tup
     value = rows[column][first["row"]]
     shown = f" ({json.dumps(value, ensure_ascii=False)})" if value is not None and reason.startswith("not") else ""
     return f"{rows['origin'][first['row']]}: field '{column}': {reason}{shown}. {fix}", bad_rows.height
+
+
+def _row_error(message: str, bad: int) -> DataError:
+    """The first bad row's message, and how many more rows have problems."""
+    return DataError(message + (f" {bad - 1} more row(s) have problems too." if bad > 1 else ""))
 
 
 def _file_report(con, path: Path, index: int) -> FileReport:

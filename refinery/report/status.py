@@ -79,10 +79,11 @@ def project_status(store: Store, *, last_rounds: int = 5) -> Status:
 
 
 def _sweep_line(store: Store) -> dict[str, Any] | None:
-    found = [s for s in latest_sweeps(store).values() if s is not None]
-    if not found:
+    """The latest finished sweep, recipe or mix: its number, set, grid, arms and verdict."""
+    found = store.one("SELECT document FROM sweeps WHERE document IS NOT NULL ORDER BY id DESC LIMIT 1")
+    if found is None:
         return None
-    latest = max(found, key=lambda s: s["sweep"])
+    latest = json.loads(found[0])
     return {k: latest[k] for k in ("sweep", "round", "grid", "train_examples", "best", "verdict")} | {
         "arms": len(latest["rows"])}
 
@@ -118,4 +119,6 @@ def latest_sweeps(store: Store) -> dict[str, dict[str, Any] | None]:
         document = json.loads(text)
         kind = "mix" if list(document["grid"]) == ["reasoning_share"] else "recipe"
         found[kind] = found[kind] or document
+        if all(found.values()):  # the newest of each: older documents are not read
+            break
     return found

@@ -100,20 +100,30 @@ def arm_config(config: Config, arm: dict[str, Any]) -> Config:
     return config
 
 
+def current_arm(config: Config, keys: list[str]) -> dict[str, Any]:
+    """The project's own values of the grid's keys: the current recipe as an arm."""
+    return {key: getattr(getattr(config, SPECIAL.get(key, "train")), key) for key in keys}
+
+
+def digest(basis: dict[str, Any]) -> str:
+    """A stable sha256 of a JSON-able dict (its keys sorted), to key sweeps and trainings by what they depend on."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def training_key(config: Config, *, modules: list[str] | None = None, base: str | None = None) -> str:
     """What an arm's training depends on: its [train] settings (less LoRA's under a full fine-tune), the base model
     (`base`: where it resolved to, so that two names of one folder are one model) and the reasoning share; with
     `modules`, the module names its target_modules preset resolves to on the base model, instead of the preset's
     name. Arms with the same key train the same weights, so a sweep trains them once."""
-    import hashlib
-    import json
-
     train = {k: v for k, v in dataclasses.asdict(config.train).items()
              if k not in NOT_SWEPT and not (config.train.method == "full" and k in LORA_ONLY)}
     if modules is not None and config.train.method == "lora":
         train["target_modules"] = sorted(modules)
     basis = {"train": train, "base_model": base or config.core.base_model, "share": config.mix.reasoning_share}
-    return hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest(basis)[:16]
 
 
 def arm_label(arm: dict[str, Any]) -> str:

@@ -214,27 +214,23 @@ def score_features(features: list[set[str]] | Incidence, failed: list[bool] | np
         "feature": incidence.names[tested].tolist(), "with_failed": a, "with_total": n_with,
         "without_failed": fails - a, "without_total": total - n_with, "rate_with": rate_with,
         "rate_without": rate_without, "lift": lift, "p": p,
-        "q": _q_per_carrier_set(p, _carrier_sets(rows, ids, incidence.trials, width)[tested]),
+        "q": _q_per_carrier_set(p, _carrier_sets(rows, ids, seen, incidence.trials)[tested]),
     }).sort("p", "feature")
 
 
-def _carrier_sets(rows: np.ndarray, ids: np.ndarray, trials: int, width: int) -> np.ndarray:
-    """Per feature, a label shared by exactly the features carried by the same trials: the count and two sums of
-    fixed random weights of the carrying trials. The entries are in trial order, so one set of trials always sums
-    in the same order to the same floats; two different sets share all three only by a chance of about 2^-100."""
+def _carrier_sets(rows: np.ndarray, ids: np.ndarray, seen: np.ndarray, trials: int) -> np.ndarray:
+    """Per feature, a fingerprint of the trials carrying it: its count (`seen`) and two sums of fixed random
+    weights of those trials. The entries are in trial order, so one set of trials always sums in the same order to
+    the same floats; two different sets share all three only by a chance of about 2^-100."""
     weights = np.random.default_rng(0).random((2, trials))
-    fingerprint = np.stack([np.bincount(ids, minlength=width).astype(float),
-                            np.bincount(ids, weights=weights[0][rows], minlength=width),
-                            np.bincount(ids, weights=weights[1][rows], minlength=width)], axis=1)
-    return np.unique(fingerprint, axis=0, return_inverse=True)[1].reshape(-1)
+    return np.stack([seen.astype(float), np.bincount(ids, weights=weights[0][rows], minlength=len(seen)),
+                     np.bincount(ids, weights=weights[1][rows], minlength=len(seen))], axis=1)
 
 
-def _q_per_carrier_set(p: np.ndarray, sets: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg over distinct carrier sets (`sets`: each feature's set label); every feature of a set gets
-    the set's q (its features have the same counts, so the same p)."""
-    labels, index = np.unique(sets, return_inverse=True)
-    first = np.full(len(labels), -1)
-    first[index[::-1]] = np.arange(len(sets))[::-1]
+def _q_per_carrier_set(p: np.ndarray, carriers: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg over distinct carrier sets (`carriers`: each feature's fingerprint, `_carrier_sets`);
+    every feature of a set gets the set's q (its features have the same counts, so the same p)."""
+    _, first, index = np.unique(carriers, axis=0, return_index=True, return_inverse=True)
     return benjamini_hochberg(p[first])[index.reshape(-1)]
 
 

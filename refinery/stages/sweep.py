@@ -45,14 +45,14 @@ def run_grid(project: Project, grid: dict[str, list[Any]], *, from_round: int | 
     best arm is tested against it (exact McNemar on the test split); else against the runner-up. Arms that would
     train the same weights (`grid.training_key`) are trained once. Returns the sweep's figures, also stored."""
     from refinery.rules import load_rules
-    from refinery.stages.grid import SPECIAL, arm_config, arm_label, grid_arms, training_key
+    from refinery.stages.grid import arm_config, arm_label, current_arm, grid_arms, training_key
 
     reporter = reporter or Quiet()
     config = project.config
     rules = load_rules(project.rules_dir)
     check_mix_settings(project, rules)
     arms, total = grid_arms(grid, budget=budget, seed=config.core.seed)
-    current = {k: getattr(getattr(config, SPECIAL.get(k, "train")), k) for k in grid}
+    current = current_arm(config, list(grid))
     if against_current and current not in arms:
         arms = [current, *arms]
     data = _sweep_data(project, rules, from_round=from_round, pool=pool, shares="reasoning_share" in grid)
@@ -68,7 +68,7 @@ def run_grid(project: Project, grid: dict[str, list[Any]], *, from_round: int | 
             label = arm_label(arm) + (" (current)" if arm == current else "")
             twin = next((r for r in rows if r["key"] == key and "error" not in r), None)
             row = ({**twin, "same_as": twin["arm"], "train_seconds": 0.0, "eval_seconds": 0.0} if twin else
-                   _run_arm(arm_project, rules, arm, data, out_dir / f"arm-{index}", label, reporter))
+                   _run_arm(arm_project, rules, arm, data, base, out_dir / f"arm-{index}", label, reporter))
             row.update(arm=index, label=label, settings=arm, current=arm == current, key=key)
             _save_arm(project, sweep_id, row)
         rows.append(row)
@@ -132,9 +132,10 @@ def _toggler(project: Project, rules) -> Callable[[float | None], pl.DataFrame]:
     return toggles
 
 
-def _run_arm(project: Project, rules, arm: dict[str, Any], data: SweepData, out_dir: Path, label: str,
-             reporter: Reporter) -> dict[str, Any]:
-    """Train one arm on the sweep's set (under its share, when the share is swept) and measure it."""
+def _run_arm(project: Project, rules, arm: dict[str, Any], data: SweepData, base_model: str, out_dir: Path,
+             label: str, reporter: Reporter) -> dict[str, Any]:
+    """Train one arm on the sweep's set (under its share, when the share is swept) on `base_model` (resolved) and
+    measure it."""
     from refinery.stages import train
     from refinery.stages.mix import CUE_FIGURES, training_set
 
@@ -150,7 +151,6 @@ def _run_arm(project: Project, rules, arm: dict[str, Any], data: SweepData, out_
     row |= {"examples": chosen.height, "reasoning": kinds.get("reasoning", 0), "direct": kinds.get("direct", 0)}
     if chosen.height == 0:
         return {**row, "error": "no examples of a kind this share needs"}
-    base_model = resolve_base_model(project)
     check_loadable(base_model)
     reporter.stage(label)
     with PeakMemory() as peak:
@@ -245,14 +245,15 @@ def _open_sweep(project: Project, number: int | None, grid: dict[str, list[Any]]
     """The sweep's id (an earlier run of the same sweep, finished or not, or a new one) and its finished arms. The
     same sweep: the same set, grid and budget, from the same [train], [mix] and base model."""
     import dataclasses
-    import hashlib
+
+    from refinery.stages.grid import digest
 
     config = project.config
     basis = {"round": number, "grid": grid, "budget": budget, "train": dataclasses.asdict(config.train),
              "mix": dataclasses.asdict(config.mix), "base_model": config.core.base_model}
     if not against_current:
         basis["against"] = "runner-up"
-    key = hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()
+    key = digest(basis)
     with Store(project.store_path, wait=STORE_WAIT) as store, store.transaction() as con:
         found = con.execute("SELECT id FROM sweeps WHERE key = ?", [key]).fetchall()
         if found:

@@ -7,6 +7,7 @@ here into `LoraConfig`, `SFTConfig` and `DPOConfig`.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -243,6 +244,7 @@ def resolve_targets(model: Any, preset: str) -> list[str]:
     return hit
 
 
+@functools.cache  # a sweep asks once per arm, of a few models and presets
 def preset_modules(base_model: str, preset: str) -> list[str]:
     """The module names `preset` puts LoRA on in `base_model`, from its config alone (built on the meta device: no
     weights are read). On Llama-style models attention-mlp and all-linear name the same modules."""
