@@ -49,7 +49,15 @@ def counted_features(features: list[set[str]], failed: list[bool], *, min_count:
 
 def named_features(text: str, fields: dict | None = None, *, cues=(), known_words: set[str] | None = None) -> set[str]:
     """input_features as it was before FeatureIndex (every name formatted per input), the reference."""
-    from refinery.stages.hypotheses import PUNCT, UNSEEN, WORD, _band, tag_positions, unseen_inside, unseen_words
+    from refinery.stages.hypotheses import PUNCT, UNSEEN, WORD, _band, unseen_inside, unseen_words
+
+    def tag_positions(text: str) -> set[str]:
+        out = set()
+        for m in re.finditer(r"<(\w+)>(?:.*?</\1>)?", text, re.DOTALL):
+            before, after = text[:m.start()].strip(), text[m.end():].strip()
+            out.add(f"the <{m.group(1)}> tag " + ("at the start" if not before else "at the end" if not after
+                                                  else "in the middle"))
+        return out
 
     plain = re.sub(r"<[^>]*>", " ", text)
     words = WORD.findall(plain)
@@ -95,7 +103,8 @@ def test_one_index_over_many_inputs_names_each_inputs_features_as_before() -> No
                                "Ünïcode wörds: café! <weather>neige</weather>", "a" * 300, "<x>" * 5,
                                # whitespace Python splits on and Rust's \s does not; case rules that differ
                                "rain\x1cSUNNY\x1dsnow\x1e<w>x</w>\x1fend", "tab\tnew\nline\r\x0b\x0c\x85end",
-                               "İSTANBUL ΣΑΣ straße ǅ \u1c89x \ua7cbY", "sunny!\u2028CLOUDY?\u3000fog.", "<w>\n</w>")]
+                               "İSTANBUL ΣΑΣ straße ǅ \u1c89x \ua7cbY", "sunny!\u2028CLOUDY?\u3000fog.", "<w>\n</w>",
+                               " \t<w>x</w>", "a <w>x</w>\u3000\x1c", "\x85<w>x</w>\x85 b", "<w>x</w> <v>y</v>")]
     index = hypotheses.FeatureIndex(cues=cues, known_words=known)
     for half in (rows[::2], rows[1::2]):  # two calls: the second reuses the tokens and pairs the first named
         found, ids = index.entries([t for t, _ in half], [f for _, f in half])

@@ -261,7 +261,8 @@ class _Trials:
         sizes = start[which + 1] - start[which]
         ends = np.cumsum(sizes)
         gather = np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - sizes - start[which], sizes)
-        self.position = {example_id: n for n, example_id in enumerate(rows["example_id"].to_list())}
+        self.ids = rows["example_id"].to_list()
+        self.position = {example_id: n for n, example_id in enumerate(self.ids)}
         self.incidence = Incidence(np.array(self.index.names, dtype=object),
                                    np.repeat(np.arange(rows.height), sizes), ids[gather], rows.height)
 
@@ -270,13 +271,11 @@ class _Trials:
         carriers = self.incidence.carriers(self.index.id(feature))
         return int(carriers[[self.position[i] for i in ids]].sum())
 
-    def of(self, check: str) -> tuple[list[str], list[bool]]:
-        trial = self.rows.filter(pl.col("applicable").is_null() | pl.col("applicable").list.contains(check))
-        return trial["example_id"].to_list(), trial["failing"].list.contains(check).to_list()
-
-    def incidence_of(self, ids: list[str]) -> Incidence:
-        """The incidence of the examples `ids` (in the order `of` gives them), numbered 0..len(ids)-1."""
-        return self.incidence.take(np.array([self.position[i] for i in ids], dtype=np.int64))
+    def of(self, check: str) -> tuple[np.ndarray, np.ndarray]:
+        """Over every example: whether `check` applies to it, and whether it failed it there."""
+        applies = self.rows.select(pl.col("applicable").is_null() | pl.col("applicable").list.contains(check)
+                                   ).to_series().to_numpy()
+        return applies, self.rows["failing"].list.contains(check).to_numpy() & applies
 
 
 class _Context:
@@ -324,14 +323,16 @@ class _Context:
 
 def _check_patterns(check: str, trials: _Trials, context: _Context, scope: str) -> list[FailureCluster]:
     """The causes of one check's failures; or one pattern when it fails on every input it applies to."""
-    ids, failed = trials.of(check)
-    if not any(failed):
+    applies, failed = trials.of(check)
+    if not failed.any():
         return []
-    if all(failed):
+    if failed[applies].all():
+        ids = [trials.ids[i] for i in np.flatnonzero(applies)]
         return [context.pattern("all", check, ids, label=f"{check} / all",
                                 statement=all_statement(check, len(ids), scope))]
-    causes = find_causes(trials.incidence_of(ids), failed)
-    return [_cause_pattern(check, cause, [ids[i] for i in cause.members], trials, context) for cause in causes]
+    causes = find_causes(trials.incidence, failed, among=applies)
+    return [_cause_pattern(check, cause, [trials.ids[i] for i in cause.members], trials, context)
+            for cause in causes]
 
 
 def _cause_pattern(check: str, cause: Cause, members: list[str], trials: _Trials,
@@ -400,8 +401,10 @@ def _cluster_tests(trials: _Trials, left: dict[str, list[str]], groups: list[lis
     cell = dict(zip(everyone, squared.argmin(axis=1).tolist(), strict=True))
     counts = {}
     for n, check in enumerate(checks):
-        applies, failed = trials.of(check)
-        explained = {i for i, bad in zip(applies, failed, strict=True) if bad and check not in left.get(i, ())}
+        mask, failed_mask = trials.of(check)
+        applies = [trials.ids[i] for i in np.flatnonzero(mask)]
+        explained = {i for i, bad in zip(applies, failed_mask[mask], strict=True)
+                     if bad and check not in left.get(i, ())}
         population = [i for i in applies if i in cell and i not in explained]
         inside = [i for i in population if cell[i] == n]
         if 0 < len(inside) < len(population):

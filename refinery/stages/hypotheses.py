@@ -10,9 +10,12 @@ have several causes.
 
 from __future__ import annotations
 
+import gc
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -28,6 +31,7 @@ PY_SPACE = r"[\x1c-\x1f]"  # whitespace to Python's str.split, not to Rust's \s 
 TOUCHING = re.compile(rf"([A-Za-z]+)[{re.escape(PUNCT)}]")
 BEFORE_CLOSING = re.compile(rf"[{re.escape(PUNCT)}]\s*</\w+>")
 OPENING = re.compile(r"<(\w+)>")
+TAG_SPAN = re.compile(r"<(\w+)>(?:.*?</\1>)?", re.DOTALL)
 
 
 def input_features(text: str, fields: dict[str, Any] | None = None, *,
@@ -71,8 +75,9 @@ class FeatureIndex:
         self._pairs: dict[int, int] = {}  # first word's number * 2^32 + second's -> feature id
         self._touching: dict[str, int] = {}
         self._fields: dict[tuple[str, type, Any], int] = {}  # (key, type, value) -> id, -1 for a value too long
-        self._cue_ids = [(pattern, self.id(f"the cue of {name}"), self.id(f"no cue of {name}"))
-                         for name, pattern in self.cues]
+        self._cue_ids: dict[re.Pattern, list[tuple[int, int]]] = {}  # rules' cues sharing a pattern: one search
+        for name, pattern in self.cues:
+            self._cue_ids.setdefault(pattern, []).append((self.id(f"the cue of {name}"), self.id(f"no cue of {name}")))
 
     def id(self, name: str) -> int:
         found = self._index.get(name)
@@ -96,12 +101,10 @@ class FeatureIndex:
         words = found["words"].explode().drop_nulls().to_numpy().astype(np.int64)
         parts.append(self._pair_entries(word_rows, words))
         parts.append(self._touching_entries(frame))
-        counts = np.bincount(word_rows, minlength=len(texts))
-        flags = [np.bincount(rows, weights=found[name].to_numpy(), minlength=len(texts)) > 0
-                 for name in ("capitals", "unseen")]
-        whole = [self._whole(text, int(count), row_fields, bool(caps), bool(unseen))
-                 for text, count, row_fields, caps, unseen in zip(texts, counts, fields or [None] * len(texts),
-                                                                  *flags, strict=True)]
+        parts.append(self._row_entries(len(texts), rows, word_rows, found))
+        with _collector_paused():  # a list per input, none in a cycle: the collector would only slow it (20 %)
+            whole = [self._whole(text, row_fields) for text, row_fields in zip(texts, fields or [None] * len(texts),
+                                                                               strict=True)]
         sizes = np.fromiter(map(len, whole), dtype=np.int64, count=len(whole))
         parts.append((np.repeat(np.arange(len(texts), dtype=np.int64), sizes),
                       np.fromiter((i for ids in whole for i in ids), dtype=np.int64, count=int(sizes.sum()))))
@@ -158,11 +161,22 @@ class FeatureIndex:
         return (found["row"].to_numpy().astype(np.int64),
                 words.replace_strict(ids, return_dtype=pl.Int64).to_numpy() if len(words) else np.empty(0, np.int64))
 
-    def _whole(self, text: str, words: int, fields: dict[str, Any] | None, capitals: bool, unseen: bool) -> list[int]:
-        """The features of the input as a whole: tags and where they stand, cues, length, fields."""
+    def _row_entries(self, inputs: int, rows: np.ndarray, word_rows: np.ndarray, found: pl.DataFrame
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """What the tokens say of their input as a whole: its length band, a word in capitals, an unseen word."""
+        counts = np.bincount(word_rows, minlength=inputs)
+        bands, which = np.unique(counts, return_inverse=True)
+        out = [(np.arange(inputs), np.array([self.id(f"{_band(int(n))} words") for n in bands])[which])]
+        for flag, name in (("capitals", "a word in capitals"), ("unseen", UNSEEN)):
+            carrying = np.flatnonzero(np.bincount(rows, weights=found[flag].to_numpy(), minlength=inputs) > 0)
+            out.append((carrying, np.full(len(carrying), self.id(name))))
+        return np.concatenate([r for r, _ in out]), np.concatenate([i for _, i in out]).astype(np.int64)
+
+    def _whole(self, text: str, fields: dict[str, Any] | None) -> list[int]:
+        """The features read from the input as a whole: its tags and where they stand, cues, fields."""
         named = self.id
-        out = [named(f"{_band(words)} words")]
-        out += [yes if pattern.search(text) else no for pattern, yes, no in self._cue_ids]
+        out = [yes if found else no for pattern, ids in self._cue_ids.items()
+               for found in [pattern.search(text)] for yes, no in ids]
         if BEFORE_CLOSING.search(text):
             out.append(named("punctuation just before a closing tag"))
         tags = set(OPENING.findall(text)) if "<" in text else set()
@@ -173,10 +187,6 @@ class FeatureIndex:
                 out += [named(f) for f in map(unseen_inside, sorted(tags)) if unseen_words(text, self.known_words, f)]
         else:
             out.append(named("no tag at all"))
-        if capitals:
-            out.append(named("a word in capitals"))
-        if unseen:
-            out.append(named(UNSEEN))
         for key, value in (fields or {}).items():
             if isinstance(value, (str, bool, int)):
                 kind = (key, type(value), value)
@@ -186,6 +196,17 @@ class FeatureIndex:
                 if found >= 0:
                     out.append(found)
         return out
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass
@@ -207,9 +228,9 @@ def tag_positions(text: str) -> set[str]:
     """Where each tag stands, judged by the text before and after it (whitespace ignored): `the <weather> tag at
     the start`, `in the middle`, `at the end`. A tag with nothing on either side stands at the start."""
     out = set()
-    for m in re.finditer(r"<(\w+)>(?:.*?</\1>)?", text, re.DOTALL):
-        before, after = text[:m.start()].strip(), text[m.end():].strip()
-        where = "at the start" if not before else "at the end" if not after else "in the middle"
+    first, last = len(text) - len(text.lstrip()), len(text.rstrip())  # where the text without its whitespace lies
+    for m in TAG_SPAN.finditer(text):
+        where = "at the start" if m.start() <= first else "at the end" if m.end() >= last else "in the middle"
         out.add(f"the <{m.group(1)}> tag {where}")
     return out
 
@@ -265,10 +286,19 @@ class Incidence:
         chosen = keep[self.rows]
         return Incidence(self.names, renumber[self.rows[chosen]], self.ids[chosen], len(index))
 
+    @cached_property
+    def by_feature(self) -> Any:
+        """The entries as a sparse matrix, a row per feature and a column per trial (a row's trials ascending, so a
+        sum along it adds in trial order): counting every feature is one product with it."""
+        from scipy.sparse import csr_matrix
+
+        return csr_matrix((np.ones(len(self.ids)), (self.ids, self.rows)), shape=(len(self.names), self.trials))
+
     def carriers(self, feature: int) -> np.ndarray:
         """Whether each trial carries `feature`."""
         out = np.zeros(self.trials, dtype=bool)
-        out[self.rows[self.ids == feature]] = True
+        matrix = self.by_feature
+        out[matrix.indices[matrix.indptr[feature]:matrix.indptr[feature + 1]]] = True
         return out
 
 
@@ -282,11 +312,11 @@ def score_features(features: list[set[str]] | Incidence, failed: list[bool] | np
     incidence = features if isinstance(features, Incidence) else Incidence.of(features)
     bad = np.asarray(failed, dtype=bool)
     among = np.ones(incidence.trials, dtype=bool) if among is None else among
-    chosen = among[incidence.rows]
-    rows, ids = incidence.rows[chosen], incidence.ids[chosen]
-    width = len(incidence.names)
-    seen = np.bincount(ids, minlength=width)
-    seen_failing = np.bincount(ids, weights=bad[rows], minlength=width).astype(np.int64)
+    # Per feature, in one pass over the entries: its trials, its failing trials, and two sums of fixed random
+    # weights of its trials, which with the count fingerprint the set of trials carrying it (`_q_per_carrier_set`).
+    weights = np.random.default_rng(0).random((2, incidence.trials))
+    sums = incidence.by_feature @ np.stack([among, bad & among, weights[0] * among, weights[1] * among], axis=1)
+    seen, seen_failing = sums[:, 0].astype(np.int64), sums[:, 1].astype(np.int64)
     total, fails = int(among.sum()), int((bad & among).sum())
     tested = np.flatnonzero((seen >= min_count) & (seen < total))
     if not len(tested):
@@ -306,22 +336,15 @@ def score_features(features: list[set[str]] | Incidence, failed: list[bool] | np
         "feature": incidence.names[tested].tolist(), "with_failed": a, "with_total": n_with,
         "without_failed": fails - a, "without_total": total - n_with, "rate_with": rate_with,
         "rate_without": rate_without, "lift": lift, "p": p,
-        "q": _q_per_carrier_set(p, _carrier_sets(rows, ids, seen, incidence.trials)[tested]),
+        "q": _q_per_carrier_set(p, sums[tested][:, [0, 2, 3]]),
     }).sort("p", "feature")
 
 
-def _carrier_sets(rows: np.ndarray, ids: np.ndarray, seen: np.ndarray, trials: int) -> np.ndarray:
-    """Per feature, a fingerprint of the trials carrying it: its count (`seen`) and two sums of fixed random
-    weights of those trials. The entries are in trial order, so one set of trials always sums in the same order to
-    the same floats; two different sets share all three only by a chance of about 2^-100."""
-    weights = np.random.default_rng(0).random((2, trials))
-    return np.stack([seen.astype(float), np.bincount(ids, weights=weights[0][rows], minlength=len(seen)),
-                     np.bincount(ids, weights=weights[1][rows], minlength=len(seen))], axis=1)
-
-
 def _q_per_carrier_set(p: np.ndarray, carriers: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg over distinct carrier sets (`carriers`: each feature's fingerprint, `_carrier_sets`);
-    every feature of a set gets the set's q (its features have the same counts, so the same p)."""
+    """Benjamini-Hochberg over distinct carrier sets (`carriers`: each feature's count and two sums of fixed random
+    weights of its trials, added in trial order, so one set always gives the same floats; two different sets share
+    all three only by a chance of about 2^-100); every feature of a set gets the set's q (its features have the
+    same counts, so the same p)."""
     _, first, index = np.unique(carriers, axis=0, return_index=True, return_inverse=True)
     return benjamini_hochberg(p[first])[index.reshape(-1)]
 
@@ -392,8 +415,9 @@ class Cause:
     evidence: list[dict[str, Any]] = field(default_factory=list)  # the step's significant rows, strongest first
 
 
-def find_causes(features: list[set[str]] | Incidence, failed: list[bool], *, alpha: float = 0.05,
-                max_causes: int = 8, min_count: int = 3, min_failures: int = 5) -> list[Cause]:
+def find_causes(features: list[set[str]] | Incidence, failed: list[bool] | np.ndarray, *,
+                among: np.ndarray | None = None, alpha: float = 0.05, max_causes: int = 8, min_count: int = 3,
+                min_failures: int = 5) -> list[Cause]:
     """The causes of one check's failures, strongest first, found greedily.
 
     Test every feature on the trials (`features[i]`, `failed[i]`), keep the strongest significant one (q < alpha by
@@ -404,8 +428,8 @@ def find_causes(features: list[set[str]] | Incidence, failed: list[bool], *, alp
     failures sharing a word can pass the test: a cause must explain `min_failures`. Strength is the failures a
     feature explains times its rate difference; character 3-grams count for less, being the least readable."""
     incidence = features if isinstance(features, Incidence) else Incidence.of(features)
-    left = np.ones(len(failed), dtype=bool)
-    bad = np.asarray(failed, dtype=bool)
+    left = np.ones(len(failed), dtype=bool) if among is None else among.copy()
+    bad = np.asarray(failed, dtype=bool) & left
     causes: list[Cause] = []
     while len(causes) < max_causes and int((bad & left).sum()) >= min_failures:
         ranked = _strongest(score_features(incidence, bad, min_count=min_count, among=left), alpha=alpha,
