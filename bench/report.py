@@ -460,8 +460,9 @@ def _scale(sc: dict[str, Any], s: dict[str, Any]) -> list[str]:
             "grows about linearly; past 10,000 failures k is chosen on a seeded sample of 10,000 "
             "(`analyze.FIT_SAMPLE`) and every failure goes to its nearest centre. Describing splits the distinct "
             "inputs into tokens and word pairs in polars and names each distinct token and pair once "
-            "(`hypotheses.FeatureIndex.entries`), then tests every feature at once (one `bincount` over flat "
-            "arrays, `hypotheses.Incidence`, and Fisher's tail summed in numpy, `hypotheses.hypergeom_tail`). A "
+            "(`hypotheses.FeatureIndex.entries`), then counts every feature at once (one sparse product over the "
+            "examples, `hypotheses.Incidence.by_feature`) and sums Fisher's tail in numpy "
+            "(`hypotheses.hypergeom_tail`). A "
             "size skipped for time shows its prediction from the smaller sizes instead.", ""]
     if rate:
         sizes = sorted({r["n"] for r in analysis})
