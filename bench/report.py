@@ -457,10 +457,13 @@ def _scale(sc: dict[str, Any], s: dict[str, Any]) -> list[str]:
     out += ["", "Growth: time ratio to the size before, and the exponent b of time ~ n^b (1 = linear, 2 = "
             "quadratic). The default scores each k's silhouette on a seeded sample of at most 3,000 points "
             "(`refinery.stages.analyze.SILHOUETTE_SAMPLE`; the full score is quadratic in the points), so clustering "
-            "grows about linearly. Describing names each distinct input's features once (each distinct word, pair "
-            "and token formatted once, `hypotheses.FeatureIndex`) and tests every feature at once (one `bincount` "
-            "over flat arrays, `hypotheses.Incidence`, then scipy's hypergeometric tail over the array). A size "
-            "skipped for time shows its prediction from the smaller sizes instead.", ""]
+            "grows about linearly; past 10,000 failures k is chosen on a seeded sample of 10,000 "
+            "(`analyze.FIT_SAMPLE`) and every failure goes to its nearest centre. Describing splits the distinct "
+            "inputs into tokens and word pairs in polars and names each distinct token and pair once "
+            "(`hypotheses.FeatureIndex.entries`), then counts every feature at once (one sparse product over the "
+            "examples, `hypotheses.Incidence.by_feature`) and sums Fisher's tail in numpy "
+            "(`hypotheses.hypergeom_tail`). A "
+            "size skipped for time shows its prediction from the smaller sizes instead.", ""]
     if rate:
         sizes = sorted({r["n"] for r in analysis})
         per = ", ".join(f"{n:,}: {_minutes(n / rate)}" for n in sizes)
@@ -475,7 +478,8 @@ def _scale(sc: dict[str, Any], s: dict[str, Any]) -> list[str]:
                 "The real `refinery ingest FILE --split holdout --json` in its own process, into a fresh project, "
                 "on JSONL files of demo examples from the demo's generator (the eval set's distribution; a few "
                 "repeat, and are skipped as duplicates). The file streams through in batches of 100,000 rows "
-                "(`refinery.ingest.BATCH_ROWS`) into a temporary table of the one transaction.", "",
+                "(`refinery.ingest.BATCH_ROWS`), read by orjson where it reads what Python's json reads; each batch "
+                "is stored in the one transaction while the next is read.", "",
                 "| examples | file MB | seconds | examples/s | peak MB | stored | duplicates | store MB | growth of "
                 "time |", "|---|---|---|---|---|---|---|---|---|"]
         previous = None

@@ -378,3 +378,34 @@ def m011_sweeps(con: duckdb.DuckDBPyConnection) -> None:
             passed      JSON NOT NULL,              -- test example id -> passed, for the paired test
             PRIMARY KEY (sweep, arm)
         )""")
+
+
+@migration
+def m012_examples_without_hash_index(con: duckdb.DuckDBPyConnection) -> None:
+    # The UNIQUE index on content_hash cost a million-row ingest half its time (about 4 s to insert and 4 s to
+    # commit, measured) and half a gigabyte. Every path that stores an example looks its content hash up first
+    # (ingest and drift by anti-join, generate and review by query), so the index only repeated that check; the
+    # id stays the primary key. DuckDB cannot drop a constraint, so the table is rebuilt with its rows.
+    con.execute("ALTER TABLE examples RENAME TO examples_m011")
+    con.execute("""
+        CREATE TABLE examples (
+            id            VARCHAR PRIMARY KEY,
+            content_hash  VARCHAR NOT NULL,
+            input         VARCHAR NOT NULL,
+            output        VARCHAR NOT NULL,
+            fields        JSON,
+            kind          VARCHAR NOT NULL CHECK (kind IN ('reasoning', 'direct')),
+            split         VARCHAR NOT NULL CHECK (split IN ('train', 'analysis', 'test', 'corner')),
+            source        VARCHAR NOT NULL CHECK (source IN ('seed', 'import', 'generated', 'relabel')),
+            parent_id     VARCHAR,
+            template      VARCHAR,
+            cluster_id    VARCHAR,
+            round_added   INTEGER,
+            status        VARCHAR NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'pending', 'rejected')),
+            ingest_id     INTEGER,
+            origin        VARCHAR,
+            created_at    TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            feature       VARCHAR
+        )""")
+    con.execute("INSERT INTO examples SELECT * FROM examples_m011")
+    con.execute("DROP TABLE examples_m011")

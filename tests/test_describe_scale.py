@@ -49,7 +49,15 @@ def counted_features(features: list[set[str]], failed: list[bool], *, min_count:
 
 def named_features(text: str, fields: dict | None = None, *, cues=(), known_words: set[str] | None = None) -> set[str]:
     """input_features as it was before FeatureIndex (every name formatted per input), the reference."""
-    from refinery.stages.hypotheses import PUNCT, UNSEEN, WORD, _band, tag_positions, unseen_inside, unseen_words
+    from refinery.stages.hypotheses import PUNCT, UNSEEN, WORD, _band, unseen_inside, unseen_words
+
+    def tag_positions(text: str) -> set[str]:
+        out = set()
+        for m in re.finditer(r"<(\w+)>(?:.*?</\1>)?", text, re.DOTALL):
+            before, after = text[:m.start()].strip(), text[m.end():].strip()
+            out.add(f"the <{m.group(1)}> tag " + ("at the start" if not before else "at the end" if not after
+                                                  else "in the middle"))
+        return out
 
     plain = re.sub(r"<[^>]*>", " ", text)
     words = WORD.findall(plain)
@@ -92,23 +100,29 @@ def test_one_index_over_many_inputs_names_each_inputs_features_as_before() -> No
     rows = [(r["input"], json.loads(r["fields"]) if r["fields"] else {})
             for frame in (planted, failures, passing) for r in frame.iter_rows(named=True)]
     rows += [(t, {}) for t in ("", "   ", "<weather>SUNNY!!</weather> Sunny, sunny. SUNNY", "<a><b>x</b></a> it's",
-                               "Ünïcode wörds: café! <weather>neige</weather>", "a" * 300, "<x>" * 5)]
+                               "Ünïcode wörds: café! <weather>neige</weather>", "a" * 300, "<x>" * 5,
+                               # whitespace Python splits on and Rust's \s does not; case rules that differ
+                               "rain\x1cSUNNY\x1dsnow\x1e<w>x</w>\x1fend", "tab\tnew\nline\r\x0b\x0c\x85end",
+                               "İSTANBUL ΣΑΣ straße ǅ \u1c89x \ua7cbY", "sunny!\u2028CLOUDY?\u3000fog.", "<w>\n</w>",
+                               " \t<w>x</w>", "a <w>x</w>\u3000\x1c", "\x85<w>x</w>\x85 b", "<w>x</w> <v>y</v>")]
     index = hypotheses.FeatureIndex(cues=cues, known_words=known)
-    for text, fields in rows:
-        assert {index.names[i] for i in index.ids(text, fields)} == named_features(
-            text, fields, cues=cues, known_words=known), text
+    for half in (rows[::2], rows[1::2]):  # two calls: the second reuses the tokens and pairs the first named
+        found, ids = index.entries([t for t, _ in half], [f for _, f in half])
+        for n, (text, fields) in enumerate(half):
+            assert {index.names[i] for i in ids[found == n]} == named_features(
+                text, fields, cues=cues, known_words=known), text
 
 
 def demo_like(n: int = 1000) -> tuple[list[set[str]], dict[str, list[bool]]]:
     """Features of n demo-like inputs and, per check, which failed (bench.scale's planted failures)."""
     from bench.scale import synthetic_analysis
     from refinery.rules import load_rules
-    from refinery.stages.hypotheses import input_features
+    from refinery.stages.hypotheses import read_features
 
     failures, passing, _ = synthetic_analysis(n)
     rows = pl.concat([failures, passing])
     cues = [(c.name, re.compile(c.when)) for c in load_rules(REPO / "rules").checks if c.when]
-    features = [input_features(r["input"], json.loads(r["fields"]), cues=cues) for r in rows.iter_rows(named=True)]
+    features = read_features(rows["input"].to_list(), [json.loads(f) for f in rows["fields"]], cues=cues)
     checks = sorted({c for names in rows["failing"] for c in names})
     return features, {c: [c in names for names in rows["failing"]] for c in checks}
 
@@ -121,8 +135,24 @@ def test_every_feature_test_equals_the_counting_it_replaced() -> None:
         assert tests["feature"].to_list() == sorted(counted, key=lambda f: (counted[f][2], f)), check
         for row in tests.iter_rows(named=True):
             a, n, p, q = counted[row["feature"]]
-            assert (row["with_failed"], row["with_total"]) == (a, n) and row["p"] == p, row["feature"]
-            assert row["q"] == pytest.approx(q, rel=1e-12, abs=0), row["feature"]
+            assert (row["with_failed"], row["with_total"]) == (a, n), row["feature"]
+            # p from hypergeom_tail, the reference's from scipy: equal to 1e-9 (see the next test)
+            assert row["p"] == pytest.approx(p, rel=1e-9, abs=1e-300), row["feature"]
+            assert row["q"] == pytest.approx(q, rel=1e-9, abs=0), row["feature"]
+
+
+@pytest.mark.parametrize("total", [1, 7, 60, 1_000, 125_000, 2_000_000])
+def test_the_hypergeometric_tail_equals_scipys(total: int) -> None:
+    """Fisher's one-sided p for every (a, drawn) at once equals scipy's hypergeom.sf, across the support and past
+    both ends, from a handful of trials to two million."""
+    from scipy.stats import hypergeom
+
+    rng = np.random.default_rng(total)
+    for marked in sorted({0, total, int(rng.integers(0, total + 1)), total // 2}):
+        drawn = rng.integers(0, total + 1, 3000)
+        a = rng.integers(-1, np.minimum(drawn, marked) + 3)
+        ours, scipys = hypotheses.hypergeom_tail(a, total, marked, drawn), hypergeom.sf(a - 1, total, marked, drawn)
+        assert ours == pytest.approx(scipys, rel=1e-8 if total > 1e6 else 1e-9, abs=1e-290)
 
 
 def test_a_subset_of_trials_is_tested_as_the_trials_alone() -> None:

@@ -291,3 +291,55 @@ def test_the_demo_generator_makes_the_files_and_sizes_the_readme_states(tmp_path
         assert (tmp_path / f"{name}.jsonl").read_bytes() == (REPO / "data" / "demo" / f"{name}.jsonl").read_bytes()
     readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
     assert "20 narrow seed examples, 600 broad analysis examples, 500 test examples and 14 corner cases" in readme
+
+
+def test_rows_orjson_would_misread_are_read_by_the_standard_library(project, cli) -> None:
+    """Floats, integers past 64 bits, NaN, nested values and escapes land in the fields exactly as Python's json
+    reads them (orjson, the fast reader, hands those rows on)."""
+    lines = ['{"input": "a", "output": "o", "n": 7, "ok": true, "none": null, "s": "caf\\u00e9 \\ud83d\\ude00"}',
+             '{"input": "b", "output": "o", "x": 0.1, "tiny": 1e-05}',
+             '{"input": "c", "output": "o", "big": 123456789012345678901234567890, "neg": -9223372036854775809}',
+             '{"input": "d", "output": "o", "u64": 18446744073709551615, "i64": -9223372036854775808}',
+             '{"input": "e", "output": "o", "nan": NaN, "inf": Infinity}',
+             '{"input": "f", "output": "o", "list": [1, 2.5, {"deep": 99999999999999999999}], "obj": {"k": "v"}}',
+             '{"input": "g", "output": "o", "dup": 1, "dup": 2}']
+    write(project.root / "data" / "odd.jsonl", "\n".join(lines) + "\n")
+    cli("ingest", "data/odd.jsonl")
+    rows = stored(project)
+    for line, fields in zip(lines, rows["fields"].to_list(), strict=True):
+        expected = json.loads(line)
+        del expected["input"], expected["output"]
+        got = json.loads(fields)
+        assert json.dumps(got, sort_keys=True) == json.dumps(expected, sort_keys=True), line
+        assert [type(v) for v in got.values()] == [type(v) for v in expected.values()], line
+
+
+def test_small_batches_store_and_count_as_one_batch(project, store, monkeypatch) -> None:
+    """Batches are stored as they are read (one in flight beside the reading): duplicates within a batch, across
+    batches and across files are counted as in one batch, the rows land in the files' order, and a bad row in the
+    last batch of the second file leaves the store as it was."""
+    from refinery import ingest
+
+    first = ROWS + ROWS[:2] + many_rows(5) + ROWS[2:]
+    second = many_rows(7) + [{"input": "fresh", "output": "Answer: 1"}] + ROWS[:1]
+    write(project.root / "data" / "a.jsonl", jsonl(first))
+    write(project.root / "data" / "b.jsonl", jsonl(second))
+    paths = [project.root / "data" / "a.jsonl", project.root / "data" / "b.jsonl"]
+    reports = {}
+    for size in (100_000, 2):
+        monkeypatch.setattr(ingest, "BATCH_ROWS", size)
+        with Store(tmp := project.root / "runs" / f"batch-{size}.duckdb") as other:
+            report = ingest_files(other, paths, config=project.config)
+            reports[size] = ([vars(f) for f in report.files],
+                             other.frame("SELECT id, origin FROM examples ORDER BY rowid").rows())
+        assert tmp.exists()
+    assert reports[2] == reports[100_000]
+    files, order = reports[2]
+    assert [(f["rows"], f["inserted"], f["duplicates_in_file"], f["duplicates_in_store"]) for f in files] == [
+        (11, 8, 3, 0), (9, 3, 6, 0)]
+    assert [o.rsplit(":", 1)[1] for _, o in order][:8] == ["1", "2", "3", "6", "7", "8", "9", "10"]
+    write(project.root / "data" / "b.jsonl", jsonl(second[:-1]) + '{"input": "late", "output": ""}\n')
+    before = snapshot(project)
+    with pytest.raises(DataError, match="b.jsonl:9: field 'output': empty"):
+        ingest_files(store, paths, config=project.config)
+    assert snapshot(project) == before

@@ -32,12 +32,13 @@ def test_fresh_store_gets_every_migration_once(tmp_path: Path) -> None:
         assert store.applied_migrations() == ["m001_initial", "m002_cluster_hypothesis", "m003_review_baselines",
                                               "m004_patterns_per_cause", "m005_preference_pairs", "m006_round_plan",
                                               "m007_unambiguous_content_hash", "m008_judge_verdicts",
-                                              "m009_judge_labels", "m010_drift", "m011_sweeps"]
+                                              "m009_judge_labels", "m010_drift", "m011_sweeps",
+                                              "m012_examples_without_hash_index"]
         assert store.migrate() == []
     assert tables(path) == TABLES
     with Store(path) as store:
         assert store.migrate() == []
-        assert store.scalar("SELECT count(*) FROM _migrations") == 11
+        assert store.scalar("SELECT count(*) FROM _migrations") == 12
 
 
 def test_existing_store_gets_only_new_migrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,7 +56,8 @@ def test_existing_store_gets_only_new_migrations(tmp_path: Path, monkeypatch: py
         assert store.applied_migrations() == ["m001_initial", "m002_cluster_hypothesis", "m003_review_baselines",
                                               "m004_patterns_per_cause", "m005_preference_pairs", "m006_round_plan",
                                               "m007_unambiguous_content_hash", "m008_judge_verdicts",
-                                              "m009_judge_labels", "m010_drift", "m011_sweeps", "m099_add_note"]
+                                              "m009_judge_labels", "m010_drift", "m011_sweeps",
+                                              "m012_examples_without_hash_index", "m099_add_note"]
         assert store.con.execute("SELECT id, note FROM examples").fetchall() == [("a", "none")]
     with Store(path) as store:
         assert store.migrate() == []
@@ -74,7 +76,7 @@ def test_m003_keeps_the_rows_of_a_store_written_before_it(tmp_path: Path) -> Non
     con.execute("INSERT INTO rounds (number, status, config) VALUES (0, 'done', '{}'), (1, 'done', '{}')")
     con.close()
     with Store(path) as store:
-        assert store.applied_migrations()[-1] == "m011_sweeps"
+        assert store.applied_migrations()[-1] == "m012_examples_without_hash_index"
         assert store.frame("SELECT id, status FROM examples").rows() == [("a", "rejected")]
         assert store.frame("SELECT id, outcome FROM generations").rows() == [(1, "leak")]
         assert store.frame("SELECT number, kind FROM rounds ORDER BY number").rows() == [(0, "baseline"),
@@ -135,7 +137,7 @@ def test_a_store_waits_for_a_brief_holder(tmp_path: Path) -> None:
     try:
         assert holder.stdout.readline().strip() == "ready"
         with Store(path, wait=20) as store:  # opens once the other process lets go
-                assert store.applied_migrations()[-1] == "m011_sweeps"
+                assert store.applied_migrations()[-1] == "m012_examples_without_hash_index"
     finally:
         holder.wait()
 
@@ -147,6 +149,46 @@ def test_the_schema_enforces_its_vocabularies(tmp_path: Path) -> None:
                               "VALUES ('a', 'h', 'i', 'o', 'direct', 'validation', 'seed')")
         store.con.execute("INSERT INTO examples (id, content_hash, input, output, kind, split, source) "
                           "VALUES ('a', 'h', 'i', 'o', 'direct', 'train', 'seed')")
+        with pytest.raises(duckdb.ConstraintException):  # the id is the key (the hash is checked by the code)
+            store.con.execute("INSERT INTO examples (id, content_hash, input, output, kind, split, source) "
+                              "VALUES ('a', 'h2', 'i2', 'o', 'direct', 'train', 'seed')")
+
+
+def test_m012_rebuilds_examples_with_every_row_and_the_id_still_the_key(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store made before m012 keeps every example, column for column; the id is still unique, the content hash
+    no longer indexed (ingest, drift, generate and review look it up before they store)."""
+    path = tmp_path / "refinery.duckdb"
+    monkeypatch.setattr("refinery.store.MIGRATIONS", migrations.MIGRATIONS[:11])
+    with Store(path) as store:
+        store.con.execute("""INSERT INTO examples (id, content_hash, input, output, fields, kind, split, source,
+                             parent_id, template, cluster_id, round_added, status, ingest_id, origin, feature) VALUES
+                             ('a', 'h1', 'in', 'out', '{"n": 1}', 'direct', 'train', 'seed', NULL, NULL, NULL, NULL,
+                              'active', 3, 'seed.jsonl:1', NULL),
+                             ('b', 'h2', 'in2', 'out2', NULL, 'reasoning', 'analysis', 'generated', 'a', 't.jinja',
+                              'r001-c01', 1, 'pending', NULL, NULL, 'the word ''x''')""")
+        rows = store.con.execute("SELECT * FROM examples ORDER BY id").fetchall()
+    monkeypatch.setattr("refinery.store.MIGRATIONS", migrations.MIGRATIONS)
+    with Store(path) as store:
+        assert store.applied_migrations()[-1] == "m012_examples_without_hash_index"
+        assert store.con.execute("SELECT * FROM examples ORDER BY id").fetchall() == rows
         with pytest.raises(duckdb.ConstraintException):
             store.con.execute("INSERT INTO examples (id, content_hash, input, output, kind, split, source) "
-                              "VALUES ('b', 'h', 'i', 'o', 'direct', 'train', 'seed')")
+                              "VALUES ('a', 'h9', 'x', 'y', 'direct', 'train', 'seed')")
+        store.con.execute("INSERT INTO examples (id, content_hash, input, output, kind, split, source) "
+                          "VALUES ('c', 'h1', 'x', 'y', 'direct', 'train', 'seed')")  # the hash: no index now
+
+
+def test_the_content_hash_is_the_sha256_of_the_pairs_json() -> None:
+    """content_hash writes json.dumps([input, output]) out by hand for speed: the same text, so the same hash as
+    every store holds (m007), for escapes, non-ASCII, astral characters, lone surrogates and NUL bytes alike."""
+    import hashlib
+    import json
+
+    from refinery.store import content_hash
+
+    texts = ["", "plain", 'quote " and \\ backslash', "tab\tnew\nline\r\x00\x1f\x7f", "café ☀️ 😀 \u2028",
+             "\ud800 lone", "<weather>Sunny!</weather> 3 + 2"]
+    for a in texts:
+        for b in texts:
+            assert content_hash(a, b) == hashlib.sha256(json.dumps([a, b]).encode()).hexdigest(), (a, b)

@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 
 from refinery.errors import RefineryError
-from refinery.stages.hypotheses import UNSEEN, collect_words, input_features
+from refinery.stages.hypotheses import UNSEEN, collect_words, read_features
 from refinery.store import Store, content_hash
 
 
@@ -319,10 +319,10 @@ def _feature_failures(store: Store, check: str, feature: str, before: int, after
     if feature.startswith(UNSEEN):  # unseen in round `before`'s training set, so that both rounds count the same inputs
         known = collect_words(store.frame("SELECT e.input FROM round_examples r JOIN examples e ON e.id = "
                                           "r.example_id WHERE r.round = ?", [before])["input"])
-    has: dict[str, bool] = {}
-    for r in rows.unique("id").iter_rows(named=True):
-        has[r["id"]] = feature in input_features(r["input"], json.loads(r["fields"]) if r["fields"] else {},
-                                                 cues=cues, known_words=known)
+    distinct = rows.unique("id")
+    found = read_features(distinct["input"].to_list(), [json.loads(f) if f else {} for f in distinct["fields"]],
+                          cues=cues, known_words=known)
+    has = {i: feature in features for i, features in zip(distinct["id"], found, strict=True)}
     failing = rows.filter(pl.col("passed") == False)  # noqa: E712
     counts = {n: sum(has[i] for i in failing.filter(pl.col("round") == n)["id"]) for n in (before, after)
               if n is not None}

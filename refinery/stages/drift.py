@@ -30,7 +30,7 @@ from refinery.errors import DataError
 from refinery.ingest import read_rows
 from refinery.project import Project
 from refinery.rules import RuleSet, load_rules
-from refinery.stages.hypotheses import FeatureIndex, format_p, score_features
+from refinery.stages.hypotheses import format_p, read_features, score_features
 from refinery.store import ROUND_WAIT, Store
 
 YEAR = re.compile(r"(?<!\d)(19\d\d|20\d\d)(?!\d)")
@@ -163,9 +163,9 @@ def detect_drift(project: Project, paths: list[str | Path], *, embedder: Any = N
 
 def _features(texts: set[str], *, cues: Any) -> dict[str, frozenset[str]]:
     """Each distinct text's features (computed once however often it repeats), years among them."""
-    index = FeatureIndex(cues=cues)
-    return {t: frozenset({index.names[i] for i in index.ids(t)} | {f"the year {y}" for y in YEAR.findall(t)})
-            for t in texts}
+    ordered = sorted(texts)
+    return {t: frozenset(features | {f"the year {y}" for y in YEAR.findall(t)})
+            for t, features in zip(ordered, read_features(ordered, cues=cues), strict=True)}
 
 
 def _drifting(tests: pl.DataFrame, prod: int, ref: int) -> list[dict[str, Any]]:

@@ -272,12 +272,13 @@ def feature_words(feature: str | None, inputs: list[str], known_words: set[str])
 
 def mark_carriers(candidates: list, rules, known_words: set[str]) -> None:
     """Set `carries` on every candidate rendered for a feature: whether its input has that feature."""
-    from refinery.stages.hypotheses import input_features
+    from refinery.stages.hypotheses import read_features
 
-    cues = rules.cues()
-    for c in candidates:
-        if c.feature:
-            c.carries = c.feature in input_features(c.input, c.fields, cues=cues, known_words=known_words)
+    marked = [c for c in candidates if c.feature]
+    found = read_features([c.input for c in marked], [c.fields for c in marked], cues=rules.cues(),
+                          known_words=known_words)
+    for c, features in zip(marked, found, strict=True):
+        c.carries = c.feature in features
 
 
 def cap(candidates: list, shares: dict[str | None, int]) -> list:
