@@ -75,6 +75,7 @@ def ingest_files(store: Store, paths: list[str | Path], *, config: Config, split
     """Read, check and store the examples of `paths` in one transaction: all files land, or none."""
     if source not in INGEST_SOURCES:
         raise DataError(f"source '{source}': expected one of: {', '.join(INGEST_SOURCES)}.")
+    think = config.think()
     with store.transaction() as con, _memory_limit(con, INGEST_MEMORY):
         reports, ingests = [], []
         for path in map(Path, paths):
@@ -89,7 +90,7 @@ def ingest_files(store: Store, paths: list[str | Path], *, config: Config, split
                 for rows in _checked_batches(path, data=config.data, split_given=split is not None,
                                              kind_given=kind is not None):
                     prepared = prepare_examples(rows, data=config.data, seed=config.core.seed, split=split,
-                                                kind=kind, think=config.think(), checked=True)
+                                                kind=kind, think=think, checked=True)
                     if storing is not None:
                         storing.result()
                     storing = writer.submit(_store_batch, con, prepared, report, ingests, source=source)
@@ -449,16 +450,17 @@ def _store_batch(con, prepared: pl.DataFrame, report: FileReport, ingests: list[
     each content is kept; a row whose content an earlier row of this ingest stored is a duplicate in the file, one
     the store held before is a duplicate in the store. Rows go straight into `examples` (the transaction keeps
     them until the end), so memory holds one batch."""
-    con.register("batch_rows", prepared.select(COLUMNS).with_row_index("seq"))
+    firsts = prepared.select(COLUMNS).unique("content_hash", keep="first", maintain_order=True)
+    kept = firsts.height
+    con.register("batch_rows", firsts.with_row_index("seq"))
     try:
-        firsts = ("SELECT * FROM batch_rows QUALIFY row_number() OVER (PARTITION BY content_hash ORDER BY seq) = 1")
-        kept, here, before = con.execute(
-            f"SELECT count(*), count(e.ingest_id) FILTER (WHERE list_contains(?, e.ingest_id)), count(e.id) "
-            f"FROM ({firsts}) b LEFT JOIN examples e USING (content_hash)", [ingests]).fetchall()[0]
-        con.execute(f"""
+        here, before = con.execute(
+            "SELECT count(e.ingest_id) FILTER (WHERE list_contains(?, e.ingest_id)), count(e.id) "
+            "FROM batch_rows b JOIN examples e USING (content_hash)", [ingests]).fetchall()[0]
+        con.execute("""
             INSERT INTO examples (id, content_hash, input, output, fields, kind, split, source, ingest_id, origin)
             SELECT b.id, b.content_hash, b.input, b.output, CAST(b.fields AS JSON), b.kind, b.split, ?, ?, b.origin
-            FROM ({firsts}) b ANTI JOIN examples e ON e.content_hash = b.content_hash ORDER BY b.seq""",
+            FROM batch_rows b ANTI JOIN examples e ON e.content_hash = b.content_hash ORDER BY b.seq""",
                     [source, ingests[-1]])
     finally:
         con.unregister("batch_rows")

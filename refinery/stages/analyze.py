@@ -250,11 +250,11 @@ class _Trials:
 
     def __init__(self, rows: pl.DataFrame, cues: list[tuple[str, re.Pattern]], known_words: set[str] | None):
         self.rows = rows
-        self.index = FeatureIndex(cues=cues, known_words=known_words)
+        index = FeatureIndex(cues=cues, known_words=known_words)
         keyed = rows.with_columns(pl.struct("input", "fields").rank("dense").cast(pl.Int64).alias("distinct") - 1)
         distinct = keyed.unique("distinct").sort("distinct")
         fields = [json.loads(f) if f else {} for f in distinct["fields"].to_list()]
-        found, ids = self.index.entries(distinct["input"].to_list(), fields)
+        found, ids = index.entries(distinct["input"].to_list(), fields)
         # Each example's entries are its distinct input's: gather them by offsets into the sorted entries.
         start = np.searchsorted(found, np.arange(distinct.height + 1))
         which = keyed["distinct"].to_numpy()
@@ -262,14 +262,8 @@ class _Trials:
         ends = np.cumsum(sizes)
         gather = np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - sizes - start[which], sizes)
         self.ids = rows["example_id"].to_list()
-        self.position = {example_id: n for n, example_id in enumerate(self.ids)}
-        self.incidence = Incidence(np.array(self.index.names, dtype=object),
+        self.incidence = Incidence(np.array(index.names, dtype=object),
                                    np.repeat(np.arange(rows.height), sizes), ids[gather], rows.height)
-
-    def carrying(self, feature: str, ids: list[str]) -> int:
-        """How many of the examples `ids` carry `feature`."""
-        carriers = self.incidence.carriers(self.index.id(feature))
-        return int(carriers[[self.position[i] for i in ids]].sum())
 
     def of(self, check: str) -> tuple[np.ndarray, np.ndarray]:
         """Over every example: whether `check` applies to it, and whether it failed it there."""
@@ -288,8 +282,7 @@ class _Context:
         self.inputs = dict(zip(self.ids, failures["input"].to_list(), strict=True))
         self.embeddings, self.severities, self.known_words = embeddings, severities, known_words
         self.row = {i: n for n, i in enumerate(self.ids)}
-        severity = {name: severities.get(name, 1.0) for names in self.failing.values() for name in names}
-        self._worst = {i: max(severity[n] for n in names) for i, names in self.failing.items()}  # highest severity
+        self._severity = {name: severities.get(name, 1.0) for names in self.failing.values() for name in names}
 
     def pattern(self, kind: str, check: str, ids: list[str], *, label: str, statement: str,
                 distances: np.ndarray | None = None, failing: dict[str, list[str]] | None = None,
@@ -303,10 +296,7 @@ class _Context:
         members = [ids[i] for i in order]
         counts = Counter(name for m in members for name in failing[m])
         checks = {check: counts.pop(check, 0), **dict(counts.most_common())}
-        if failing is self.failing:
-            score = float(sum(self._worst[m] for m in members))
-        else:
-            score = float(sum(max(self.severities.get(n, 1.0) for n in failing[m]) for m in members))
+        score = float(sum(max(map(self._severity.__getitem__, failing[m])) for m in members))
         return FailureCluster(
             rank=0, size=len(members), score=round(score, 3),
             score_parts={"failures": len(members), "mean_severity": round(score / len(members), 3)},
@@ -331,13 +321,11 @@ def _check_patterns(check: str, trials: _Trials, context: _Context, scope: str) 
         return [context.pattern("all", check, ids, label=f"{check} / all",
                                 statement=all_statement(check, len(ids), scope))]
     causes = find_causes(trials.incidence, failed, among=applies)
-    return [_cause_pattern(check, cause, [trials.ids[i] for i in cause.members], trials, context)
-            for cause in causes]
+    return [_cause_pattern(check, cause, [trials.ids[i] for i in cause.members], context) for cause in causes]
 
 
-def _cause_pattern(check: str, cause: Cause, members: list[str], trials: _Trials,
-                   context: _Context) -> FailureCluster:
-    carrying = trials.carrying(cause.feature, members)
+def _cause_pattern(check: str, cause: Cause, members: list[str], context: _Context) -> FailureCluster:
+    carrying = len(members)  # find_causes makes the feature's failing carriers the members
     unseen = None
     if cause.feature.startswith(UNSEEN) and context.known_words is not None:
         words = Counter(w for m in members for w in dict.fromkeys(unseen_words(context.inputs[m],

@@ -237,7 +237,7 @@ def tag_positions(text: str) -> set[str]:
 
 def collect_words(texts: Iterable[str]) -> set[str]:
     """The lowercased words of some inputs (tags left out), as `input_features(known_words=...)` reads them."""
-    return {w.lower() for text in texts for w in WORD.findall(re.sub(r"<[^>]*>", " ", text))}
+    return {w.lower() for text in texts for w in WORD.findall(TAG_TEXT.sub(" ", text))}
 
 
 def unseen_inside(tag: str) -> str:
@@ -252,14 +252,14 @@ def unseen_words(text: str, known_words: set[str], feature: str = UNSEEN) -> lis
     inside = re.fullmatch(re.escape(UNSEEN) + r" inside <(\w+)>", feature)
     if inside:
         text = " ".join(re.findall(rf"<{inside[1]}>(.*?)</{inside[1]}>", text, re.DOTALL))
-    return [w.lower() for w in WORD.findall(re.sub(r"<[^>]*>", " ", text)) if w.lower() not in known_words]
+    return [w.lower() for w in WORD.findall(TAG_TEXT.sub(" ", text)) if w.lower() not in known_words]
 
 
 @dataclass
 class Incidence:
     """Which trial carries which feature, as flat arrays built once: entry k says trial `rows[k]` carries feature
-    `ids[k]` (entries in trial order), `names[i]` is feature i. Counting a feature's trials is then one
-    `np.bincount` over the entries, for every feature at once."""
+    `ids[k]` (entries in trial order), `names[i]` is feature i. Counting every feature's trials is then one
+    product with `by_feature`."""
 
     names: np.ndarray  # feature names, by id (object array of str)
     rows: np.ndarray  # int64, ascending
