@@ -451,19 +451,23 @@ def _store_batch(con, prepared: pl.DataFrame, report: FileReport, ingests: list[
     the store held before is a duplicate in the store. Rows go straight into `examples` (the transaction keeps
     them until the end), so memory holds one batch."""
     firsts = prepared.select(COLUMNS).unique("content_hash", keep="first", maintain_order=True)
-    kept = firsts.height
-    con.register("batch_rows", firsts.with_row_index("seq"))
-    try:
-        here, before = con.execute(
-            "SELECT count(e.ingest_id) FILTER (WHERE list_contains(?, e.ingest_id)), count(e.id) "
-            "FROM batch_rows b JOIN examples e USING (content_hash)", [ingests]).fetchall()[0]
+    con.register("batch_hashes", firsts.select("content_hash"))
+    try:  # one join with the store: rows seen before are few (none in a first ingest), so they come back to filter
+        matched = con.sql("SELECT e.content_hash, list_contains(?, e.ingest_id) AS here FROM batch_hashes "
+                          "JOIN examples e USING (content_hash)", params=[ingests]).pl()
+    finally:
+        con.unregister("batch_hashes")
+    here, before = int(matched["here"].sum()), matched.height
+    new = firsts.filter(~pl.col("content_hash").is_in(matched["content_hash"].implode())) if before else firsts
+    con.register("batch_rows", new)
+    try:  # DuckDB keeps a scan's order on insert (preserve_insertion_order), so rows land in the file's order
         con.execute("""
             INSERT INTO examples (id, content_hash, input, output, fields, kind, split, source, ingest_id, origin)
-            SELECT b.id, b.content_hash, b.input, b.output, CAST(b.fields AS JSON), b.kind, b.split, ?, ?, b.origin
-            FROM batch_rows b ANTI JOIN examples e ON e.content_hash = b.content_hash ORDER BY b.seq""",
+            SELECT id, content_hash, input, output, CAST(fields AS JSON), kind, split, ?, ?, origin FROM batch_rows""",
                     [source, ingests[-1]])
     finally:
         con.unregister("batch_rows")
+    kept = firsts.height
     report.rows += prepared.height
     report.inserted += kept - before
     report.duplicates_in_file += prepared.height - kept + here
