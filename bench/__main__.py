@@ -38,12 +38,13 @@ PARTS = ("ceiling", "demo", "efficiency", "usually_right", "stages", "scale", "o
          "distributed", "drift", "sweep")
 DEFAULT_PARTS = PARTS[:6]  # the parts after these are asked for by name: each adds its own section to the page
 FULL = {"seeds": 3, "rounds": 4, "steps": None, "eval_rows": None, "analysis_sizes": [1000, 10000, 100000],
-        "clusterers": ["silhouette", "kmeans-fixed"], "ingest_sizes": [10000, 100000, 1000000],
+        "clusterers": ["silhouette", "silhouette+kept", "kmeans-fixed"], "ingest_sizes": [10000, 100000, 1000000],
         "embed_texts": 2000, "scale_timeout": 150.0, "judge_outputs": 60,
         "distributed_steps": 30, "distributed_repeats": 3, "distributed_prompts": 200, "drift_seeds": 5,
         "drift_size": 2000, "drift_scale": 100000}
 QUICK = {"seeds": 1, "rounds": 2, "steps": 4, "eval_rows": 40, "analysis_sizes": [300, 600],
-         "clusterers": ["silhouette", "kmeans-fixed"], "ingest_sizes": [1000, 2000], "embed_texts": 64,
+         "clusterers": ["silhouette", "silhouette+kept", "kmeans-fixed"], "ingest_sizes": [1000, 2000],
+         "embed_texts": 64,
          "scale_timeout": 120.0, "judge_outputs": 8,
          "distributed_steps": 4, "distributed_repeats": 1, "distributed_prompts": 16, "drift_seeds": 1,
          "drift_size": 400, "drift_scale": 2000}

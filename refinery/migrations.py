@@ -409,3 +409,25 @@ def m012_examples_without_hash_index(con: duckdb.DuckDBPyConnection) -> None:
         )""")
     con.execute("INSERT INTO examples SELECT * FROM examples_m011")
     con.execute("DROP TABLE examples_m011")
+
+
+@migration
+def m013_feature_cache(con: duckdb.DuckDBPyConnection) -> None:
+    # Analysis reads every distinct input's features (words, pairs, 3-grams, tags, cues, fields) each round, seconds
+    # at 100,000 failures for inputs that did not change; they are kept like embeddings. `context` is the version
+    # of the feature code and the rules' cues they were read with (analyze.feature_context): another context never
+    # reads them. An input's ids name features in feature_names of the same context.
+    con.execute("""
+        CREATE TABLE feature_names (
+            context     VARCHAR NOT NULL,
+            id          INTEGER NOT NULL,
+            name        VARCHAR NOT NULL,
+            PRIMARY KEY (context, id)
+        )""")
+    con.execute("""
+        CREATE TABLE input_features (
+            context     VARCHAR NOT NULL,
+            input_key   VARCHAR NOT NULL,           -- sha256 of the input and its fields (JSON text), as JSON
+            ids         INTEGER[] NOT NULL,
+            PRIMARY KEY (context, input_key)
+        )""")

@@ -174,6 +174,54 @@ def test_causes_equal_the_engines_before_the_change() -> None:
     assert described() == golden
 
 
+def test_features_kept_in_the_store_describe_as_read_now(tmp_path: Path) -> None:
+    """`describe_inputs` reads each input's features once and keeps them in the store: analysing the planted cases
+    with them (read cold, read back, or covering only half the inputs) gives the same patterns as reading every
+    feature now, cues and the unseen-word features (read each time) included. Other cues are another context."""
+    from test_causes import SEVERITIES, planted_cases
+
+    from refinery.stages.analyze import analyze, describe_inputs
+    from refinery.store import Store
+
+    planted, known = planted_cases(400)
+    cues = [("think_present", re.compile(r"(?i)\bthink")), ("shout", re.compile(r"[A-Z]{4}"))]
+    failures = planted.filter(pl.col("failing").list.len() > 0).drop("truth")
+    passing = planted.filter(pl.col("failing").list.len() == 0).drop("truth")
+    vectors = np.random.default_rng(0).normal(size=(failures.height, 16)).astype(np.float32)
+    inputs = pl.concat([failures, passing]).select("input", "fields")
+    distinct = inputs.unique().height
+
+    def patterns(described=None) -> list:
+        found = analyze(failures, passing, embeddings=vectors, severities=SEVERITIES, known_words=known, cues=cues,
+                        described=described)
+        return [_plain({k: v for k, v in vars(p).items() if k != "distances"}) for p in found]
+
+    def kept(store: Store) -> list:
+        return store.one("SELECT count(DISTINCT context), count(*), sum(len(ids)) FROM input_features")
+
+    expected = patterns()
+    assert any(p["kind"] == "cause" and p["hypothesis"]["feature"].startswith(hypotheses.UNSEEN) for p in expected)
+    with Store(tmp_path / "store.duckdb") as store:
+        half = describe_inputs(store, inputs.head(inputs.height // 2), cues=cues)
+        assert patterns(half) == expected  # the inputs it does not hold are read now
+        full = describe_inputs(store, inputs, cues=cues)
+        contexts, stored, entries = kept(store)
+        assert (contexts, stored) == (1, distinct) and entries == len(full.ids)
+        assert patterns(full) == expected
+    with Store(tmp_path / "store.duckdb") as store:
+        again = describe_inputs(store, inputs, cues=cues)
+        assert kept(store) == (contexts, stored, entries)  # all read back: nothing read or stored twice
+        assert patterns(again) == expected
+        texts, fields = again.inputs["input"].to_list(), [json.loads(f) for f in again.inputs["fields"]]
+        start = np.searchsorted(again.rows, np.arange(len(texts) + 1))
+        assert [{again.index.names[i] for i in again.ids[start[n]:start[n + 1]]} for n in range(len(texts))] == \
+            hypotheses.read_features(texts, fields, cues=cues)
+        other = describe_inputs(store, inputs, cues=cues[:1])
+        assert kept(store)[:2] == (2, 2 * distinct)
+        assert {other.index.names[i] for i in other.ids} == set().union(*hypotheses.read_features(
+            texts, fields, cues=cues[:1]))
+
+
 def described() -> dict:
     from test_causes import SEVERITIES, planted_cases
 

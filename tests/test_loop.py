@@ -77,10 +77,18 @@ def test_a_round_records_every_figure_it_reports(demo_project) -> None:
         carried = store.scalar("SELECT count(*) FROM generations g JOIN examples e ON e.id = g.example_id "
                                "WHERE g.outcome = 'stored' AND g.carries AND e.feature = g.feature")
         assert carried == sum(b["carrying"] for b in summary.budget)
+        # each analysis input's features were read and kept (analyze.describe_inputs), for the rounds after
+        kept = "SELECT count(DISTINCT context), count(*), sum(len(ids)) FROM input_features"
+        analysis = store.scalar("SELECT count(*) FROM (SELECT DISTINCT input, fields FROM examples "
+                                "WHERE split = 'analysis')")
+        first = store.one(kept)
+        assert first[:2] == (1, analysis) and first[2] > 10 * analysis
     assert (Path(summary.round_dir) / "adapter" / "adapter_config.json").is_file()
     assert json.loads((Path(summary.round_dir) / "config.json").read_text())["train"]["steps"] == 16
     second = run_round(demo_project)  # the next round trains on the seed plus what round 1 generated
     assert second.previous == 1 and second.train["examples"] == 20 + generated.height
+    with Store(demo_project.store_path) as store:
+        assert store.one(kept) == first  # read back: the analysis split did not change, so nothing was read again
 
 
 def test_an_interrupted_round_is_marked_failed_and_restarted_by_the_next(demo_project) -> None:

@@ -15,7 +15,7 @@ from refinery.store import Store
 
 TABLES = {"_migrations", "examples", "ingests", "rounds", "round_stages", "round_examples", "predictions",
           "rule_results", "embeddings", "clusters", "cluster_members", "generations", "pairs", "judge_verdicts",
-          "judge_labels", "drift_runs", "drift_inputs", "sweeps", "sweep_arms"}
+          "judge_labels", "drift_runs", "drift_inputs", "sweeps", "sweep_arms", "feature_names", "input_features"}
 
 
 def tables(path: Path) -> set[str]:
@@ -33,12 +33,12 @@ def test_fresh_store_gets_every_migration_once(tmp_path: Path) -> None:
                                               "m004_patterns_per_cause", "m005_preference_pairs", "m006_round_plan",
                                               "m007_unambiguous_content_hash", "m008_judge_verdicts",
                                               "m009_judge_labels", "m010_drift", "m011_sweeps",
-                                              "m012_examples_without_hash_index"]
+                                              "m012_examples_without_hash_index", "m013_feature_cache"]
         assert store.migrate() == []
     assert tables(path) == TABLES
     with Store(path) as store:
         assert store.migrate() == []
-        assert store.scalar("SELECT count(*) FROM _migrations") == 12
+        assert store.scalar("SELECT count(*) FROM _migrations") == 13
 
 
 def test_existing_store_gets_only_new_migrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,7 +57,8 @@ def test_existing_store_gets_only_new_migrations(tmp_path: Path, monkeypatch: py
                                               "m004_patterns_per_cause", "m005_preference_pairs", "m006_round_plan",
                                               "m007_unambiguous_content_hash", "m008_judge_verdicts",
                                               "m009_judge_labels", "m010_drift", "m011_sweeps",
-                                              "m012_examples_without_hash_index", "m099_add_note"]
+                                              "m012_examples_without_hash_index", "m013_feature_cache",
+                                              "m099_add_note"]
         assert store.con.execute("SELECT id, note FROM examples").fetchall() == [("a", "none")]
     with Store(path) as store:
         assert store.migrate() == []
@@ -76,7 +77,7 @@ def test_m003_keeps_the_rows_of_a_store_written_before_it(tmp_path: Path) -> Non
     con.execute("INSERT INTO rounds (number, status, config) VALUES (0, 'done', '{}'), (1, 'done', '{}')")
     con.close()
     with Store(path) as store:
-        assert store.applied_migrations()[-1] == "m012_examples_without_hash_index"
+        assert store.applied_migrations()[-1] == migrations.MIGRATIONS[-1].__name__
         assert store.frame("SELECT id, status FROM examples").rows() == [("a", "rejected")]
         assert store.frame("SELECT id, outcome FROM generations").rows() == [(1, "leak")]
         assert store.frame("SELECT number, kind FROM rounds ORDER BY number").rows() == [(0, "baseline"),
@@ -137,7 +138,7 @@ def test_a_store_waits_for_a_brief_holder(tmp_path: Path) -> None:
     try:
         assert holder.stdout.readline().strip() == "ready"
         with Store(path, wait=20) as store:  # opens once the other process lets go
-                assert store.applied_migrations()[-1] == "m012_examples_without_hash_index"
+                assert store.applied_migrations()[-1] == migrations.MIGRATIONS[-1].__name__
     finally:
         holder.wait()
 
@@ -170,7 +171,7 @@ def test_m012_rebuilds_examples_with_every_row_and_the_id_still_the_key(tmp_path
         rows = store.con.execute("SELECT * FROM examples ORDER BY id").fetchall()
     monkeypatch.setattr("refinery.store.MIGRATIONS", migrations.MIGRATIONS)
     with Store(path) as store:
-        assert store.applied_migrations()[-1] == "m012_examples_without_hash_index"
+        assert store.applied_migrations()[-1] == migrations.MIGRATIONS[-1].__name__
         assert store.con.execute("SELECT * FROM examples ORDER BY id").fetchall() == rows
         with pytest.raises(duckdb.ConstraintException):
             store.con.execute("INSERT INTO examples (id, content_hash, input, output, kind, split, source) "

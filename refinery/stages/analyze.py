@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 
 from refinery.stages.hypotheses import (
+    FEATURES_VERSION,
     UNSEEN,
     Cause,
     FeatureIndex,
@@ -30,7 +31,7 @@ from refinery.stages.hypotheses import (
     statement,
     unseen_words,
 )
-from refinery.store import Store
+from refinery.store import Store, content_hash
 
 
 class Embedder(Protocol):
@@ -210,10 +211,120 @@ def embed_examples(store: Store, rows: pl.DataFrame, *, embedder: Embedder | Non
     return np.asarray(vectors, dtype=np.float32).reshape(len(rows), -1)
 
 
+@dataclass
+class Described:
+    """Inputs' features read ahead of `analyze` (`describe_inputs`): the input in row `rows[k]` of `inputs` (a
+    frame of input and fields) carries feature `index.names[ids[k]]`. All but the unseen-word features, which
+    change with the round's training words."""
+
+    index: FeatureIndex
+    inputs: pl.DataFrame
+    rows: np.ndarray
+    ids: np.ndarray
+
+    def entries(self, inputs: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, ids) for the distinct (input, fields) rows of `inputs`; any not described here are read now."""
+        at = inputs.select("input", "fields").join(self.inputs.with_row_index("at"), on=["input", "fields"],
+                                                   how="left", nulls_equal=True, maintain_order="left")["at"]
+        rows, ids = regroup(self.rows, self.ids, at.fill_null(0).to_numpy().astype(np.int64))
+        unread = np.flatnonzero(at.is_null().to_numpy())
+        if not len(unread):
+            return rows, ids
+        keep = at.is_not_null().to_numpy()[rows]
+        found, read = self.index.entries(inputs["input"].gather(unread).to_list(),
+                                         _parsed_fields(inputs["fields"].gather(unread)))
+        return _by_row(np.concatenate([rows[keep], unread[found]]), np.concatenate([ids[keep], read]))
+
+
+def feature_context(cues: list[tuple[str, re.Pattern]]) -> str:
+    """What stored features were read with: the feature code's version and the rules' cues (their names are in
+    the features' names, their patterns decide who carries them)."""
+    spelled = [FEATURES_VERSION, sorted([name, pattern.pattern, getattr(pattern, "compiled", pattern).flags]
+                                        for name, pattern in cues)]  # a rules file's cue, or a compiled pattern
+    return hashlib.sha256(json.dumps(spelled).encode()).hexdigest()[:16]
+
+
+def describe_inputs(store: Store, inputs: pl.DataFrame, *, cues: list[tuple[str, re.Pattern]]) -> Described:
+    """The features of each distinct (input, fields) of `inputs` (fields as JSON text, or null), all but the
+    unseen-word ones, for `analyze(..., described=...)`: those the store holds for these cues and this version of
+    the feature code are read back, the rest read (`FeatureIndex.entries`) and stored. Like embeddings, an input's
+    features are read once, not once a round."""
+    fields = pl.col("fields").cast(pl.String) if "fields" in inputs.columns else pl.lit(None, pl.String).alias("fields")
+    distinct = inputs.select("input", fields).unique(maintain_order=True)
+    keyed = _input_keys(distinct).with_row_index("row")
+    context, index = feature_context(cues), FeatureIndex(cues=cues)
+    names = store.frame("SELECT name FROM feature_names WHERE context = ? ORDER BY id", [context])["name"]
+    local = index.adopt(names.to_list())  # stored id -> this index's id
+    store.con.register("wanted_inputs", keyed)
+    try:
+        cached = store.frame("SELECT w.row, f.ids FROM wanted_inputs w JOIN input_features f "
+                             "ON f.context = ? AND f.input_key = w.key ORDER BY w.row", [context])
+    finally:
+        store.con.unregister("wanted_inputs")
+    hit = cached["row"].to_numpy().astype(np.int64)
+    rows = [np.repeat(hit, cached["ids"].list.len().to_numpy()).astype(np.int64)]
+    ids = [local[cached["ids"].explode().drop_nulls().to_numpy().astype(np.int64)]]
+    missing = np.ones(distinct.height, dtype=bool)
+    missing[hit] = False
+    unread = np.flatnonzero(missing)
+    if len(unread):
+        found, read = index.entries(distinct["input"].gather(unread).to_list(),
+                                    _parsed_fields(distinct["fields"].gather(unread)))
+        _store_features(store, context, keyed["key"].gather(unread), found, read, index, local)
+        rows.append(unread[found])
+        ids.append(read)
+    return Described(index, distinct, *_by_row(np.concatenate(rows), np.concatenate(ids)))
+
+
+def _store_features(store: Store, context: str, keys: pl.Series, rows: np.ndarray, ids: np.ndarray,
+                    index: FeatureIndex, local: np.ndarray) -> None:
+    """Keep the features of inputs just read: their new names get the context's next ids."""
+    stored = np.full(len(index.names), -1, dtype=np.int64)
+    stored[local] = np.arange(len(local))
+    new = np.flatnonzero(stored < 0)
+    stored[new] = len(local) + np.arange(len(new))
+    lists = (pl.DataFrame({"row": rows, "id": stored[ids].astype(np.int32)})
+             .group_by("row", maintain_order=True).agg("id"))
+    frames = {"fresh_names": pl.DataFrame({"id": stored[new], "name": [index.names[i] for i in new]},
+                                          schema={"id": pl.Int64, "name": pl.String}),
+              "fresh_features": keys.to_frame("input_key").with_row_index("row").join(
+                  lists.with_columns(pl.col("row").cast(pl.UInt32)), on="row", how="left")}
+    with store.transaction() as con:
+        for name, frame in frames.items():
+            con.register(name, frame)
+        try:
+            con.execute("INSERT INTO feature_names SELECT ?, id, name FROM fresh_names", [context])
+            con.execute("INSERT INTO input_features SELECT ?, input_key, coalesce(id, []::INTEGER[]) "
+                        "FROM fresh_features", [context])
+        finally:
+            for name in frames:
+                con.unregister(name)
+
+
+def _input_keys(inputs: pl.DataFrame) -> pl.DataFrame:
+    """The identity of each (input, fields) row, as an example's is of its input and output (no fields: "")."""
+    pairs = zip(inputs["input"].to_list(), inputs["fields"].cast(pl.String).to_list(), strict=True)
+    return pl.DataFrame({"key": [content_hash(text, fields or "") for text, fields in pairs]},
+                        schema={"key": pl.String})
+
+
+def _parsed_fields(fields: pl.Series) -> list[dict[str, Any]]:
+    return [json.loads(f) if f else {} for f in fields.to_list()]
+
+
+def _by_row(rows: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Entries in row order, each row's in the order given (runs already in row order are merged, not sorted)."""
+    if np.all(rows[1:] >= rows[:-1]):
+        return rows, ids
+    order = np.argsort(rows, kind="stable")
+    return rows[order], ids[order]
+
+
 def analyze(failures: pl.DataFrame, passing: pl.DataFrame, *, embeddings: np.ndarray | None,
             severities: dict[str, float], clusterer: Clusterer | None = None, seed: int = 0,
             cues: list[tuple[str, re.Pattern]] | None = None, passing_embeddings: np.ndarray | None = None,
-            scopes: dict[str, str] | None = None, known_words: set[str] | None = None) -> list[FailureCluster]:
+            scopes: dict[str, str] | None = None, known_words: set[str] | None = None,
+            described: Described | None = None) -> list[FailureCluster]:
     """The patterns behind the failures, worst first: one per cause, per all-failing check, per residual cluster.
 
     `failures` and `passing` hold the analysis examples: example_id, input, failing (check names), and optionally
@@ -223,12 +334,13 @@ def analyze(failures: pl.DataFrame, passing: pl.DataFrame, *, embeddings: np.nda
     `scopes[check]` ("inputs without '<weather>'"). The failures left unexplained for a check are clustered by
     embedding (rows of `embeddings` align with `failures`) and failing checks; with `passing_embeddings` (rows
     aligned with `passing`) each cluster's failure rate is tested against the rest. `known_words` (lowercased words
-    of the training inputs) enables the unseen-word feature. Patterns rank by failing mass: the sum over members
-    of the highest severity among their failing checks.
+    of the training inputs) enables the unseen-word feature. `described` (`describe_inputs`, read with the same
+    cues) holds the inputs' features read before, from the store. Patterns rank by failing mass: the sum over
+    members of the highest severity among their failing checks.
     """
     if failures.height == 0:
         return []
-    trials = _Trials(pl.concat([_trial_rows(failures), _trial_rows(passing)]), cues or [], known_words)
+    trials = _Trials(pl.concat([_trial_rows(failures), _trial_rows(passing)]), cues or [], known_words, described)
     context = _Context(failures, embeddings, severities, known_words)
     patterns: list[FailureCluster] = []
     for check in sorted(failures["failing"].explode().drop_nulls().unique().to_list()):
@@ -248,22 +360,23 @@ class _Trials:
     (`hypotheses.FeatureIndex`), and which example carries which feature as flat arrays (`hypotheses.Incidence`)
     for the tests."""
 
-    def __init__(self, rows: pl.DataFrame, cues: list[tuple[str, re.Pattern]], known_words: set[str] | None):
+    def __init__(self, rows: pl.DataFrame, cues: list[tuple[str, re.Pattern]], known_words: set[str] | None,
+                 described: Described | None = None):
         self.rows = rows
-        index = FeatureIndex(cues=cues, known_words=known_words)
         keyed = rows.with_columns(pl.struct("input", "fields").rank("dense").cast(pl.Int64).alias("distinct") - 1)
         distinct = keyed.unique("distinct").sort("distinct")
-        fields = [json.loads(f) if f else {} for f in distinct["fields"].to_list()]
-        found, ids = index.entries(distinct["input"].to_list(), fields)
-        # Each example's entries are its distinct input's: gather them by offsets into the sorted entries.
-        start = np.searchsorted(found, np.arange(distinct.height + 1))
-        which = keyed["distinct"].to_numpy()
-        sizes = start[which + 1] - start[which]
-        ends = np.cumsum(sizes)
-        gather = np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - sizes - start[which], sizes)
+        if described is None:
+            index = FeatureIndex(cues=cues, known_words=known_words)
+            found, ids = index.entries(distinct["input"].to_list(), _parsed_fields(distinct["fields"]))
+        else:
+            index = described.index
+            found, ids = described.entries(distinct)
+            if known_words is not None:
+                unseen = index.unseen_entries(distinct["input"].to_list(), known_words)
+                found, ids = _by_row(np.concatenate([found, unseen[0]]), np.concatenate([ids, unseen[1]]))
         self.ids = rows["example_id"].to_list()
         self.incidence = Incidence(np.array(index.names, dtype=object),
-                                   np.repeat(np.arange(rows.height), sizes), ids[gather], rows.height)
+                                   *regroup(found, ids, keyed["distinct"].to_numpy()), rows.height)
 
     def of(self, check: str) -> tuple[np.ndarray, np.ndarray]:
         """Over every example: whether `check` applies to it, and whether it failed it there."""
@@ -401,6 +514,15 @@ def _cluster_tests(trials: _Trials, left: dict[str, list[str]], groups: list[lis
     rows = score_groups(*(list(c) for c in zip(*counts.values(), strict=True))).to_dicts() if counts else []
     tested = dict(zip(counts, rows, strict=True))
     return [tested.get(n) for n in range(len(groups))]
+
+
+def regroup(rows: np.ndarray, ids: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Entries (`rows` ascending) given to new rows: new row j gets the entries of row `which[j]`."""
+    start = np.searchsorted(rows, np.arange(int(which.max(initial=-1)) + 2))
+    sizes = start[which + 1] - start[which]
+    ends = np.cumsum(sizes)
+    gather = np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - sizes - start[which], sizes)
+    return np.repeat(np.arange(len(which)), sizes), ids[gather]
 
 
 def _trial_rows(frame: pl.DataFrame) -> pl.DataFrame:

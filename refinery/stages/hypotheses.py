@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 PUNCT = "!?.,:;)"
+FEATURES_VERSION = 1  # raise it when what reads a feature changes: the features the store keeps are read again
 UNSEEN = "a word never seen in training"
 WORD = re.compile(r"[A-Za-z][A-Za-z']*")
 
@@ -102,6 +103,8 @@ class FeatureIndex:
         parts.append(self._pair_entries(word_rows, words))
         parts.append(self._touching_entries(frame))
         parts.append(self._row_entries(len(texts), rows, word_rows, found))
+        if self.known_words is not None:
+            parts.append(self.unseen_entries(texts, self.known_words))
         with _collector_paused():  # a list per input, none in a cycle: the collector would only slow it (20 %)
             whole = [self._whole(text, row_fields) for text, row_fields in zip(texts, fields or [None] * len(texts),
                                                                                strict=True)]
@@ -112,12 +115,35 @@ class FeatureIndex:
         keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
         return keys >> 32, keys & ((1 << 32) - 1)
 
+    def unseen_entries(self, texts: list[str], known_words: set[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, ids) of the unseen-word features alone: `UNSEEN`, and `unseen_inside(tag)` for each tag whose
+        text holds a word outside `known_words`. Read apart from the rest because they change with the round's
+        training words, while the rest of an input's features never change (and are cached in the store)."""
+        frame = pl.DataFrame({"text": texts}, schema={"text": pl.String}).with_row_index("row")
+        words = frame.select("row", pl.col("text").str.replace_all(TAG_TEXT.pattern, " ")
+                             .str.extract_all(WORD.pattern).alias("word")).explode("word").drop_nulls("word")
+        known = pl.Series(sorted(known_words), dtype=pl.String).implode()
+        unseen = words.filter(~pl.col("word").str.to_lowercase().is_in(known))["row"].unique().sort()
+        rows, ids = [unseen.to_numpy().astype(np.int64)], [np.full(len(unseen), self.id(UNSEEN), dtype=np.int64)]
+        tagged = frame.filter(pl.col("text").str.contains("<", literal=True))
+        inside = [(row, self.id(feature)) for row, text in zip(tagged["row"].to_list(), tagged["text"].to_list(),
+                                                                strict=True)
+                  for feature in map(unseen_inside, sorted(set(OPENING.findall(text))))
+                  if unseen_words(text, known_words, feature)]
+        rows.append(np.array([r for r, _ in inside], dtype=np.int64))
+        ids.append(np.array([i for _, i in inside], dtype=np.int64))
+        return np.concatenate(rows), np.concatenate(ids)
+
+    def adopt(self, names: list[str]) -> np.ndarray:
+        """The ids of `names` (features read before, by another index) in this one, naming the new ones."""
+        return np.fromiter(map(self.id, names), dtype=np.int64, count=len(names))
+
     def _token_table(self, pieces: list[str]) -> pl.DataFrame:
         read = [self._tokens.get(p) or self._token(p) for p in pieces]
         return pl.DataFrame({"token": pieces, "ids": [t.ids for t in read], "words": [t.words for t in read],
-                             "capitals": [t.capitals for t in read], "unseen": [t.unseen for t in read]},
+                             "capitals": [t.capitals for t in read]},
                             schema={"token": pl.String, "ids": pl.List(pl.Int64), "words": pl.List(pl.Int64),
-                                    "capitals": pl.Float64, "unseen": pl.Float64})
+                                    "capitals": pl.Float64})
 
     def _token(self, piece: str) -> _Token:
         """What one whitespace token of a tag-free input contributes (the same in every input holding it)."""
@@ -127,9 +153,8 @@ class FeatureIndex:
         names = {f"the word '{w}'" for w in lower} | {f"the characters '{gram[i:i + 3]}'" for i in range(len(gram) - 2)}
         names |= {f"'{w}' in capitals" for w in words if len(w) > 1 and w.isupper()}
         numbers = [self._words.get(w) or self._number(w) for w in lower]
-        token = self._tokens[piece] = _Token(
-            [self.id(n) for n in sorted(names)], numbers, any(len(w) > 1 and w.isupper() for w in words),
-            self.known_words is not None and any(w not in self.known_words for w in lower))
+        token = self._tokens[piece] = _Token([self.id(n) for n in sorted(names)], numbers,
+                                             any(len(w) > 1 and w.isupper() for w in words))
         return token
 
     def _number(self, word: str) -> int:
@@ -163,13 +188,12 @@ class FeatureIndex:
 
     def _row_entries(self, inputs: int, rows: np.ndarray, word_rows: np.ndarray, found: pl.DataFrame
                      ) -> tuple[np.ndarray, np.ndarray]:
-        """What the tokens say of their input as a whole: its length band, a word in capitals, an unseen word."""
+        """What the tokens say of their input as a whole: its length band, a word in capitals."""
         counts = np.bincount(word_rows, minlength=inputs)
         bands, which = np.unique(counts, return_inverse=True)
         out = [(np.arange(inputs), np.array([self.id(f"{_band(int(n))} words") for n in bands])[which])]
-        for flag, name in (("capitals", "a word in capitals"), ("unseen", UNSEEN)):
-            carrying = np.flatnonzero(np.bincount(rows, weights=found[flag].to_numpy(), minlength=inputs) > 0)
-            out.append((carrying, np.full(len(carrying), self.id(name))))
+        carrying = np.flatnonzero(np.bincount(rows, weights=found["capitals"].to_numpy(), minlength=inputs) > 0)
+        out.append((carrying, np.full(len(carrying), self.id("a word in capitals"))))
         return np.concatenate([r for r, _ in out]), np.concatenate([i for _, i in out]).astype(np.int64)
 
     def _whole(self, text: str, fields: dict[str, Any] | None) -> list[int]:
@@ -183,8 +207,6 @@ class FeatureIndex:
         if tags:
             out += [named(f"a <{t}> tag") for t in tags]
             out += [named(f) for f in tag_positions(text)]
-            if self.known_words is not None:
-                out += [named(f) for f in map(unseen_inside, sorted(tags)) if unseen_words(text, self.known_words, f)]
         else:
             out.append(named("no tag at all"))
         for key, value in (fields or {}).items():
@@ -214,7 +236,6 @@ class _Token:
     ids: list[int]  # its words, 3-grams and words in capitals
     words: list[int]  # its words, lowercased, as numbers (FeatureIndex._words), in order
     capitals: bool
-    unseen: bool  # holds a word outside known_words
 
 
 def _flat(rows: np.ndarray, lists: pl.Series) -> tuple[np.ndarray, np.ndarray]:

@@ -210,17 +210,19 @@ def _run_stages(project, number, train_rows, rules, env, base_model, embedder, r
     with timer.stage("analyze") as note:
         failures, passing = _failures(rows, results)
         settings = config.analyze
-        vectors = passing_vectors = None
+        vectors = passing_vectors = described = None
+        cues = rules.cues()
         with Store(project.store_path, wait=STORE_WAIT) as store:
             known = known_vocabulary(store)
             if failures.height:
                 vectors, passing_vectors = (
                     analyze.embed_examples(store, frame.select("example_id", pl.col("input").alias("text")),
                                            embedder=embedder) for frame in (failures, passing))
+                described = analyze.describe_inputs(store, pl.concat([failures, passing]), cues=cues)
         clusterer = analyze.make_clusterer(settings.clusterer, max_clusters=settings.max_clusters,
                                            min_cluster_size=settings.min_cluster_size, seed=config.core.seed)
         clusters = analyze.analyze(failures, passing, embeddings=vectors, passing_embeddings=passing_vectors,
-                                   seed=config.core.seed, cues=rules.cues(), known_words=known,
+                                   seed=config.core.seed, cues=cues, known_words=known, described=described,
                                    scopes={c.name: c.scope() for c in rules.checks},
                                    severities={c.name: c.severity for c in rules.checks}, clusterer=clusterer)
         for cluster in clusters:
