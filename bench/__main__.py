@@ -79,7 +79,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--target", type=float, help="test pass rate to reach (default: auto, halfway from the "
                                                        "seed-only rate to the best median any arm reached)")
     parser.add_argument("--analysis-sizes", type=_ints, help="failures to analyse (full: 1000,10000,100000)")
-    parser.add_argument("--clusterers", type=_names, help="silhouette (the default), kmeans-fixed, hdbscan")
+    parser.add_argument("--clusterers", type=_names, help="silhouette (the default), kmeans-fixed, hdbscan; any "
+                                                          "+kept: the features kept in a store first, as rounds do")
     parser.add_argument("--ingest-sizes", type=_ints, help="examples to ingest (full: 10000,100000,1000000)")
     parser.add_argument("--embed-texts", type=int, help="texts for the embedding throughput (full: 2000)")
     parser.add_argument("--scale-timeout", type=float, help="seconds one scale measurement may take (full: 150)")
