@@ -87,6 +87,35 @@ def named_features(text: str, fields: dict | None = None, *, cues=(), known_word
     return out
 
 
+HOSTILE = ("", "   ", "<weather>SUNNY!!</weather> Sunny, sunny. SUNNY", "<a><b>x</b></a> it's",
+           "Ünïcode wörds: café! <weather>neige</weather>", "a" * 300, "<x>" * 5,
+           # whitespace Python splits on and Rust's \s does not; case rules that differ
+           "rain\x1cSUNNY\x1dsnow\x1e<w>x</w>\x1fend", "tab\tnew\nline\r\x0b\x0c\x85end",
+           "İSTANBUL ΣΑΣ straße ǅ \u1c89x \ua7cbY", "sunny!\u2028CLOUDY?\u3000fog.", "<w>\n</w>",
+           " \t<w>x</w>", "a <w>x</w>\u3000\x1c", "\x85<w>x</w>\x85 b", "<w>x</w> <v>y</v>")
+# What the features of a fixed set of inputs hash to, per hypotheses.FEATURES_VERSION (see the test below).
+FEATURES_DIGEST = {1: "9ee75944b3c88faf"}
+
+
+def test_a_change_to_the_features_read_raises_their_version() -> None:
+    """Stores keep each input's features under FEATURES_VERSION (`analyze.describe_inputs`): if what is read
+    changes and the version does not, every store serves the old features. A change must raise the version."""
+    import hashlib
+
+    from bench.scale import synthetic_analysis
+    from refinery.rules import load_rules
+
+    cues = [(c.name, re.compile(c.when)) for c in load_rules(REPO / "rules").checks if c.when]
+    failures, passing, _ = synthetic_analysis(300)
+    rows = [(r["input"], json.loads(r["fields"])) for r in pl.concat([failures, passing]).iter_rows(named=True)]
+    rows += [(t, {}) for t in HOSTILE]
+    read = hypotheses.read_features([t for t, _ in rows], [f for _, f in rows], cues=cues)
+    digest = hashlib.sha256(json.dumps([sorted(f) for f in read]).encode()).hexdigest()[:16]
+    assert FEATURES_DIGEST.get(hypotheses.FEATURES_VERSION) == digest, (
+        f"the features read changed (digest {digest}): raise hypotheses.FEATURES_VERSION and add "
+        f"{{version: '{digest}'}} to FEATURES_DIGEST in this file")
+
+
 def test_one_index_over_many_inputs_names_each_inputs_features_as_before() -> None:
     """The index remembers words, pairs and tokens across inputs; each input still gets exactly its own features."""
     from test_causes import planted_cases
@@ -99,12 +128,7 @@ def test_one_index_over_many_inputs_names_each_inputs_features_as_before() -> No
     failures, passing, _ = synthetic_analysis(600)
     rows = [(r["input"], json.loads(r["fields"]) if r["fields"] else {})
             for frame in (planted, failures, passing) for r in frame.iter_rows(named=True)]
-    rows += [(t, {}) for t in ("", "   ", "<weather>SUNNY!!</weather> Sunny, sunny. SUNNY", "<a><b>x</b></a> it's",
-                               "Ünïcode wörds: café! <weather>neige</weather>", "a" * 300, "<x>" * 5,
-                               # whitespace Python splits on and Rust's \s does not; case rules that differ
-                               "rain\x1cSUNNY\x1dsnow\x1e<w>x</w>\x1fend", "tab\tnew\nline\r\x0b\x0c\x85end",
-                               "İSTANBUL ΣΑΣ straße ǅ \u1c89x \ua7cbY", "sunny!\u2028CLOUDY?\u3000fog.", "<w>\n</w>",
-                               " \t<w>x</w>", "a <w>x</w>\u3000\x1c", "\x85<w>x</w>\x85 b", "<w>x</w> <v>y</v>")]
+    rows += [(t, {}) for t in HOSTILE]
     index = hypotheses.FeatureIndex(cues=cues, known_words=known)
     for half in (rows[::2], rows[1::2]):  # two calls: the second reuses the tokens and pairs the first named
         found, ids = index.entries([t for t, _ in half], [f for _, f in half])
