@@ -81,6 +81,17 @@ def run_job(job_dir: Path, command: list[str], *, processes: int, what: str,
                             f"({log_path}):\n{tail}")
 
 
+def leave_group() -> None:
+    """Destroy the job's process group (the trainer made it) before the process exits. Left to the interpreter's
+    exit, gloo's threads can still hold work when it tears down, and the process aborts ("terminate called without
+    an active exception", SIGABRT: rank 1 of the two-process test, once, in a full suite run here on 2026-12-07;
+    pytorch/pytorch#190489)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def report_step(done: int, total: int) -> None:
     """Rank 0's progress, on stdout, where `run_job` reads it."""
     print(f"{PROGRESS} {done} {total}", flush=True)

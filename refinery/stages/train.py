@@ -388,10 +388,13 @@ def _work(job: Path) -> None:
     settings = TrainSettings(**spec["settings"])
     share = replace(settings, batch_size=settings.batch_size // distributed.world_size(), processes=1)
     lead = distributed.rank() == 0
-    result, note = train_round(pl.read_parquet(job / "rows.parquet"), pl.read_parquet(job / "pairs.parquet"),
-                               base_model=spec["base_model"], settings=share, out_dir=Path(spec["out_dir"]),
-                               on_step=distributed.report_step if lead else None, start_from=spec["start_from"],
-                               steps=spec["steps"])
+    try:
+        result, note = train_round(pl.read_parquet(job / "rows.parquet"), pl.read_parquet(job / "pairs.parquet"),
+                                   base_model=spec["base_model"], settings=share, out_dir=Path(spec["out_dir"]),
+                                   on_step=distributed.report_step if lead else None,
+                                   start_from=spec["start_from"], steps=spec["steps"])
+    finally:
+        distributed.leave_group()
     if lead:
         (job / "result.json").write_text(json.dumps({"result": asdict(result), "note": note}), encoding="utf-8")
 
