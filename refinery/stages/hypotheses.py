@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 
 PUNCT = "!?.,:;)"
-FEATURES_VERSION = 1  # raise it when what reads a feature changes: the features the store keeps are read again
+FEATURES_VERSION = 1  # raise it whenever the features read from an input change: the store then reads them anew
 UNSEEN = "a word never seen in training"
 WORD = re.compile(r"[A-Za-z][A-Za-z']*")
 
