@@ -226,14 +226,13 @@ class Described:
         """(rows, ids) for the distinct (input, fields) rows of `inputs`; any not described here are read now."""
         at = inputs.select("input", "fields").join(self.inputs.with_row_index("at"), on=["input", "fields"],
                                                    how="left", nulls_equal=True, maintain_order="left")["at"]
-        rows, ids = regroup(self.rows, self.ids, at.fill_null(0).to_numpy().astype(np.int64))
+        rows, ids = _regroup(self.rows, self.ids, at.fill_null(0).to_numpy().astype(np.int64))
         unread = np.flatnonzero(at.is_null().to_numpy())
         if not len(unread):
             return rows, ids
         keep = at.is_not_null().to_numpy()[rows]
-        found, read = self.index.entries(inputs["input"].gather(unread).to_list(),
-                                         _parsed_fields(inputs["fields"].gather(unread)))
-        return _by_row(np.concatenate([rows[keep], unread[found]]), np.concatenate([ids[keep], read]))
+        found, read = _read(self.index, inputs, unread)
+        return _by_row(np.concatenate([rows[keep], found]), np.concatenate([ids[keep], read]))
 
 
 def feature_context(cues: list[tuple[str, re.Pattern]]) -> str:
@@ -268,17 +267,17 @@ def describe_inputs(store: Store, inputs: pl.DataFrame, *, cues: list[tuple[str,
     missing[hit] = False
     unread = np.flatnonzero(missing)
     if len(unread):
-        found, read = index.entries(distinct["input"].gather(unread).to_list(),
-                                    _parsed_fields(distinct["fields"].gather(unread)))
-        _store_features(store, context, keyed["key"].gather(unread), found, read, index, local)
-        rows.append(unread[found])
+        found, read = _read(index, distinct, unread)
+        _store_features(store, context, keyed.gather(unread), found, read, index, local)
+        rows.append(found)
         ids.append(read)
     return Described(index, distinct, *_by_row(np.concatenate(rows), np.concatenate(ids)))
 
 
-def _store_features(store: Store, context: str, keys: pl.Series, rows: np.ndarray, ids: np.ndarray,
+def _store_features(store: Store, context: str, keyed: pl.DataFrame, rows: np.ndarray, ids: np.ndarray,
                     index: FeatureIndex, local: np.ndarray) -> None:
-    """Keep the features of inputs just read: their new names get the context's next ids."""
+    """Keep the features of the inputs just read (`keyed`: their row and key): new names get the context's next
+    ids."""
     stored = np.full(len(index.names), -1, dtype=np.int64)
     stored[local] = np.arange(len(local))
     new = np.flatnonzero(stored < 0)
@@ -287,8 +286,8 @@ def _store_features(store: Store, context: str, keys: pl.Series, rows: np.ndarra
              .group_by("row", maintain_order=True).agg("id"))
     frames = {"fresh_names": pl.DataFrame({"id": stored[new], "name": [index.names[i] for i in new]},
                                           schema={"id": pl.Int64, "name": pl.String}),
-              "fresh_features": keys.to_frame("input_key").with_row_index("row").join(
-                  lists.with_columns(pl.col("row").cast(pl.UInt32)), on="row", how="left")}
+              "fresh_features": keyed.join(lists.with_columns(pl.col("row").cast(pl.UInt32)), on="row",
+                                           how="left").rename({"key": "input_key"})}
     with store.transaction() as con:
         for name, frame in frames.items():
             con.register(name, frame)
@@ -306,6 +305,12 @@ def _input_keys(inputs: pl.DataFrame) -> pl.DataFrame:
     pairs = zip(inputs["input"].to_list(), inputs["fields"].cast(pl.String).to_list(), strict=True)
     return pl.DataFrame({"key": [content_hash(text, fields or "") for text, fields in pairs]},
                         schema={"key": pl.String})
+
+
+def _read(index: FeatureIndex, inputs: pl.DataFrame, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`index.entries` of the rows `which` of `inputs` (input, fields), numbered as rows of `inputs`."""
+    found, ids = index.entries(inputs["input"].gather(which).to_list(), _parsed_fields(inputs["fields"].gather(which)))
+    return which[found], ids
 
 
 def _parsed_fields(fields: pl.Series) -> list[dict[str, Any]]:
@@ -367,7 +372,7 @@ class _Trials:
         distinct = keyed.unique("distinct").sort("distinct")
         if described is None:
             index = FeatureIndex(cues=cues, known_words=known_words)
-            found, ids = index.entries(distinct["input"].to_list(), _parsed_fields(distinct["fields"]))
+            found, ids = _read(index, distinct, np.arange(distinct.height))
         else:
             index = described.index
             found, ids = described.entries(distinct)
@@ -376,7 +381,7 @@ class _Trials:
                 found, ids = _by_row(np.concatenate([found, unseen[0]]), np.concatenate([ids, unseen[1]]))
         self.ids = rows["example_id"].to_list()
         self.incidence = Incidence(np.array(index.names, dtype=object),
-                                   *regroup(found, ids, keyed["distinct"].to_numpy()), rows.height)
+                                   *_regroup(found, ids, keyed["distinct"].to_numpy()), rows.height)
 
     def of(self, check: str) -> tuple[np.ndarray, np.ndarray]:
         """Over every example: whether `check` applies to it, and whether it failed it there."""
@@ -516,7 +521,7 @@ def _cluster_tests(trials: _Trials, left: dict[str, list[str]], groups: list[lis
     return [tested.get(n) for n in range(len(groups))]
 
 
-def regroup(rows: np.ndarray, ids: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _regroup(rows: np.ndarray, ids: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Entries (`rows` ascending) given to new rows: new row j gets the entries of row `which[j]`."""
     start = np.searchsorted(rows, np.arange(int(which.max(initial=-1)) + 2))
     sizes = start[which + 1] - start[which]
